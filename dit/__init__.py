@@ -1,0 +1,1 @@
+"""Video diffusion transformers: the DiT, 3D RoPE, conditioning, flow matching and samplers."""

@@ -1,0 +1,120 @@
+"""Transformer blocks: adaLN-Zero, QK RMSNorm, 3D RoPE, SwiGLU, joint attention.
+
+A dual-stream block keeps separate weights for video and text tokens and runs one attention
+over both; a single-stream block runs the joint sequence [video | text] through shared weights.
+Modulation weights are zero at init, so every block is the identity until trained.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from dit import attention as attention_lib
+from dit.model_config import mlp_hidden_size
+from dit.rope import apply_rope
+
+ZEROS = nnx.initializers.zeros_init()
+
+
+def linear_kwargs(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dict:
+  return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+              rngs=rngs)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """x [B, L, D] shifted and scaled per sample by [B, D]."""
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """LayerNorm without affine parameters (adaLN supplies them), in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+  """[..., D] -> [..., D] through silu(x W_gate) * (x W_up), then W_down."""
+
+  def __init__(self, dim: int, hidden: int, **kwargs):
+    self.gate_up = nnx.Linear(dim, 2 * hidden, **kwargs)
+    self.down = nnx.Linear(hidden, dim, **kwargs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
+    return self.down(jax.nn.silu(gate) * up)
+
+
+class Stream(nnx.Module):
+  """One stream's weights for one block: modulation, qkv, QK norms, output projection, MLP."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    dim, heads = config.hidden_size, config.num_heads
+    kwargs = linear_kwargs(config, rngs)
+    self.num_heads = heads
+    # c -> (shift, scale, gate) for attention and for the MLP; zero init: identity block.
+    self.modulation = nnx.Linear(dim, 6 * dim, kernel_init=ZEROS, bias_init=ZEROS, **kwargs)
+    self.qkv = nnx.Linear(dim, 3 * dim, **kwargs)
+    self.q_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, **kwargs)
+    self.k_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, **kwargs)
+    self.out = nnx.Linear(dim, dim, **kwargs)
+    self.mlp = SwiGLU(dim, mlp_hidden_size(config), **kwargs)
+
+  def modulation_params(self, c: jax.Array) -> list[jax.Array]:
+    """c [B, D] -> six [B, D]: attention shift, scale, gate; MLP shift, scale, gate."""
+    return jnp.split(self.modulation(jax.nn.silu(c)), 6, axis=-1)
+
+  def attention_inputs(self, x, mod, angles):
+    """x [B, L, D] -> q, k, v [B, L, H, D/H]; q and k RMS-normalised, then rotated."""
+    shift, scale = mod[0], mod[1]
+    b, length, dim = x.shape
+    qkv = self.qkv(modulate(layer_norm(x), shift, scale))
+    q, k, v = jnp.split(qkv.reshape(b, length, 3 * self.num_heads, dim // self.num_heads), 3,
+                        axis=2)
+    return apply_rope(self.q_norm(q), angles), apply_rope(self.k_norm(k), angles), v
+
+  def finish(self, x, attended, mod):
+    """Gated residual of the attention output [B, L, H, Dh], then of the MLP."""
+    gate_attn, shift_mlp, scale_mlp, gate_mlp = mod[2:]
+    b, length, _ = x.shape
+    x = x + gate_attn[:, None, :] * self.out(attended.reshape(b, length, -1))
+    return x + gate_mlp[:, None, :] * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+
+
+class SingleStreamBlock(nnx.Module):
+  """The joint sequence [video | text] through one set of weights."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.attention = config.attention
+    self.stream = Stream(config, rngs=rngs)
+
+  def __call__(self, x, c, angles, segment_ids=None):
+    """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D]."""
+    mod = self.stream.modulation_params(c)
+    q, k, v = self.stream.attention_inputs(x, mod, angles)
+    attended = attention_lib.dot_product_attention(
+        q, k, v, implementation=self.attention, segment_ids=segment_ids)
+    return self.stream.finish(x, attended, mod)
+
+
+class DualStreamBlock(nnx.Module):
+  """Separate weights for video and text tokens, one attention over both."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.attention = config.attention
+    self.video = Stream(config, rngs=rngs)
+    self.text = Stream(config, rngs=rngs)
+
+  def __call__(self, video, text, c, angles, segment_ids=None):
+    """video [B, Lv, D], text [B, Lt, D]; angles and segment_ids cover [video | text]."""
+    lv = video.shape[1]
+    video_mod = self.video.modulation_params(c)
+    text_mod = self.text.modulation_params(c)
+    qkv_video = self.video.attention_inputs(video, video_mod, angles[:, :lv])
+    qkv_text = self.text.attention_inputs(text, text_mod, angles[:, lv:])
+    q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))
+    attended = attention_lib.dot_product_attention(
+        q, k, v, implementation=self.attention, segment_ids=segment_ids)
+    return (self.video.finish(video, attended[:, :lv], video_mod),
+            self.text.finish(text, attended[:, lv:], text_mod))

@@ -1,0 +1,75 @@
+"""Conditioning inputs: timestep, class label (with a null label) and text tokens (with a null
+text), each embedded to the model width. `drop` [B] bool swaps in the null condition, for
+conditioning dropout in training and the unconditional branch of classifier-free guidance.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+EMBED_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def timestep_features(t: jax.Array, dim: int = 256, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features float32 [B, dim] of t [B] in [0, 1] (scaled to [0, 1000] as in DiT)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimestepEmbedder(nnx.Module):
+  """t [B] -> [B, D]: sinusoidal features then a two-layer SiLU MLP, in float32."""
+
+  def __init__(self, hidden_size: int, *, param_dtype, rngs: nnx.Rngs, feature_dim: int = 256):
+    self.feature_dim = feature_dim
+    init = dict(kernel_init=EMBED_INIT, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(feature_dim, hidden_size, **init)
+    self.fc2 = nnx.Linear(hidden_size, hidden_size, **init)
+
+  def __call__(self, t: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.silu(self.fc1(timestep_features(t, self.feature_dim))))
+
+
+class LabelEmbedder(nnx.Module):
+  """labels int [B] -> [B, D]; row num_classes of the table is the null label."""
+
+  def __init__(self, num_classes: int, hidden_size: int, *, param_dtype, rngs: nnx.Rngs):
+    self.null_label = num_classes
+    self.table = nnx.Embed(num_classes + 1, hidden_size, embedding_init=EMBED_INIT,
+                           param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, labels: jax.Array, drop: jax.Array | None = None) -> jax.Array:
+    if drop is not None:
+      labels = jnp.where(drop, self.null_label, labels)
+    return self.table(labels)
+
+
+class TextEmbedder(nnx.Module):
+  """Text encoder states [B, N, text_dim] -> text tokens [B, N, D] and a pooled vector [B, D].
+
+  The null text is one learned vector in the encoder's space, standing as the only valid token.
+  """
+
+  def __init__(self, text_dim: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    init = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.null_text = nnx.Param(EMBED_INIT(rngs.params(), (text_dim,), param_dtype))
+    self.proj_in = nnx.Linear(text_dim, hidden_size, **init)
+    self.proj_out = nnx.Linear(hidden_size, hidden_size, **init)
+    self.pool = nnx.Linear(hidden_size, hidden_size, kernel_init=EMBED_INIT,
+                           param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, text: jax.Array, mask: jax.Array | None = None,
+               drop: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns tokens [B, N, D] (compute dtype), mask bool [B, N] and pooled float32 [B, D]."""
+    b, n, _ = text.shape
+    mask = jnp.ones((b, n), bool) if mask is None else mask.astype(bool)
+    if drop is not None:
+      null = jnp.broadcast_to(self.null_text[...].astype(text.dtype), text.shape)
+      text = jnp.where(drop[:, None, None], null, text)
+      mask = jnp.where(drop[:, None], jnp.arange(n)[None, :] == 0, mask)
+    tokens = self.proj_out(jax.nn.gelu(self.proj_in(text), approximate=True))
+    weights = mask.astype(jnp.float32)[..., None]
+    pooled = (tokens.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    return tokens, mask, self.pool(pooled)

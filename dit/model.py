@@ -1,0 +1,170 @@
+"""The video DiT: 3D patches -> dual-stream blocks -> single-stream blocks -> velocity.
+
+Video [B, T, H, W, C] (an image is T=1) and timestep t [B] in [0, 1] in, velocity of the same
+shape as the video out (float32). Conditioning is text tokens (hybrid stream) or class labels.
+Blocks of each kind are stored stacked along a leading layer axis (created with nnx.vmap), so
+scanning over layers and unrolling them share one parameter layout and one checkpoint format.
+"""
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from dit import blocks as blocks_lib
+from dit import conditioning
+from dit.model_config import validate_model_config
+from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
+from dit.remat import BLOCK_INPUT, remat_policy
+from dit.rope import rope_angles, rope_axes_dims
+
+
+def stacked(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) -> nnx.Module:
+  """`count` independently initialised modules, their parameters stacked on a leading axis."""
+
+  @nnx.split_rngs(splits=count)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make_all(rngs):
+    return make(rngs)
+
+  return make_all(rngs)
+
+
+def run_stacked(layers: nnx.Module, carry, apply: Callable, *, scan: bool, remat: str):
+  """Threads `carry` through each layer of a stacked module: carry = apply(layer, carry).
+
+  With scan, one lax.scan compiles the layer once; otherwise the layers are unrolled. The
+  layer's input is named BLOCK_INPUT for the remat policies that save or offload it.
+  """
+  graphdef, state = nnx.split(layers)
+  count = jax.tree.leaves(state)[0].shape[0]
+
+  def body(carry, layer_state):
+    carry = jax.tree.map(lambda x: checkpoint_name(x, BLOCK_INPUT), carry)
+    return apply(nnx.merge(graphdef, layer_state), carry), None
+
+  policy = remat_policy(remat)
+  if policy is not None:
+    body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
+  if scan:
+    return jax.lax.scan(body, carry, state)[0]
+  for i in range(count):
+    carry, _ = body(carry, jax.tree.map(lambda a, i=i: a[i], state))
+  return carry
+
+
+class FinalLayer(nnx.Module):
+  """adaLN (shift, scale) then a zero-initialised projection to patch values."""
+
+  def __init__(self, config: ml_collections.ConfigDict, patch_dim: int, *, rngs: nnx.Rngs):
+    kwargs = blocks_lib.linear_kwargs(config, rngs)
+    dim = config.hidden_size
+    zeros = dict(kernel_init=blocks_lib.ZEROS, bias_init=blocks_lib.ZEROS)
+    self.modulation = nnx.Linear(dim, 2 * dim, **zeros, **kwargs)
+    self.proj = nnx.Linear(dim, patch_dim, **zeros, **kwargs)
+
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    shift, scale = jnp.split(self.modulation(jax.nn.silu(c)), 2, axis=-1)
+    return self.proj(blocks_lib.modulate(blocks_lib.layer_norm(x), shift, scale))
+
+
+class DiT(nnx.Module):
+  """Seaweed-style hybrid-stream video DiT, configured by a model ConfigDict (dit.model_config).
+
+  With conditioning="label" there are no text tokens, and every block is single-stream.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    validate_model_config(config)
+    self.config = ml_collections.FrozenConfigDict(config)
+    dim = config.hidden_size
+    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+    self.patch_dim = int(np.prod(config.patch_size)) * config.in_channels
+    self.head_dim = dim // config.num_heads
+    self.rope_dims = rope_axes_dims(self.head_dim)
+    self.uses_text = config.conditioning == "text"
+    self.num_dual = config.dual_stream_depth if self.uses_text else 0
+
+    kwargs = blocks_lib.linear_kwargs(config, rngs)
+    self.patch_embed = nnx.Linear(self.patch_dim, dim, **kwargs)
+    self.time_embed = conditioning.TimestepEmbedder(dim, param_dtype=param_dtype, rngs=rngs)
+    if self.uses_text:
+      self.text_embed = conditioning.TextEmbedder(config.text_dim, dim, dtype=dtype,
+                                                  param_dtype=param_dtype, rngs=rngs)
+    else:
+      self.label_embed = conditioning.LabelEmbedder(config.num_classes, dim,
+                                                    param_dtype=param_dtype, rngs=rngs)
+    self.dual_blocks = (stacked(lambda r: blocks_lib.DualStreamBlock(config, rngs=r),
+                                self.num_dual, rngs) if self.num_dual else None)
+    num_single = config.depth - self.num_dual
+    self.single_blocks = (stacked(lambda r: blocks_lib.SingleStreamBlock(config, rngs=r),
+                                  num_single, rngs) if num_single else None)
+    self.final = FinalLayer(config, self.patch_dim, rngs=rngs)
+
+  def __call__(self, video: jax.Array, t: jax.Array, *, text: jax.Array | None = None,
+               text_mask: jax.Array | None = None, labels: jax.Array | None = None,
+               drop_cond: jax.Array | None = None) -> jax.Array:
+    """Velocity float32 [B, T, H, W, C].
+
+    video [B, T, H, W, C]; t [B] noise level in [0, 1]; text [B, N, text_dim] encoder states
+    with text_mask bool [B, N] (True for real tokens), or labels int [B]; drop_cond bool [B]
+    replaces a sample's condition by the null condition.
+    """
+    cfg = self.config
+    self._check_inputs(video, t, text, labels)
+    dtype = jnp.dtype(cfg.dtype)
+    grid = patch_grid(video.shape, cfg.patch_size)
+    x = self.patch_embed(patchify(video, cfg.patch_size).astype(dtype))  # [B, Lv, D]
+    c = self.time_embed(t)  # [B, D] float32
+    video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
+
+    if not self.uses_text:
+      c = c + self.label_embed(labels, drop_cond)
+      x = self._run_single(x, c, video_angles, None)
+      return self._velocity(x, c, grid)
+
+    tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
+    c = c + pooled
+    # Text tokens have no 3D position: angle 0 leaves them unrotated.
+    angles = jnp.concatenate(
+        [video_angles, jnp.zeros((1, tokens.shape[1], video_angles.shape[-1]))], axis=1)
+    segment_ids = None
+    if text_mask is not None or drop_cond is not None:
+      # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
+      segment_ids = jnp.concatenate(
+          [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
+    if self.dual_blocks is not None:
+      x, tokens = run_stacked(
+          self.dual_blocks, (x, tokens),
+          lambda block, xs: block(xs[0], xs[1], c, angles, segment_ids),
+          scan=cfg.scan_layers, remat=cfg.remat)
+    joint = self._run_single(jnp.concatenate([x, tokens], axis=1), c, angles, segment_ids)
+    return self._velocity(joint[:, :x.shape[1]], c, grid)
+
+  def _run_single(self, x, c, angles, segment_ids):
+    if self.single_blocks is None:
+      return x
+    return run_stacked(self.single_blocks, x,
+                       lambda block, x: block(x, c, angles, segment_ids),
+                       scan=self.config.scan_layers, remat=self.config.remat)
+
+  def _velocity(self, x, c, grid):
+    patches = self.final(x, c).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]
+    return unpatchify(patches, grid, self.config.patch_size)
+
+  def _check_inputs(self, video, t, text, labels):
+    cfg = self.config
+    if video.ndim != 5 or video.shape[-1] != cfg.in_channels:
+      raise ValueError(f"expected video [B, T, H, W, {cfg.in_channels}] (model.in_channels), "
+                       f"got shape {video.shape}")
+    if t.shape != video.shape[:1]:
+      raise ValueError(f"expected t of shape [B]={video.shape[:1]}, got {t.shape}")
+    if self.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
+      raise ValueError("model.conditioning='text' needs text [B, N, model.text_dim="
+                       f"{cfg.text_dim}] encoder states, got "
+                       f"{None if text is None else text.shape}")
+    if not self.uses_text and labels is None:
+      raise ValueError("model.conditioning='label' needs labels int [B]")
