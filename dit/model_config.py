@@ -17,8 +17,8 @@ MODEL_SIZES: dict[str, dict] = {
     "B": dict(hidden_size=768, depth=12, num_heads=12, dual_stream_depth=4),
     "L": dict(hidden_size=1024, depth=24, num_heads=16, dual_stream_depth=8),
     "XL": dict(hidden_size=1152, depth=28, num_heads=16, dual_stream_depth=8),
-    # 7B: head dim 128, SwiGLU width 8192, a third of the blocks dual-stream.
-    "7B": dict(hidden_size=3072, depth=32, num_heads=24, dual_stream_depth=10,
+    # 7B: head dim 128, SwiGLU width 8192, the first 9 of 32 blocks dual-stream.
+    "7B": dict(hidden_size=3072, depth=32, num_heads=24, dual_stream_depth=9,
                text_dim=4096),
 }
 

@@ -1,0 +1,42 @@
+"""Prints the parameter count of every model size, or of one experiment's model.
+
+  python -m dit.count_params                                 # every size in MODEL_SIZES
+  python -m dit.count_params --config=configs/video_dit.py:size=7B --config.model.depth=30
+
+Shapes come from jax.eval_shape, so even the 7B model is counted without allocating it.
+"""
+import jax
+import ml_collections
+from absl import app
+from flax import nnx
+from ml_collections import config_flags
+
+from dit.model import DiT
+from dit.model_config import MODEL_SIZES, model_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (optional)")
+
+
+def count_params(config: ml_collections.ConfigDict) -> int:
+  """Number of parameters of DiT(config), from abstract shapes only."""
+  abstract = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0)))
+  return sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  dual = config.dual_stream_depth if config.conditioning == "text" else 0
+  return (f"{config.size:>5}  hidden {config.hidden_size:>5}  depth {config.depth:>3}  "
+          f"heads {config.num_heads:>3}  dual {dual:>3}  "
+          f"{config.conditioning:>5}  {count_params(config) / 1e6:>10.2f}M")
+
+
+def main(argv):
+  del argv
+  configs = ([_CONFIG.value.model] if _CONFIG.value is not None
+             else [model_config(size) for size in MODEL_SIZES])
+  for config in configs:
+    print(describe(config))
+
+
+if __name__ == "__main__":
+  app.run(main)

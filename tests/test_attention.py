@@ -1,0 +1,66 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dit import attention
+
+
+def softmax_attention_reference(q, k, v, mask=None):
+  """Dense attention in float64 numpy; q [B, Lq, H, D], mask [B, Lq, Lk]."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  if mask is not None:
+    logits = np.where(mask[:, None], logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def random_qkv(key, b=2, length=24, heads=3, dim=16, dtype=jnp.float32):
+  return [jax.random.normal(k, (b, length, heads, dim), dtype) for k in jax.random.split(key, 3)]
+
+
+def test_xla_matches_the_float64_reference(key):
+  q, k, v = random_qkv(key)
+  out = attention.dot_product_attention(q, k, v, implementation="xla")
+  np.testing.assert_allclose(out, softmax_attention_reference(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_segment_ids_keep_tokens_within_their_segment(key):
+  q, k, v = random_qkv(key)
+  segment_ids = jax.random.randint(jax.random.fold_in(key, 1), (2, 24), 0, 3)
+  out = attention.dot_product_attention(q, k, v, implementation="xla", segment_ids=segment_ids)
+  mask = np.asarray(segment_ids[:, :, None] == segment_ids[:, None, :])
+  np.testing.assert_allclose(out, softmax_attention_reference(q, k, v, mask),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_is_close_to_the_reference(key):
+  q, k, v = random_qkv(key, dtype=jnp.bfloat16)
+  out = attention.dot_product_attention(q, k, v, implementation="xla")
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(np.float32), softmax_attention_reference(q, k, v),
+                             atol=2e-2, rtol=2e-2)
+
+
+def test_unknown_implementation_names_the_known_ones(key):
+  q, k, v = random_qkv(key)
+  with pytest.raises(ValueError, match=r"unknown attention implementation 'flash'.*'xla'"):
+    attention.dot_product_attention(q, k, v, implementation="flash")
+
+
+def test_registered_implementations_are_found_by_name(key, monkeypatch):
+  monkeypatch.setattr(attention, "_IMPLEMENTATIONS", dict(attention._IMPLEMENTATIONS))
+  calls = []
+
+  @attention.register_attention("test_recording")
+  def recording(q, k, v, **kwargs):
+    calls.append(q.shape)
+    return attention.xla_attention(q, k, v, **kwargs)
+
+  q, k, v = random_qkv(key)
+  out = attention.dot_product_attention(q, k, v, implementation="test_recording")
+  assert calls == [q.shape]
+  np.testing.assert_array_equal(out, attention.xla_attention(q, k, v))
+  assert "test_recording" in attention.attention_implementations()
