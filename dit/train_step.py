@@ -33,8 +33,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 def decay_mask(params):
   """Weight decay on matrices (Linear kernels, embedding tables) only, not biases or norms."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) in ("kernel", "embedding"), params)
+
+  def is_matrix(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return names[-1] in ("kernel", "embedding")
+
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

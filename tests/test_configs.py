@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from configs import video_dit
+from configs.common import parse_arg
+from dit.model import DiT
+from dit.model_config import MODEL_SIZES
+
+
+def test_parse_arg_types_values_by_their_defaults():
+  arg = parse_arg("size=L,runlocal,steps=7", size="B", runlocal=False, steps=1)
+  assert (arg.size, arg.runlocal, arg.steps) == ("L", True, 7)
+  assert parse_arg("runlocal=False", runlocal=True).runlocal is False
+
+
+def test_parse_arg_rejects_unknown_variants():
+  with pytest.raises(ValueError, match=r"unknown config variant 'sise'.*\['size'\]"):
+    parse_arg("sise=B", size="B")
+
+
+@pytest.mark.parametrize("size", list(MODEL_SIZES))
+@pytest.mark.parametrize("cond", ["text", "label"])
+def test_every_size_and_conditioning_builds_a_valid_config(size, cond):
+  config = video_dit.get_config(f"size={size},cond={cond}")
+  assert config.model.size == size and config.model.conditioning == cond
+  assert config.model.hidden_size == MODEL_SIZES[size]["hidden_size"]
+
+
+def test_runlocal_shrinks_the_experiment_to_a_cpu():
+  local, full = video_dit.get_config("runlocal"), video_dit.get_config()
+  assert local.model.size == "tiny" and full.model.size == "B"
+  assert local.train.batch_size < full.train.batch_size
+  assert local.train.num_steps < full.train.num_steps
+  DiT(local.model, rngs=nnx.Rngs(0))  # builds
+
+
+def test_a_field_that_does_not_exist_cannot_be_set():
+  config = video_dit.get_config()
+  with pytest.raises(AttributeError, match="hidden_size"):
+    config.model.hiden_size = 512
+  with pytest.raises(AttributeError):
+    config.trian = {}
+
+
+def run_count_params(*flags):
+  return subprocess.run([sys.executable, "-m", "dit.count_params",
+                         "--config=configs/video_dit.py:size=S", *flags],
+                        capture_output=True, text=True)
+
+
+def test_command_line_overrides_reach_the_model():
+  result = run_count_params("--config.model.depth=6", "--config.model.conditioning=label")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split()[:8] == ["S", "hidden", "384", "depth", "6", "heads", "6", "dual"]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.hiden_size=512", 'Did you mean "hidden_size"'),
+    ("--config.model.attention=flash", "model.attention='flash' is not an attention"),
+    ("--config.model.remat=all", "model.remat='all' is not a remat policy"),
+    ("--config.model.num_heads=5", "hidden_size=384 is not divisible by model.num_heads=5"),
+])
+def test_command_line_errors_say_what_is_wrong(flag, message):
+  result = run_count_params(flag)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

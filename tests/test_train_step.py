@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import video_dit
+from dit import train_step as ts
+from dit.count_params import count_params
+from dit.flow_matching import flow_config
+from dit.model import DiT
+from dit.model_config import MODEL_SIZES, model_config
+
+
+def test_a_tiny_model_overfits_one_batch():
+  """One fixed batch (videos, labels, noise and timesteps): the loss falls by 90% or more."""
+  config = model_config("tiny", in_channels=3, conditioning="label")
+  optimizer = ts.make_optimizer(ts.optim_config(lr=3e-3, warmup_steps=10, decay_steps=300))
+  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  step = jax.jit(ts.make_train_step(graphdef, optimizer, flow_config(cond_dropout=0.0),
+                                    config.patch_size))
+  key = jax.random.key(0)
+  batch = {"video": jax.random.uniform(key, (4, 2, 8, 8, 3), minval=-1, maxval=1),
+           "label": jnp.arange(4)}
+  losses = []
+  for _ in range(300):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 300
+  assert losses[-1] <= 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_one_jitted_training_step_of_the_b_class_model_runs_on_cpu(key):
+  config = video_dit.get_config("size=B")
+  assert config.model.hidden_size == 768
+  model = DiT(config.model, rngs=nnx.Rngs(0))
+  optimizer = ts.make_optimizer(config.optim)
+  graphdef, state = ts.init_train_state(model, optimizer)
+  step = jax.jit(ts.make_train_step(graphdef, optimizer, config.flow, config.model.patch_size))
+  kv, kt = jax.random.split(key)
+  batch = {"video": jax.random.normal(kv, (2, 2, 16, 16, config.model.in_channels)),
+           "text": jax.random.normal(kt, (2, 8, config.model.text_dim)),
+           "text_mask": jnp.arange(8)[None, :] < jnp.array([[5], [8]])}
+  new_state, _ = step(state, batch, key)  # the warmup starts at learning rate 0
+  new_state, metrics = step(new_state, batch, key)
+  assert int(new_state.step) == 2
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.params, state.params)
+  assert any(jax.tree.leaves(changed))
+
+
+def test_weight_decay_applies_to_matrices_only():
+  flat = [entry for conditioning in ("text", "label")
+          for entry in nnx.to_flat_state(ts.decay_mask(nnx.state(
+              DiT(model_config("tiny", conditioning=conditioning), rngs=nnx.Rngs(0)))))]
+  decayed = {path[-2:] for path, value in flat if value.get_value()}
+  assert {("qkv", "kernel"), ("table", "embedding"), ("patch_embed", "kernel")} <= decayed
+  assert not {path[-1] for path in decayed} & {"bias", "scale", "null_text"}
+
+
+def test_the_7b_config_has_7_billion_parameters():
+  assert count_params(model_config("7B")) == pytest.approx(7.0e9, rel=0.05)
+
+
+def test_one_command_prints_every_model_size():
+  out = subprocess.run([sys.executable, "-m", "dit.count_params"], capture_output=True,
+                       text=True, check=True).stdout
+  assert [line.split()[0] for line in out.splitlines()] == list(MODEL_SIZES)
