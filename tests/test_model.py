@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -197,3 +199,31 @@ def test_missing_text_is_a_clear_error(key):
     model(video, t)
   with pytest.raises(ValueError, match=r"in_channels"):
     model(video[..., :2], t, text=jnp.zeros((2, 3, 384)))
+
+
+def saved_activation_sizes(capsys, remat):
+  """Elements of the activations the backward pass keeps on the device, and on the host."""
+  model = DiT(tiny(dtype="float32", remat=remat), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  video, t, text = jnp.ones((2, 2, 8, 8, 3)), jnp.full((2,), 0.5), jnp.ones((2, 4, 384))
+  capsys.readouterr()
+  jax.ad_checkpoint.print_saved_residuals(
+      lambda p: nnx.merge(graphdef, p)(video, t, text=text).sum(), params)
+  lines = [line for line in capsys.readouterr().out.splitlines()
+           if line and "from the argument" not in line]
+  def elements(line):
+    dims = re.search(r"\[([\d,]*)\]", line).group(1)
+    return int(np.prod([int(d) for d in dims.split(",") if d]))
+
+  on_host = [line for line in lines if "<host>" in line]
+  return (sum(elements(line) for line in lines if line not in on_host),
+          sum(elements(line) for line in on_host))
+
+
+def test_remat_policies_trade_saved_activations_for_recomputation(capsys):
+  none, _ = saved_activation_sizes(capsys, "none")
+  dots, _ = saved_activation_sizes(capsys, "dots_saveable")
+  full, _ = saved_activation_sizes(capsys, "full")
+  offloaded, on_host = saved_activation_sizes(capsys, "offload_block_inputs")
+  assert full < dots < none
+  assert offloaded < full and on_host > 0
