@@ -63,12 +63,16 @@ def test_at_init_the_model_outputs_zero(key):
   np.testing.assert_array_equal(model(video, t, text=text, text_mask=mask), 0.0)
 
 
+def block_inputs(key):
+  """Random video tokens [2, 12, 64], text tokens [2, 5, 64] and conditioning c [2, 64]."""
+  kv, kt, kc = jax.random.split(key, 3)
+  return (jax.random.normal(kv, (2, 12, 64)), jax.random.normal(kt, (2, 5, 64)),
+          jax.random.normal(kc, (2, 64)))
+
+
 def test_at_init_every_block_is_the_identity(key):
   config = tiny(dtype="float32")
-  kv, kt, kc = jax.random.split(key, 3)
-  video = jax.random.normal(kv, (2, 12, 64))
-  text = jax.random.normal(kt, (2, 5, 64))
-  c = jax.random.normal(kc, (2, 64))
+  video, text, c = block_inputs(key)
   angles = rope_angles(jax.random.randint(key, (1, 17, 3), 0, 9), (8, 4, 4))
   single = SingleStreamBlock(config, rngs=nnx.Rngs(0))
   joint = jnp.concatenate([video, text], axis=1)
@@ -85,12 +89,9 @@ def swap_first_video_and_text_token(video, text):
 
 def test_single_stream_blocks_treat_text_tokens_with_the_shared_weights(key, randomize):
   """Swapping a video and a text token swaps their outputs: one set of weights for both."""
-  config = tiny(dtype="float32")
-  block = SingleStreamBlock(config, rngs=nnx.Rngs(0))
+  block = SingleStreamBlock(tiny(dtype="float32"), rngs=nnx.Rngs(0))
   randomize(block, key)
-  kv, kt, kc = jax.random.split(jax.random.fold_in(key, 1), 3)
-  video, text = jax.random.normal(kv, (2, 12, 64)), jax.random.normal(kt, (2, 5, 64))
-  c = jax.random.normal(kc, (2, 64))
+  video, text, c = block_inputs(jax.random.fold_in(key, 1))
   no_rotation = jnp.zeros((1, 17, 8))  # positions out of the way: only weights differ
   out = block(jnp.concatenate([video, text], 1), c, no_rotation)
   swapped = block(jnp.concatenate(swap_first_video_and_text_token(video, text), 1), c,
@@ -101,12 +102,9 @@ def test_single_stream_blocks_treat_text_tokens_with_the_shared_weights(key, ran
 
 
 def test_dual_stream_blocks_have_separate_text_weights(key, randomize):
-  config = tiny(dtype="float32")
-  block = DualStreamBlock(config, rngs=nnx.Rngs(0))
+  block = DualStreamBlock(tiny(dtype="float32"), rngs=nnx.Rngs(0))
   randomize(block, key)
-  kv, kt, kc = jax.random.split(jax.random.fold_in(key, 1), 3)
-  video, text = jax.random.normal(kv, (2, 12, 64)), jax.random.normal(kt, (2, 5, 64))
-  c = jax.random.normal(kc, (2, 64))
+  video, text, c = block_inputs(jax.random.fold_in(key, 1))
   no_rotation = jnp.zeros((1, 17, 8))
   out_video, _ = block(video, text, c, no_rotation)
   _, swapped_text = block(*swap_first_video_and_text_token(video, text), c, no_rotation)
