@@ -14,9 +14,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f"unknown config variant {key!r} in {arg!r}; known: {sorted(defaults)}")
     default = defaults[key]
     if isinstance(default, bool):
-      parsed[key] = value.lower() not in ("false", "0", "no") if value else True
+      truth = {"": True, "true": True, "1": True, "false": False, "0": False}
+      if value.lower() not in truth:
+        raise ValueError(f"config variant {key}={value!r} must be true or false")
+      parsed[key] = truth[value.lower()]
     elif value == "":
       raise ValueError(f"config variant {key!r} needs a value, as in {key}=...")
     else:
-      parsed[key] = type(default)(value) if default is not None else value
+      try:
+        parsed[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"config variant {key}={value!r} must be a "
+                         f"{type(default).__name__}") from None
   return parsed

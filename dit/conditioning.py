@@ -69,7 +69,9 @@ class TextEmbedder(nnx.Module):
       null = jnp.broadcast_to(self.null_text[...].astype(text.dtype), text.shape)
       text = jnp.where(drop[:, None, None], null, text)
       mask = jnp.where(drop[:, None], jnp.arange(n)[None, :] == 0, mask)
+    # Zero the padding: weights of 0 alone would still let a NaN there poison everything.
+    text = jnp.where(mask[..., None], text, 0)
     tokens = self.proj_out(jax.nn.gelu(self.proj_in(text), approximate=True))
-    weights = mask.astype(jnp.float32)[..., None]
-    pooled = (tokens.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    kept = jnp.where(mask[..., None], tokens.astype(jnp.float32), 0.0)
+    pooled = kept.sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1).astype(jnp.float32)
     return tokens, mask, self.pool(pooled)

@@ -11,6 +11,7 @@ from absl import app
 from flax import nnx
 from ml_collections import config_flags
 
+from dit.config_checks import validate_config
 from dit.model import DiT
 from dit.model_config import MODEL_SIZES, model_config
 
@@ -32,8 +33,11 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
 def main(argv):
   del argv
-  configs = ([_CONFIG.value.model] if _CONFIG.value is not None
-             else [model_config(size) for size in MODEL_SIZES])
+  if _CONFIG.value is not None:
+    validate_config(_CONFIG.value)
+    configs = [_CONFIG.value.model]
+  else:
+    configs = [model_config(size) for size in MODEL_SIZES]
   for config in configs:
     print(describe(config))
 

@@ -16,7 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from dit import blocks as blocks_lib
 from dit import conditioning
-from dit.model_config import validate_model_config
+from dit.config_checks import validate_model_config
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
 from dit.rope import rope_angles, rope_axes_dims
@@ -60,7 +60,8 @@ class FinalLayer(nnx.Module):
   """adaLN (shift, scale) then a zero-initialised projection to patch values."""
 
   def __init__(self, config: ml_collections.ConfigDict, patch_dim: int, *, rngs: nnx.Rngs):
-    kwargs = blocks_lib.linear_kwargs(config, rngs)
+    # float32: the velocity is not rounded to the compute dtype on its way out.
+    kwargs = blocks_lib.linear_kwargs(config, rngs) | dict(dtype=jnp.float32)
     dim = config.hidden_size
     zeros = dict(kernel_init=blocks_lib.ZEROS, bias_init=blocks_lib.ZEROS)
     self.modulation = nnx.Linear(dim, 2 * dim, **zeros, **kwargs)

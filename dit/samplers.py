@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
-from dit.flow_matching import shift_timesteps
+from dit.flow_matching import shift_timesteps, timestep_shift
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("euler", "heun")
@@ -62,9 +63,12 @@ def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float) -> Vel
   unconditional half uses the same inputs with drop_cond=True (null text or null label).
   """
 
+  # A Python 1.0 skips the unconditional half; a traced scale always computes both.
+  unguided = isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0
+
   def velocity(x, sigma):
     b = x.shape[0]
-    if guidance_scale == 1.0:
+    if unguided:
       return model(x, jnp.full((b,), sigma), **cond)
     doubled = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
     drop = jnp.arange(2 * b) >= b
@@ -73,6 +77,13 @@ def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float) -> Vel
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
   return velocity
+
+
+def sampling_shift(config: ml_collections.ConfigDict, num_tokens: int) -> float:
+  """config.sample.shift if set, else the training shift at this many video tokens."""
+  if config.sample.get("shift") is not None:
+    return float(config.sample.shift)
+  return timestep_shift(num_tokens, config.flow)
 
 
 def sample(model: nnx.Module, key: jax.Array, shape: tuple[int, ...], cond: dict, *,

@@ -1,15 +1,15 @@
 """Test setup: 8 simulated CPU devices, so multi-device code runs anywhere.
 
 XLA reads the flag once, when jax initialises its backends, so it is set here before any test
-module imports jax.
+module imports jax. On a machine with a GPU the tests run there too; the 8 CPU devices stay
+available as jax.devices("cpu").
 """
 import os
+import time
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -29,12 +29,11 @@ def randomize_params(model: nnx.Module, key: jax.Array, scale: float = 0.2) -> N
 
 
 @pytest.fixture
-def key(request) -> jax.Array:
-  """A fresh random key per test run (seeded from the clock), printed on failure."""
-  import time
-  seed = time.time_ns() % (2**31)
-  request.node.user_properties.append(("seed", seed))
-  print(f"random seed: {seed}")
+def key() -> jax.Array:
+  """A fresh random key per test run, seeded from the clock; the seed is printed on failure
+  and DIT_TEST_SEED=<seed> replays it."""
+  seed = int(os.environ.get("DIT_TEST_SEED", time.time_ns() % (2**31)))
+  print(f"random seed: {seed} (replay with DIT_TEST_SEED={seed})")
   return jax.random.key(seed)
 
 

@@ -16,9 +16,19 @@ def test_parse_arg_types_values_by_their_defaults():
   assert parse_arg("runlocal=False", runlocal=True).runlocal is False
 
 
-def test_parse_arg_rejects_unknown_variants():
-  with pytest.raises(ValueError, match=r"unknown config variant 'sise'.*\['size'\]"):
-    parse_arg("sise=B", size="B")
+@pytest.mark.parametrize("arg,message", [
+    ("sise=B", r"unknown config variant 'sise'.*\['runlocal', 'size', 'steps'\]"),
+    ("runlocal=maybe", "runlocal='maybe' must be true or false"),
+    ("steps=many", "steps='many' must be a int"),
+])
+def test_parse_arg_rejects_what_it_cannot_read(arg, message):
+  with pytest.raises(ValueError, match=message):
+    parse_arg(arg, size="B", runlocal=False, steps=1)
+
+
+def test_an_invalid_variant_fails_when_the_config_is_built():
+  with pytest.raises(ValueError, match="model.conditioning='audio'"):
+    video_dit.get_config("cond=audio")
 
 
 @pytest.mark.parametrize("size", list(MODEL_SIZES))
@@ -62,6 +72,10 @@ def test_command_line_overrides_reach_the_model():
     ("--config.model.attention=flash", "model.attention='flash' is not an attention"),
     ("--config.model.remat=all", "model.remat='all' is not a remat policy"),
     ("--config.model.num_heads=5", "hidden_size=384 is not divisible by model.num_heads=5"),
+    ("--config.flow.cond_dropout=1.5", "flow.cond_dropout=1.5 must be a probability"),
+    ("--config.optim.warmup_steps=300000", "optim.warmup_steps=300000 must be in [0, "),
+    ("--config.sample.sampler=rk4", "sample.sampler='rk4'; choose one of ['euler', 'heun']"),
+    ("--config.train.video_shape=(16,31,32)", "train.video_shape=(16, 31, 32) (T, H, W) must be"),
 ])
 def test_command_line_errors_say_what_is_wrong(flag, message):
   result = run_count_params(flag)

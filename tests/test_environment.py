@@ -2,4 +2,4 @@ import jax
 
 
 def test_tests_see_eight_simulated_cpu_devices():
-  assert jax.device_count() == 8 and jax.devices()[0].platform == "cpu"
+  assert len(jax.devices("cpu")) == 8

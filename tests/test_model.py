@@ -125,9 +125,11 @@ def test_padded_text_tokens_do_not_change_the_video(key, randomize):
   model = DiT(tiny(), rngs=nnx.Rngs(0))
   randomize(model, key)
   video, t, text, mask = inputs(key)
-  garbage = jnp.where(mask[..., None], text, 100.0 * jax.random.normal(key, text.shape))
-  np.testing.assert_allclose(model(video, t, text=text, text_mask=mask),
-                             model(video, t, text=garbage, text_mask=mask), atol=1e-5)
+  expected = model(video, t, text=text, text_mask=mask)
+  for padding in (100.0 * jax.random.normal(key, text.shape), jnp.nan):
+    garbage = jnp.where(mask[..., None], text, padding)
+    np.testing.assert_allclose(model(video, t, text=garbage, text_mask=mask), expected,
+                               atol=1e-5)
 
 
 def test_dropped_condition_ignores_the_text(key, randomize):
@@ -179,6 +181,8 @@ def test_remat_and_unrolled_layers_compute_the_same_function(key, randomize, rem
     (dict(remat="everything"), "model.remat='everything' is not a remat policy"),
     (dict(dual_stream_depth=9), "dual_stream_depth=9 must be between 0 and model.depth=4"),
     (dict(conditioning="audio"), "model.conditioning='audio'"),
+    (dict(num_heads=0), "model.num_heads=0 must be positive"),
+    (dict(mlp_ratio=-1.0), "model.mlp_ratio=-1.0 must be positive"),
 ])
 def test_invalid_model_config_is_a_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):

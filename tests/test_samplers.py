@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import video_dit
 from dit import samplers
+from dit.flow_matching import timestep_shift
 from dit.model import DiT
 from dit.model_config import model_config
 
@@ -61,6 +63,26 @@ def test_guidance_extrapolates_from_unconditional_to_conditional(key):
   np.testing.assert_allclose(guided, -x + 4.0 * (labels[:, None] * x + x), rtol=1e-6)
   plain = samplers.guided_velocity(model, {"labels": labels}, 1.0)(x, 0.5)
   np.testing.assert_allclose(plain, labels[:, None] * x, rtol=1e-6)
+
+
+def test_guidance_scale_can_be_a_traced_value(key):
+  def model(x, t, labels, drop_cond=None):
+    return jnp.where(drop_cond[:, None], 0.0, 1.0) * x
+
+  x = jax.random.normal(key, (2, 3))
+  guided = jax.jit(lambda scale: samplers.guided_velocity(model, {"labels": jnp.ones(2)},
+                                                          scale)(x, 0.5))
+  np.testing.assert_allclose(guided(1.0), x, rtol=1e-6)
+  np.testing.assert_allclose(guided(3.0), 3.0 * x, rtol=1e-6)
+
+
+def test_sampling_shift_follows_training_unless_set():
+  config = video_dit.get_config()
+  trained = timestep_shift(4096 * 4, config.flow)
+  assert trained == pytest.approx(2 * config.flow.shift)
+  assert samplers.sampling_shift(config, 4096 * 4) == trained
+  config.sample.shift = 1.5
+  assert samplers.sampling_shift(config, 4096 * 4) == 1.5
 
 
 def test_sampling_a_dit_is_deterministic_for_a_key(key, randomize):
