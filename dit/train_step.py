@@ -12,6 +12,7 @@ from flax import nnx, struct
 
 from dit.config_checks import validate_flow_config, validate_optim_config
 from dit.flow_matching import flow_matching_loss
+from dit.patchify import patch_grid
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -73,7 +74,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
   def loss_fn(params, model_state, batch, key):
     model = nnx.merge(graphdef, params, model_state)
-    num_tokens = int(np.prod(batch["video"].shape[1:4])) // int(np.prod(patch_size))
+    num_tokens = int(np.prod(patch_grid(batch["video"].shape, patch_size)))
     return flow_matching_loss(model, batch, key, num_tokens, flow)
 
   def train_step(state: TrainState, batch: dict, key: jax.Array):
