@@ -1,0 +1,1 @@
+"""Data sources (random-access, deterministic per (seed, index)) and the grain pipeline."""

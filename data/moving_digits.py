@@ -1,0 +1,132 @@
+"""Moving digits: captioned videos of scikit-learn's 8x8 digits gliding across a small canvas.
+
+Every example is made on the fly from (seed, index), so the dataset needs no download and any
+example can be rebuilt exactly. Each digit moves in a straight line in one of eight compass
+directions and never leaves the canvas, so the caption ("the digit 3 moves up and to the left")
+holds for every frame.
+"""
+
+import functools
+
+import numpy as np
+import scipy.ndimage
+
+# (dy, dx) per frame, in units of `speed` pixels, and how a caption names it.
+DIRECTIONS = (
+    ((-1, 0), "up"),
+    ((1, 0), "down"),
+    ((0, -1), "to the left"),
+    ((0, 1), "to the right"),
+    ((-1, -1), "up and to the left"),
+    ((-1, 1), "up and to the right"),
+    ((1, -1), "down and to the left"),
+    ((1, 1), "down and to the right"),
+)
+SPLITS = ("train", "test")
+_TEST_FRACTION = 0.2
+
+
+@functools.lru_cache(maxsize=None)
+def _digit_images(split: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+  """The split's digits upsampled by `scale`: images float32 [N, 8s, 8s] in [0, 1], labels [N]."""
+  from sklearn.datasets import load_digits  # Deferred: scikit-learn is slow to import.
+
+  digits = load_digits()
+  images = digits.images.astype(np.float32) / 16.0  # [1797, 8, 8]
+  labels = digits.target.astype(np.int32)
+  num_test = int(len(images) * _TEST_FRACTION)
+  chosen = slice(num_test, None) if split == "train" else slice(0, num_test)
+  images, labels = images[chosen], labels[chosen]
+  if scale > 1:
+    images = np.clip(scipy.ndimage.zoom(images, (1, scale, scale), order=1), 0.0, 1.0)
+  return images, labels
+
+
+def describe(digit: int, direction: int) -> str:
+  return f"the digit {digit} moves {DIRECTIONS[direction][1]}"
+
+
+def caption(digits, directions) -> str:
+  return " and ".join(describe(d, m) for d, m in zip(digits, directions))
+
+
+class MovingDigits:
+  """A random-access source of moving-digit videos.
+
+  Each item is {"video": float32 [T, H, W, 1] in [-1, 1], "caption": str, "label": int32}, where
+  the label is the first digit's class. Videos with two digits combine them with max.
+  """
+
+  def __init__(self, num_examples: int = 100_000, num_frames: int = 8, size: int = 32,
+               digit_scale: int = 2, speed: int = 2, max_digits: int = 1, split: str = "train",
+               seed: int = 0):
+    digit_size = 8 * digit_scale
+    travel = speed * (num_frames - 1)
+    problems = []
+    if num_examples < 1:
+      problems.append(f"num_examples must be positive, got {num_examples}")
+    if num_frames < 1 or digit_scale < 1 or speed < 0:
+      problems.append("num_frames and digit_scale must be positive and speed non-negative, got "
+                      f"{num_frames}, {digit_scale}, {speed}")
+    if digit_size + travel > size:
+      problems.append(
+          f"a {digit_size}px digit moving {speed}px/frame for {num_frames} frames needs a canvas "
+          f"of at least {digit_size + travel}px, got size={size}: raise size or lower "
+          "speed, num_frames or digit_scale")
+    if max_digits not in (1, 2):
+      problems.append(f"max_digits must be 1 or 2, got {max_digits}")
+    if split not in SPLITS:
+      problems.append(f"split must be one of {SPLITS}, got {split!r}")
+    if problems:
+      raise ValueError("MovingDigits: " + "; ".join(problems))
+    self.num_examples = num_examples
+    self.num_frames = num_frames
+    self.size = size
+    self.digit_scale = digit_scale
+    self.speed = speed
+    self.max_digits = max_digits
+    self.split = split
+    self.seed = seed
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __repr__(self) -> str:
+    return (f"MovingDigits(n={self.num_examples}, frames={self.num_frames}, size={self.size}, "
+            f"digits<={self.max_digits}, split={self.split}, seed={self.seed})")
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"index {index} out of range for {self!r}")
+    rng = np.random.default_rng([self.seed, index])
+    images, labels = _digit_images(self.split, self.digit_scale)
+    num_digits = int(rng.integers(1, self.max_digits + 1))
+    video = np.zeros((self.num_frames, self.size, self.size), np.float32)
+    digits, directions = [], []
+    for _ in range(num_digits):
+      which = int(rng.integers(len(images)))
+      direction = int(rng.integers(len(DIRECTIONS)))
+      self._draw(video, images[which], DIRECTIONS[direction][0], rng)
+      digits.append(int(labels[which]))
+      directions.append(direction)
+    return {
+        "video": video[..., None] * 2.0 - 1.0,  # [T, H, W, 1]
+        "caption": caption(digits, directions),
+        "label": np.int32(digits[0]),
+    }
+
+  def _draw(self, video: np.ndarray, image: np.ndarray, step: tuple[int, int],
+            rng: np.random.Generator) -> None:
+    """Pastes `image` into every frame along a straight path that stays inside the canvas."""
+    digit = image.shape[0]
+    travel = self.speed * (self.num_frames - 1)
+    start = []
+    for move in step:
+      low = travel if move < 0 else 0
+      high = self.size - digit - (travel if move > 0 else 0)
+      start.append(int(rng.integers(low, high + 1)))
+    for frame in range(self.num_frames):
+      y = start[0] + step[0] * self.speed * frame
+      x = start[1] + step[1] * self.speed * frame
+      window = video[frame, y:y + digit, x:x + digit]
+      np.maximum(window, image, out=window)
