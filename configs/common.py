@@ -27,3 +27,34 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f"config variant {key}={value!r} must be a "
                          f"{type(default).__name__}") from None
   return parsed
+
+
+def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigDict:
+  """config.data: a source from data.sources.SOURCES by name, and its keyword arguments."""
+  return ml_collections.ConfigDict(dict(name=name, kwargs=kwargs, num_threads=2))
+
+
+def text_config(**overrides) -> ml_collections.ConfigDict:
+  """config.text: the caption encoder (dit.text_encoder) for conditioning="text"."""
+  config = ml_collections.ConfigDict(dict(encoder="minilm", max_length=16, vocab_size=4096))
+  config.update(overrides)
+  return config
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  """config.train: the loop of train.py."""
+  config = ml_collections.ConfigDict(dict(
+      batch_size=64,            # global, over all processes and microbatches
+      grad_accum=1,             # microbatches per step, for batches larger than memory
+      num_steps=200_000,
+      video_shape=(16, 32, 32),  # (T, H, W) of the model's input (C = model.in_channels)
+      ema_decay=0.9999,
+      log_every=100,
+      checkpoint_every=2000,
+      keep_checkpoints=3,
+      sample_every=10_000,      # 0: no samples during training
+      sample_prompts=("the digit 0 moves up",),
+      sample_labels=(0,),
+  ))
+  config.update(overrides)
+  return config

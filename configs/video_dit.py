@@ -1,14 +1,17 @@
-"""Text-to-video (or class-to-video) DiT trained with flow matching on latent videos.
+"""Text-to-video (or class-to-video) DiT trained with flow matching on a folder of videos.
 
 Variants, as `--config=configs/video_dit.py:size=B,cond=text,runlocal`:
   size      tiny | S | B | L | XL | 7B   (dit.model_config.MODEL_SIZES)
   cond      text | label
-  runlocal  shrink everything (tiny model unless size is given, small videos, short run) so
-            the experiment runs on a laptop CPU.
+  runlocal  shrink everything (tiny model unless size is given, small moving-digit videos, a
+            hashed-word text embedding, a short run) so the experiment runs on a laptop CPU.
+
+Without runlocal it reads RGB videos from --config.data.kwargs.root=/path/to/videos, in pixel
+space until the causal VAE lands (then: latents with model.in_channels=16).
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import data_config, parse_arg, text_config, train_config
 from dit.config_checks import validate_config
 from dit.flow_matching import flow_config
 from dit.model_config import model_config
@@ -21,17 +24,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = model_config(size, conditioning=arg.cond)
+  config.model = model_config(size, conditioning=arg.cond, in_channels=3)
   config.flow = flow_config(shift=3.0, shift_base_tokens=4096)
   config.optim = optim_config(lr=1e-4, warmup_steps=1000, decay_steps=200_000)
   # shift None: the training shift at the sampled resolution (dit.samplers.sampling_shift).
   config.sample = dict(num_steps=50, sampler="euler", guidance_scale=5.0, shift=None)
-  # Latent videos [T, H, W] (C = model.in_channels) and the global batch size.
-  config.train = dict(batch_size=64, num_steps=200_000, video_shape=(16, 32, 32),
-                      text_length=64)
+  config.train = train_config(batch_size=64, num_steps=200_000, video_shape=(16, 64, 64))
+  config.data = data_config("video_folder", root="", num_frames=16, size=(64, 64), stride=2)
+  config.text = text_config(encoder="minilm", max_length=64)
 
   if arg.runlocal:
-    config.train.update(batch_size=2, num_steps=10, video_shape=(2, 8, 8), text_length=8)
+    config.train.update(batch_size=4, num_steps=10, video_shape=(4, 16, 16), log_every=2,
+                        checkpoint_every=5, sample_every=10,
+                        sample_prompts=("the digit 1 moves up",), sample_labels=(1,))
+    config.data = data_config("moving_digits", num_examples=1000, num_frames=4, size=16,
+                              digit_scale=1, speed=2)
+    config.text = text_config(encoder="hashed_words", max_length=12, vocab_size=512)
+    config.model.update(in_channels=1, text_vocab_size=512, text_dim=64)
     config.optim.update(warmup_steps=2, decay_steps=10)
     config.sample.update(num_steps=4)
   validate_config(config)  # command-line overrides are checked again where they are used

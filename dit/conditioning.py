@@ -50,10 +50,16 @@ class TextEmbedder(nnx.Module):
   """Text encoder states [B, N, text_dim] -> text tokens [B, N, D] and a pooled vector [B, D].
 
   The null text is one learned vector in the encoder's space, standing as the only valid token.
+  With vocab_size > 0 the text comes as token ids int [B, N], turned into states by a learned
+  table first: the small offline fallback for a pretrained encoder.
   """
 
-  def __init__(self, text_dim: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, text_dim: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+               vocab_size: int = 0):
     init = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.token_table = (nnx.Embed(vocab_size, text_dim, embedding_init=EMBED_INIT,
+                                  param_dtype=param_dtype, rngs=rngs)
+                        if vocab_size else None)
     self.null_text = nnx.Param(EMBED_INIT(rngs.params(), (text_dim,), param_dtype))
     self.proj_in = nnx.Linear(text_dim, hidden_size, **init)
     self.proj_out = nnx.Linear(hidden_size, hidden_size, **init)
@@ -63,6 +69,8 @@ class TextEmbedder(nnx.Module):
   def __call__(self, text: jax.Array, mask: jax.Array | None = None,
                drop: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns tokens [B, N, D] (compute dtype), mask bool [B, N] and pooled float32 [B, D]."""
+    if self.token_table is not None:
+      text = self.token_table(text)  # ids [B, N] -> [B, N, text_dim]
     b, n, _ = text.shape
     mask = jnp.ones((b, n), bool) if mask is None else mask.astype(bool)
     if drop is not None:

@@ -29,6 +29,9 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
       "hidden_size", "num_heads", "depth", "in_channels", "text_dim", "num_classes",
       "mlp_ratio", "rope_theta")))
   errors = []
+  if config.text_vocab_size < 0:
+    errors.append(f"model.text_vocab_size={config.text_vocab_size} must be >= 0 (0: the text is "
+                  "encoder states)")
   if config.hidden_size % config.num_heads:
     errors.append(f"model.hidden_size={config.hidden_size} is not divisible by "
                   f"model.num_heads={config.num_heads}")
@@ -93,16 +96,49 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
   raise_if_any("sample", errors)
 
 
+def validate_train_config(config: ml_collections.ConfigDict, patch_size) -> None:
+  """config.train: positive sizes and intervals, videos that cut into whole patches."""
+  errors = positive("train", config, ("batch_size", "num_steps", "grad_accum", "log_every",
+                                      "checkpoint_every", "keep_checkpoints"))
+  shape, patch = tuple(config.video_shape), tuple(patch_size)
+  if len(shape) != 3 or any(s % p for s, p in zip(shape, patch)):
+    errors.append(f"train.video_shape={shape} (T, H, W) must be divisible by "
+                  f"model.patch_size={patch}")
+  if config.grad_accum > 0 and config.batch_size % config.grad_accum:
+    errors.append(f"train.batch_size={config.batch_size} must be divisible by "
+                  f"train.grad_accum={config.grad_accum}")
+  if not 0 <= config.ema_decay < 1:
+    errors.append(f"train.ema_decay={config.ema_decay} must be in [0, 1)")
+  if config.sample_every < 0:
+    errors.append(f"train.sample_every={config.sample_every} must be >= 0 (0: no samples)")
+  raise_if_any("train", errors)
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+  from data.sources import SOURCES  # Deferred: data imports grain.
+
+  errors = positive("data", config, ("num_threads",))
+  if config.name not in SOURCES:
+    errors.append(f"data.name={config.name!r}; choose one of {list(SOURCES)}")
+  raise_if_any("data", errors)
+
+
+def validate_text_config(config: ml_collections.ConfigDict) -> None:
+  from dit.text_encoder import TEXT_ENCODERS
+
+  errors = positive("text", config, ("max_length", "vocab_size"))
+  if config.encoder not in TEXT_ENCODERS:
+    errors.append(f"text.encoder={config.encoder!r}; choose one of {list(TEXT_ENCODERS)}")
+  raise_if_any("text", errors)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Every section of an experiment config, and that its videos cut into whole patches."""
   validate_model_config(config.model)
   for section, check in (("flow", validate_flow_config), ("optim", validate_optim_config),
-                         ("sample", validate_sample_config)):
+                         ("sample", validate_sample_config), ("data", validate_data_config),
+                         ("text", validate_text_config)):
     if section in config:
       check(config[section])
   if "train" in config:
-    shape, patch = tuple(config.train.video_shape), tuple(config.model.patch_size)
-    if len(shape) != 3 or any(s % p for s, p in zip(shape, patch)):
-      raise ValueError(f"train.video_shape={shape} (T, H, W) must be divisible by "
-                       f"model.patch_size={patch}")
-    raise_if_any("train", positive("train", config.train, ("batch_size", "num_steps")))
+    validate_train_config(config.train, config.model.patch_size)

@@ -94,7 +94,8 @@ class DiT(nnx.Module):
     self.time_embed = conditioning.TimestepEmbedder(dim, param_dtype=param_dtype, rngs=rngs)
     if self.uses_text:
       self.text_embed = conditioning.TextEmbedder(config.text_dim, dim, dtype=dtype,
-                                                  param_dtype=param_dtype, rngs=rngs)
+                                                  param_dtype=param_dtype, rngs=rngs,
+                                                  vocab_size=config.text_vocab_size)
     else:
       self.label_embed = conditioning.LabelEmbedder(config.num_classes, dim,
                                                     param_dtype=param_dtype, rngs=rngs)
@@ -163,7 +164,11 @@ class DiT(nnx.Module):
                        f"got shape {video.shape}")
     if t.shape != video.shape[:1]:
       raise ValueError(f"expected t of shape [B]={video.shape[:1]}, got {t.shape}")
-    if self.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
+    if self.uses_text and cfg.text_vocab_size:
+      if text is None or text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
+        raise ValueError(f"model.text_vocab_size={cfg.text_vocab_size} needs text as token "
+                         f"ids int [B, N], got {None if text is None else (text.shape, text.dtype)}")
+    elif self.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
       raise ValueError("model.conditioning='text' needs text [B, N, model.text_dim="
                        f"{cfg.text_dim}] encoder states, got "
                        f"{None if text is None else text.shape}")

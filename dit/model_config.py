@@ -31,6 +31,8 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
       mlp_ratio=4.0,              # SwiGLU width = 2/3 * mlp_ratio * hidden, rounded up to 64
       conditioning="text",        # "text": hybrid-stream text tokens; "label": class labels
       text_dim=384,               # width of the text encoder's token states
+      text_vocab_size=0,          # > 0: text is token ids embedded by a learned [vocab, text_dim]
+                                  # table (dit.text_encoder.HashedWordEncoder), not states
       num_classes=10,             # for conditioning="label"; index num_classes is the null label
       attention="xla",            # name of an implementation in dit.attention
       remat="none",               # name in dit.remat.REMAT_POLICIES

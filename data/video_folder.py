@@ -1,0 +1,142 @@
+"""A folder of video files as a data source, captioned by sidecar text files or file names.
+
+    root/
+      cats/clip_01.mp4      label 0 ("cats" is the first class folder), caption "clip 01"
+      cats/clip_01.txt      ... unless this sidecar exists: then its text is the caption
+      dogs/a-dog-runs.webm  label 1, caption "a dog runs"
+
+Files are found recursively and sorted, so index i is the same file on every host. A file that
+cannot be decoded is skipped: a warning names it once, it is counted in `skipped`, and the
+example is taken from the next readable file instead.
+"""
+
+import os
+
+import numpy as np
+from absl import logging
+
+from data.video_io import UnreadableVideo, read_video_frames, resize_and_center_crop
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
+
+
+def caption_from_stem(stem: str) -> str:
+  return " ".join(stem.replace("_", " ").replace("-", " ").split())
+
+
+class VideoFolder:
+  """A random-access source of clips from the video files under `root`.
+
+  Each item is {"video": float32 [num_frames, h, w, 3] in [-1, 1], "caption": str,
+  "label": int32}. The clip starts at a random frame drawn from (seed, index), takes every
+  `stride`-th frame (a short video repeats its last frame), and is resized to cover `size` and
+  center-cropped. The label is the index of the file's folder (relative to root) among the
+  sorted folders holding videos: 0 for every file when they lie flat in root.
+
+  `skipped` (absolute path -> reason) and `num_skipped` count the unreadable files this copy of the
+  source has met; each worker process holds its own copy.
+  """
+
+  def __init__(self, root: str, num_frames: int, size: tuple[int, int] | int = (64, 64),
+               stride: int = 1, seed: int = 0, extensions: tuple[str, ...] = VIDEO_EXTENSIONS):
+    if isinstance(size, int):
+      size = (size, size)
+    size = tuple(size)
+    problems = []
+    if num_frames < 1:
+      problems.append(f"num_frames must be positive, got {num_frames}")
+    if stride < 1:
+      problems.append(f"stride must be positive, got {stride}")
+    if len(size) != 2 or min(size) < 1:
+      problems.append(f"size must be a positive (height, width), got {size}")
+    if isinstance(extensions, str) or not extensions:
+      problems.append(f"extensions must be a non-empty tuple like ('.mp4',), got {extensions!r}")
+    if problems:
+      raise ValueError("VideoFolder: " + "; ".join(problems))
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    if not os.path.isdir(root):
+      raise ValueError(f"VideoFolder: root {root} is not a folder: pass the folder that holds "
+                       "the videos (class subfolders optional)")
+    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    self.root = root
+    self.num_frames = num_frames
+    self.size = (int(size[0]), int(size[1]))
+    self.stride = stride
+    self.seed = seed
+    self.extensions = extensions
+    # paths: sorted paths relative to root; sidecars: those with a <stem>.txt beside them.
+    self.paths, self.sidecars = self._list_files()
+    if not self.paths:
+      raise ValueError(f"VideoFolder: no files ending in {', '.join(extensions)} under {root}: "
+                       "put videos there (in class subfolders if they have labels) or pass the "
+                       "extensions they have")
+    self.classes = sorted({os.path.dirname(p) for p in self.paths})  # "" for files in root
+    class_index = {name: i for i, name in enumerate(self.classes)}
+    self.labels = np.array([class_index[os.path.dirname(p)] for p in self.paths], np.int32)
+    self.skipped: dict[str, str] = {}
+
+  def _list_files(self) -> tuple[list[str], set[str]]:
+    paths, sidecars = [], set()
+    for folder, subfolders, files in os.walk(self.root, followlinks=True):
+      subfolders.sort()
+      names = set(files)
+      for name in files:
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in self.extensions:
+          path = os.path.relpath(os.path.join(folder, name), self.root)
+          paths.append(path)
+          if stem + ".txt" in names:
+            sidecars.add(path)
+    return sorted(paths), sidecars
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self.skipped)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __repr__(self) -> str:
+    return (f"VideoFolder({self.root!r}, files={len(self.paths)}, classes={len(self.classes)}, "
+            f"frames={self.num_frames}, size={self.size}, stride={self.stride}, seed={self.seed})")
+
+  def caption(self, index: int) -> str:
+    path = self.paths[index]
+    stem = os.path.splitext(path)[0]
+    if path in self.sidecars:
+      with open(os.path.join(self.root, stem + ".txt"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+      if text:
+        return text
+    return caption_from_stem(os.path.basename(stem))
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self.paths):
+      raise IndexError(f"index {index} out of range for {self!r}")
+    # An unreadable file gives way to the next readable one, so the example for an index
+    # depends only on the seed, the index and which files decode.
+    for offset in range(len(self.paths)):
+      candidate = (index + offset) % len(self.paths)
+      path = os.path.join(self.root, self.paths[candidate])
+      if path in self.skipped:
+        continue
+      try:
+        return self._read(candidate, np.random.default_rng([self.seed, index]))
+      except UnreadableVideo as e:
+        if path not in self.skipped:
+          self.skipped[path] = e.reason
+          logging.warning("VideoFolder skips %s (%d skipped so far): %s", path,
+                          self.num_skipped, e.reason)
+    raise RuntimeError(f"none of the {len(self.paths)} video files under {self.root} could be "
+                       f"decoded (e.g. {next(iter(self.skipped.items()))}): check them with "
+                       "ffprobe, or re-encode them as H.264 mp4")
+
+  def _read(self, index: int, rng: np.random.Generator) -> dict:
+    frames = read_video_frames(os.path.join(self.root, self.paths[index]), self.num_frames,
+                               self.stride, rng=rng)  # uint8 [T, H, W, 3]
+    frames = resize_and_center_crop(frames, self.size)
+    return {
+        "video": frames.astype(np.float32) / 127.5 - 1.0,  # [T, h, w, 3]
+        "caption": self.caption(index),
+        "label": self.labels[index],
+    }

@@ -1,0 +1,71 @@
+"""Videos for a fixed list of prompts or labels, from any parameters of one model: what
+train.py writes every train.sample_every steps and sample.py writes on demand."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from data import video_io
+from dit.config_checks import validate_sample_config
+from dit.patchify import patch_grid
+from dit.samplers import sample, sampling_shift
+
+
+class VideoSampler:
+  """Draws videos for a fixed list of prompts (or labels) from any parameters of one model.
+
+  The conditioning is encoded once and the sampler is jitted once, so train.py can call it
+  every few thousand steps cheaply.
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, model_state: nnx.State,
+               config: ml_collections.ConfigDict, text_encoder=None,
+               prompts=None, labels=None):
+    validate_sample_config(config.sample)
+    self.config = config
+    if config.model.conditioning == "text":
+      self.prompts = list(prompts or config.train.sample_prompts)
+      if not self.prompts:
+        raise ValueError("no prompts: pass --prompt or set train.sample_prompts")
+      self.cond = {k: jnp.asarray(v) for k, v in text_encoder(self.prompts).items()}
+    else:
+      labels = list(labels or config.train.sample_labels)
+      if not labels or not all(0 <= l < config.model.num_classes for l in labels):
+        raise ValueError(f"labels {labels} must be given and lie in [0, "
+                         f"model.num_classes={config.model.num_classes})")
+      self.prompts = [f"label {l}" for l in labels]
+      self.cond = {"labels": jnp.asarray(labels, jnp.int32)}
+    self.shape = (len(self.prompts), *config.train.video_shape, config.model.in_channels)
+    num_tokens = int(np.prod(patch_grid(self.shape, config.model.patch_size)))
+    shift = sampling_shift(config, num_tokens)
+    sample_cfg = config.sample
+
+    def generate(params, key):
+      model = nnx.merge(graphdef, params, model_state)
+      return sample(model, key, self.shape, self.cond, num_steps=sample_cfg.num_steps,
+                    method=sample_cfg.sampler, guidance_scale=sample_cfg.guidance_scale,
+                    shift=shift)
+
+    self._generate = jax.jit(generate)
+
+  def generate(self, params: nnx.State, key: jax.Array) -> np.ndarray:
+    """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
+    return np.asarray(self._generate(params, key))
+
+  def write(self, params: nnx.State, out_dir: str, key: jax.Array, fps: int = 8) -> list[str]:
+    """Writes <i>.mp4, <i>.gif, grid.png and prompts.txt to out_dir; returns the video paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    videos = video_io.to_uint8(self.generate(params, key))  # [N, T, H, W, C]
+    paths = []
+    for i, video in enumerate(videos):
+      for ext, write in (("mp4", video_io.write_mp4), ("gif", video_io.write_gif)):
+        path = os.path.join(out_dir, f"{i}.{ext}")
+        write(path, video, fps=fps)
+        paths.append(path)
+    video_io.write_frame_grid_png(os.path.join(out_dir, "grid.png"), videos)
+    with open(os.path.join(out_dir, "prompts.txt"), "w") as f:
+      f.write("".join(f"{i}: {p}\n" for i, p in enumerate(self.prompts)))
+    return paths

@@ -1,0 +1,79 @@
+"""Samples videos from a trained run.
+
+  python sample.py --workdir=runs/quickstart --prompt="the digit 3 moves up" \
+      --prompt="the digit 7 moves to the right" --num_steps=50 --guidance_scale=4 --out=samples
+
+  python sample.py --checkpoint=runs/quickstart/checkpoints/2000 --label=3 --label=7
+
+It writes <out>/<i>.mp4 and <out>/<i>.gif per video, grid.png (one row of frames per video) and
+prompts.txt. Without --prompt or --label it uses the config's train.sample_prompts or
+train.sample_labels. The EMA parameters are used unless --noema.
+"""
+import os
+
+import jax
+from absl import app, flags, logging
+
+from dit import checkpoints
+from dit.config_checks import validate_sample_config
+from dit.runs import load_config, make_text_encoder_for
+from dit.train_step import abstract_train_state
+from dit.video_sampler import VideoSampler
+
+flags.DEFINE_string("workdir", None, "The train.py run to sample from (its latest checkpoint).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint folder, <workdir>/checkpoints/<step>; "
+                    "instead of --workdir.")
+flags.DEFINE_multi_string("prompt", None, "A caption to sample a video for; repeat the flag.")
+flags.DEFINE_multi_integer("label", None, "A class label, for label-conditioned models.")
+flags.DEFINE_integer("num_steps", None, "ODE steps (default: the config's sample.num_steps).")
+flags.DEFINE_string("sampler", None, "euler or heun (default: the config's sample.sampler).")
+flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale; 1 turns it off.")
+flags.DEFINE_integer("seed", 0, "Seed of the initial noise.")
+flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples/sample_<step>).")
+flags.DEFINE_integer("fps", 8, "Frames per second of the written videos.")
+flags.DEFINE_bool("ema", True, "Sample from the EMA parameters (--noema: the raw ones).")
+
+
+def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:
+  """(workdir, step or None for the latest) from --workdir or --checkpoint."""
+  if bool(workdir) == bool(checkpoint):
+    raise app.UsageError("pass exactly one of --workdir and --checkpoint")
+  if checkpoint:
+    checkpoint = os.path.abspath(checkpoint.rstrip("/"))
+    step = os.path.basename(checkpoint)
+    if not step.isdigit() or not os.path.isdir(checkpoint):
+      raise app.UsageError(f"--checkpoint={checkpoint} must be an existing "
+                           "<workdir>/checkpoints/<step> folder")
+    return os.path.dirname(os.path.dirname(checkpoint)), int(step)
+  if not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir} does not exist")
+  return workdir, None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  workdir, step = resolve_run(FLAGS.workdir, FLAGS.checkpoint)
+  config = load_config(workdir)
+  for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
+                       ("guidance_scale", FLAGS.guidance_scale)):
+    if value is not None:
+      config.sample[field] = value
+  validate_sample_config(config.sample)
+  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise app.UsageError(f"{workdir} has no checkpoints/: train first")
+
+  graphdef, abstract = abstract_train_state(config)
+  params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=FLAGS.ema,
+                                                        step=step)
+  sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
+                         prompts=FLAGS.prompt, labels=FLAGS.label)
+  out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{step}")
+  paths = sampler.write(params, out, jax.random.key(FLAGS.seed), fps=FLAGS.fps)
+  logging.info("wrote %d videos and grid.png to %s", len(paths) // 2, out)
+  print(f"step {step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,157 @@
+"""train.py end to end on a tiny config: resumable after SIGTERM and SIGKILL to the same bits,
+stops cleanly on a non-finite loss, and writes what a run directory promises."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import train
+from configs.quickstart import get_config
+from dit import checkpoints
+from dit.metric_writers import read_metrics
+from dit.runs import load_config
+from dit.train_step import abstract_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/quickstart.py:tiny,text=hashed_words"
+# Long enough that a signal sent after the first checkpoint arrives mid-run.
+LONG_RUN = ["--config.train.num_steps=150", "--config.train.checkpoint_every=5",
+            "--config.train.log_every=1", "--config.train.sample_every=0",
+            "--config.optim.decay_steps=150"]
+
+
+def start_training(workdir, *overrides) -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, "train.py", f"--config={CONFIG}", f"--workdir={workdir}", *LONG_RUN,
+       *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-3000:]
+  return output
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if process.poll() is not None:
+      raise AssertionError("training ended before the signal: " + process.stdout.read()[-3000:])
+    if time.monotonic() > deadline:
+      process.kill()
+      raise AssertionError("timed out waiting for training to progress")
+    time.sleep(0.02)
+
+
+def final_state(workdir):
+  graphdef, abstract = abstract_train_state(load_config(workdir))
+  manager = checkpoints.make_manager(workdir, async_save=False)
+  try:
+    return checkpoints.restore(manager, abstract)[0]
+  finally:
+    manager.close()
+
+
+def assert_bitwise_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  finish(start_training(workdir))
+  return final_state(workdir)
+
+
+def test_a_run_stopped_by_sigterm_saves_and_resumes_to_the_same_bits(uninterrupted, tmp_path):
+  process = start_training(tmp_path)
+  wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "5"), process)
+  process.send_signal(signal.SIGTERM)
+  output = finish(process)
+  assert "stopped by SIGTERM" in output
+  stopped_at = checkpoints.make_manager(tmp_path, async_save=False).latest_step()
+  assert 5 <= stopped_at < 150
+  assert f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at}" in finish(
+      start_training(tmp_path))
+  assert_bitwise_equal(final_state(tmp_path), uninterrupted)
+
+
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_bits(uninterrupted, tmp_path):
+  process = start_training(tmp_path)
+
+  def past_a_checkpoint():
+    if not os.path.isdir(tmp_path / "checkpoints" / "5"):
+      return False
+    steps = [m["step"] for m in read_metrics(tmp_path)]
+    return steps and steps[-1] % 5 in (2, 3)  # mid-way to the next checkpoint
+
+  wait_for(past_a_checkpoint, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert "resumed from" in finish(start_training(tmp_path))
+  assert_bitwise_equal(final_state(tmp_path), uninterrupted)
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tmp_path):
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.optim.lr = 1e30  # the updates blow the weights up within a few steps
+  config.train.update(num_steps=30, checkpoint_every=1, log_every=1, sample_every=0)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"non-finite .* at step \d+; the last good checkpoint, step \d+, is "
+                           r"intact .*Lower optim.lr"):
+    train.train(config, str(tmp_path))
+  state = final_state(tmp_path)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  logged = read_metrics(tmp_path)
+  assert int(state.step) == logged[-1]["step"]  # the last step logged with a finite loss
+
+
+def test_a_run_directory_holds_its_config_metrics_checkpoints_and_samples(tmp_path):
+  config = get_config("tiny,text=hashed_words")
+  state = train.train(config, str(tmp_path))
+  assert int(state.step) == config.train.num_steps
+  written = load_config(tmp_path)
+  assert written.train.to_dict() == json.loads(config.to_json_best_effort())["train"]
+  assert written.model.hidden_size == config.model.hidden_size
+  metrics = read_metrics(tmp_path)
+  every = (config.train.log_every, config.train.checkpoint_every)  # 2 and 3: logged at both
+  assert [m["step"] for m in metrics] == [s for s in range(1, config.train.num_steps + 1)
+                                          if s % every[0] == 0 or s % every[1] == 0]
+  assert {"loss", "grad_norm", "lr", "steps_per_sec", "tokens_per_sec"} <= set(metrics[0])
+  assert os.listdir(tmp_path / "tensorboard")
+  samples = tmp_path / "samples" / f"step_{config.train.num_steps}"
+  assert {"0.mp4", "0.gif", "1.mp4", "1.gif", "grid.png", "prompts.txt"} <= set(
+      os.listdir(samples))
+  # Running again finds the run finished: it restores and does no more steps.
+  assert int(train.train(config, str(tmp_path)).step) == config.train.num_steps
+
+
+def test_data_that_does_not_fit_the_model_is_rejected_before_training(tmp_path):
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.data.kwargs.size = 32
+  with pytest.raises(ValueError, match=r"videos of shape \(2, 32, 32, 1\).*make them agree"):
+    train.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_changed_config_keeps_the_earlier_one(tmp_path):
+  config = get_config("tiny,text=hashed_words")
+  train.write_config(config, str(tmp_path))
+  config.unlock()
+  config.train.num_steps = 7
+  train.write_config(config, str(tmp_path))
+  assert load_config(tmp_path).train.num_steps == 7
+  with open(tmp_path / "config.1.json") as f:
+    assert '"num_steps": 6' in f.read()

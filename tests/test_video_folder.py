@@ -1,0 +1,148 @@
+"""A folder of videos as a data source: captions, labels, shapes, skipping corrupt files."""
+import logging
+import os
+import pickle
+
+import imageio.v2 as iio2
+import numpy as np
+import pytest
+
+from data.video_folder import VideoFolder
+from data.video_io import write_gif, write_mp4
+
+
+def moving_video(num_frames: int = 12, height: int = 40, width: int = 48) -> np.ndarray:
+  """uint8 [T, H, W, 3]: gradients that drift a lot from frame to frame, so clips starting at
+  different frames differ."""
+  t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width),
+                        indexing="ij")
+  base = 128 + 90 * np.sin(x / 8 + t) + 30 * np.cos(y / 9)
+  return np.clip(np.stack([base, 255 - base, 0.5 * base + 60], -1), 0, 255).astype(np.uint8)
+
+
+def write_webm(path, frames: np.ndarray, fps: float = 8) -> None:
+  with iio2.get_writer(str(path), format="FFMPEG", fps=fps, codec="libvpx-vp9",
+                       pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                       output_params=["-crf", "20", "-b:v", "0"]) as writer:
+    for frame in frames:
+      writer.append_data(frame)
+
+
+# The folder's files in sorted order, as the source indexes them.
+FILES = ["cats/cat_plays-with_yarn.mp4", "cats/sleepy.gif", "dogs/broken.mp4",
+         "dogs/puppy-runs.webm"]
+BROKEN = 2
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  """cats/ holds an mp4 and a gif with a sidecar caption; dogs/ a webm and a corrupt mp4."""
+  root = tmp_path_factory.mktemp("videos")
+  (root / "cats").mkdir()
+  (root / "dogs").mkdir()
+  write_mp4(root / FILES[0], moving_video())
+  write_gif(root / FILES[1], moving_video(height=36, width=36))
+  (root / "cats/sleepy.txt").write_text("  a cat sleeps\non a sofa\n")
+  (root / FILES[2]).write_bytes(b"\x00\x00\x00\x18ftypmp42 but then nothing" * 20)
+  write_webm(root / FILES[3], moving_video(num_frames=6, height=32, width=64))
+  (root / "dogs/notes.md").write_text("not a video")
+  return root
+
+
+@pytest.fixture
+def source(root):
+  return VideoFolder(root, num_frames=4, size=(16, 24), stride=2, seed=0)
+
+
+def test_lists_video_files_recursively_in_sorted_order(source):
+  assert source.paths == FILES
+  assert len(source) == 4
+
+
+def test_label_is_the_index_of_the_class_folder(source):
+  assert source.classes == ["cats", "dogs"]
+  assert [int(source[i]["label"]) for i in (0, 1, 3)] == [0, 0, 1]
+  assert source[0]["label"].dtype == np.int32
+
+
+def test_caption_comes_from_the_sidecar_text_file(source):
+  assert source[1]["caption"] == "a cat sleeps on a sofa"
+
+
+def test_caption_without_sidecar_is_the_file_name_with_spaces(source):
+  assert source[0]["caption"] == "cat plays with yarn"
+  assert source[3]["caption"] == "puppy runs"
+
+
+def test_every_format_gives_float_video_of_the_requested_shape(source):
+  for index in (0, 1, 3):  # mp4, gif, webm (the webm is shorter than the 7-frame span)
+    video = source[index]["video"]
+    assert video.shape == (4, 16, 24, 3) and video.dtype == np.float32
+    assert video.min() >= -1.0 and video.max() <= 1.0
+    assert video.max() - video.min() > 0.5  # real content, not a blank fill
+
+
+def test_corrupt_file_is_skipped_counted_and_replaced_by_the_next_file(source):
+  examples = [source[i] for i in range(len(source))]  # never raises
+  assert source.num_skipped == 1
+  assert list(source.skipped) == [os.path.join(source.root, FILES[BROKEN])]
+  assert "Invalid data" in next(iter(source.skipped.values()))
+  assert examples[BROKEN]["caption"] == examples[BROKEN + 1]["caption"] == "puppy runs"
+  assert examples[BROKEN]["label"] == 1
+
+
+def test_corrupt_file_is_warned_about_once(root, caplog):
+  source = VideoFolder(root, num_frames=2, size=(8, 8))
+  with caplog.at_level(logging.WARNING):
+    for _ in range(3):
+      source[BROKEN]
+  warnings = [r for r in caplog.records if "broken.mp4" in r.getMessage()]
+  assert len(warnings) == 1 and source.num_skipped == 1
+
+
+def test_same_seed_gives_the_same_clips_and_another_seed_other_clips(root, source):
+  again = VideoFolder(root, num_frames=4, size=(16, 24), stride=2, seed=0)
+  other = VideoFolder(root, num_frames=4, size=(16, 24), stride=2, seed=1)
+  readable = (0, 1)  # the 12-frame videos have 6 possible starts
+  for index in readable:
+    np.testing.assert_array_equal(source[index]["video"], again[index]["video"])
+  assert any(not np.array_equal(source[i]["video"], other[i]["video"]) for i in readable)
+
+
+def test_files_flat_in_root_all_have_label_zero(tmp_path):
+  write_gif(tmp_path / "one.gif", moving_video(num_frames=3, height=8, width=8))
+  write_gif(tmp_path / "two.gif", moving_video(num_frames=3, height=8, width=8))
+  source = VideoFolder(tmp_path, num_frames=2, size=(8, 8))
+  assert [int(source[i]["label"]) for i in range(2)] == [0, 0]
+
+
+def test_source_pickles_and_reads_the_same_after(source):
+  restored = pickle.loads(pickle.dumps(source))
+  np.testing.assert_array_equal(restored[0]["video"], source[0]["video"])
+
+
+def test_folder_with_only_unreadable_files_raises_a_clear_error(tmp_path):
+  (tmp_path / "a.mp4").write_bytes(b"junk" * 10)
+  (tmp_path / "b.gif").write_bytes(b"junk" * 10)
+  source = VideoFolder(tmp_path, num_frames=2, size=(8, 8))
+  with pytest.raises(RuntimeError, match="none of the 2 video files"):
+    source[0]
+  assert source.num_skipped == 2
+
+
+def test_empty_folder_raises_value_error_saying_what_to_do(tmp_path):
+  (tmp_path / "readme.txt").write_text("no videos here")
+  with pytest.raises(ValueError, match="put videos there"):
+    VideoFolder(tmp_path, num_frames=4)
+
+
+def test_missing_root_raises_value_error(tmp_path):
+  with pytest.raises(ValueError, match="is not a folder"):
+    VideoFolder(tmp_path / "nowhere", num_frames=4)
+
+
+def test_bad_arguments_raise_value_error(root):
+  with pytest.raises(ValueError, match="stride"):
+    VideoFolder(root, num_frames=4, stride=0)
+  with pytest.raises(ValueError, match="size"):
+    VideoFolder(root, num_frames=4, size=(0, 8))

@@ -1,0 +1,212 @@
+"""Trains a video DiT with flow matching, as one config file describes.
+
+  python train.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python train.py --config=configs/video_dit.py:size=B --workdir=runs/b \
+      --config.optim.lr=3e-4 --config.train.batch_size=128
+
+Running it again with the same workdir resumes from the latest checkpoint there (parameters,
+optimizer, EMA, step, RNG and the data iterator's position), so an interrupted run continues
+exactly where it left off. SIGTERM saves a checkpoint and exits; a non-finite loss stops the run
+and leaves the last good checkpoint as it was.
+
+The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
+tensorboard/ and samples/step_<N>/ (videos from the EMA parameters every train.sample_every).
+"""
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from data.pipeline import make_dataset, make_iterator, model_inputs
+from data.sources import make_source
+from dit import checkpoints
+from dit.config_checks import validate_config
+from dit.metric_writers import MetricWriter
+from dit.model import DiT
+from dit.patchify import patch_grid
+from dit.runs import make_text_encoder_for, write_config
+from dit.train_step import (init_train_state, learning_rate_schedule, make_optimizer,
+                            make_train_step)
+from dit.video_sampler import VideoSampler
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
+                                "configs/quickstart.py or configs/video_dit.py:size=B.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics, samples. "
+                    "An existing one is resumed.")
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss; the last good checkpoint is left as it was."""
+
+
+class TerminationRequest:
+  """Remembers a SIGTERM, so the loop can save a checkpoint and exit between two steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_data(config: ml_collections.ConfigDict, text_encoder):
+  """The data iterator, after checking that its videos fit the model."""
+  source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
+  video = source[0]["video"]
+  expected = (*config.train.video_shape, config.model.in_channels)
+  if video.shape != expected:
+    raise ValueError(f"data {source!r} gives videos of shape {video.shape} (T, H, W, C) but the "
+                     f"config expects {expected} (train.video_shape, model.in_channels): make "
+                     "them agree")
+  dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
+                         text_encoder=text_encoder)
+  return make_iterator(dataset, num_threads=config.data.num_threads)
+
+
+def all_finite(tree) -> bool:
+  return bool(jax.jit(lambda t: jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))(tree))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str):
+  """Trains to config.train.num_steps (resuming from workdir) and returns the TrainState."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  text_encoder = make_text_encoder_for(config)
+  data_iterator = make_data(config, text_encoder)
+
+  model = DiT(config.model, rngs=nnx.Rngs(config.seed))
+  optimizer = make_optimizer(config.optim)
+  graphdef, state = init_train_state(model, optimizer)
+  del model
+  rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
+  if manager.latest_step() is not None:
+    abstract = jax.eval_shape(lambda: state)
+    state, rng = checkpoints.restore(manager, abstract, data_iterator)
+    print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
+
+  train_step = jax.jit(make_train_step(
+      graphdef, optimizer, config.flow, config.model.patch_size,
+      ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
+      learning_rate=learning_rate_schedule(config.optim)), donate_argnums=0)
+  sampler = None
+  if config.train.sample_every:
+    sampler = VideoSampler(graphdef, state.model_state, config, text_encoder)
+
+  tokens_per_step = config.train.batch_size * int(np.prod(
+      patch_grid((1, *config.train.video_shape, 1), config.model.patch_size)))
+  writer = MetricWriter(workdir)
+  train_cfg = config.train
+  start = int(state.step)
+  last_saved = start if start else None
+  progress = _progress_bar(start, train_cfg.num_steps)
+  pending, timer = [], (time.perf_counter(), start)
+  try:
+    with TerminationRequest() as termination:
+      for step in range(start, train_cfg.num_steps):
+        batch = model_inputs(next(data_iterator))
+        state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
+        pending.append(metrics)
+        done = step + 1
+        progress.update(1)
+        save_now = (done % train_cfg.checkpoint_every == 0 or done == train_cfg.num_steps
+                    or termination.requested)
+        if save_now or done % train_cfg.log_every == 0:
+          logged = _check_and_average(jax.device_get(pending), done - len(pending), manager)
+          now = time.perf_counter()
+          steps_per_sec = (done - timer[1]) / (now - timer[0])
+          logged.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * tokens_per_step)
+          writer.write(done, logged)
+          if progress.disable:  # no terminal (a cluster job's log): one line per log
+            print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),
+                  flush=True)
+          progress.set_postfix(loss=f"{logged['loss']:.4f}")
+          pending, timer = [], (now, done)
+        if save_now and done != last_saved:
+          if not all_finite(state.params):
+            raise NonFiniteLossError(_non_finite_message("parameters", done, manager))
+          checkpoints.save(manager, state, rng, data_iterator, force=True)
+          last_saved = done
+        if sampler is not None and (done % train_cfg.sample_every == 0
+                                    or done == train_cfg.num_steps):
+          sampler.write(state.ema_params, os.path.join(workdir, "samples", f"step_{done}"),
+                        jax.random.key(config.seed))
+        if termination.requested:
+          print(f"stopped by SIGTERM after step {done}, checkpoint saved; run again to resume",
+                flush=True)
+          break
+  finally:
+    progress.close()
+    writer.close()
+    manager.wait_until_finished()
+    manager.close()
+  return state
+
+
+def _check_and_average(metrics: list[dict], first_step: int, manager) -> dict[str, float]:
+  """The mean of each metric over the steps since the last log; stops on a non-finite loss."""
+  losses = np.array([m["loss"] for m in metrics])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    raise NonFiniteLossError(_non_finite_message(
+        f"loss ({losses[bad[0]]})", first_step + int(bad[0]) + 1, manager))
+  return {name: float(np.mean([m[name] for m in metrics])) for name in metrics[0]}
+
+
+def _non_finite_message(what: str, step: int, manager) -> str:
+  manager.wait_until_finished()
+  last = manager.latest_step()
+  kept = (f"the last good checkpoint, step {last}, is intact in {manager.directory}"
+          if last is not None else "no checkpoint had been saved yet")
+  return (f"training stopped: non-finite {what} at step {step}; {kept}. Lower optim.lr, "
+          "tighten optim.grad_clip or use a float32 model.dtype, then run again (it resumes "
+          "from that checkpoint).")
+
+
+def _progress_bar(start: int, total: int):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+              disable=not sys.stderr.isatty())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
+    logging.set_verbosity(logging.WARNING)
+  try:
+    train(FLAGS.config, FLAGS.workdir)
+  except NonFiniteLossError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
