@@ -69,3 +69,70 @@ def test_one_command_prints_every_model_size():
   out = subprocess.run([sys.executable, "-m", "dit.count_params"], capture_output=True,
                        text=True, check=True).stdout
   assert [line.split()[0] for line in out.splitlines()] == list(MODEL_SIZES)
+
+
+def tiny_label_setup(**step_kwargs):
+  config = model_config("tiny", in_channels=1, conditioning="label", dtype="float32")
+  optimizer = ts.make_optimizer(ts.optim_config(lr=1e-2, warmup_steps=0, decay_steps=10))
+  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  flow = flow_config(cond_dropout=0.0)
+  step = jax.jit(ts.make_train_step(graphdef, optimizer, flow, config.patch_size, **step_kwargs))
+  return graphdef, state, optimizer, flow, config, step
+
+
+def test_gradient_accumulation_averages_microbatch_gradients_into_one_update(key):
+  graphdef, state, optimizer, flow, config, step = tiny_label_setup(grad_accum=2)
+  batch = {"video": jax.random.normal(key, (4, 2, 8, 8, 1)), "label": jnp.arange(4)}
+  new_state, metrics = step(state, batch, key)
+
+  def microbatch_grads(index):
+    half = jax.tree.map(lambda x: x[2 * index:2 * index + 2], batch)
+    model_loss = lambda p: ts.flow_matching_loss(
+        nnx.merge(graphdef, p, state.model_state), half, jax.random.fold_in(key, index),
+        32, flow)
+    return jax.grad(model_loss, has_aux=True)(state.params)
+
+  (g0, m0), (g1, m1) = microbatch_grads(0), microbatch_grads(1)
+  grads = jax.tree.map(lambda a, b: (a + b) / 2, g0, g1)
+  updates, _ = optimizer.update(grads, state.opt_state, state.params)
+  expected = jax.tree.map(jnp.add, state.params, updates)
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], (m0["loss"] + m1["loss"]) / 2, rtol=1e-5)
+  assert int(new_state.step) == 1
+
+
+def test_a_batch_that_does_not_split_into_the_microbatches_is_rejected(key):
+  _, state, *_, step = tiny_label_setup(grad_accum=3)
+  with pytest.raises(ValueError, match="grad_accum=3"):
+    step(state, {"video": jnp.zeros((4, 2, 8, 8, 1)), "label": jnp.arange(4)}, key)
+
+
+def test_the_ema_follows_the_parameters_with_a_warmed_up_decay(key):
+  _, state, *_, step = tiny_label_setup(ema_decay=0.99)
+  batch = {"video": jax.random.normal(key, (2, 2, 8, 8, 1)), "label": jnp.arange(2)}
+  states = [state]
+  for _ in range(3):
+    states.append(step(states[-1], batch, key)[0])
+  for n in range(3):
+    decay = min(0.99, (1 + n) / (10 + n))  # 0.1, 0.18, 0.25: early steps forget the init
+    for ema, old_ema, params in zip(*(jax.tree.leaves(t) for t in (
+        states[n + 1].ema_params, states[n].ema_params, states[n + 1].params))):
+      np.testing.assert_allclose(ema, decay * old_ema + (1 - decay) * params, rtol=1e-5,
+                                 atol=1e-7)
+  assert float(ts.ema_decay_at(jnp.array(10_000), 0.99)) == pytest.approx(0.99)
+
+
+def test_the_learning_rate_is_reported_from_the_schedule(key):
+  config = model_config("tiny", in_channels=1, conditioning="label")
+  optim = ts.optim_config(lr=1e-3, warmup_steps=4, decay_steps=10)
+  optimizer = ts.make_optimizer(optim)
+  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  step = jax.jit(ts.make_train_step(graphdef, optimizer, flow_config(), config.patch_size,
+                                    learning_rate=ts.learning_rate_schedule(optim)))
+  batch = {"video": jax.random.normal(key, (2, 2, 8, 8, 1)), "label": jnp.arange(2)}
+  lrs = []
+  for _ in range(3):
+    state, metrics = step(state, batch, key)
+    lrs.append(float(metrics["lr"]))
+  np.testing.assert_allclose(lrs, [0.0, 2.5e-4, 5e-4], rtol=1e-6)

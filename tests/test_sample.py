@@ -1,0 +1,59 @@
+"""sample.py: videos from a run's workdir or one checkpoint, for prompts given on the command
+line, written as mp4, gif and a PNG frame grid."""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+
+import train
+from configs.quickstart import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.train.sample_every = 0
+  train.train(config, str(workdir))
+  return workdir
+
+
+def sample(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_sampling_prompts_from_a_workdir_writes_videos_and_a_frame_grid(workdir, tmp_path):
+  result = sample(f"--workdir={workdir}", "--prompt=the digit 4 moves down",
+                  "--prompt=the digit 9 moves up", "--num_steps=2", "--sampler=euler",
+                  "--guidance_scale=2", "--seed=3", f"--out={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 6: wrote 2 videos" in result.stdout
+  for i in range(2):
+    assert iio.imread(tmp_path / f"{i}.mp4").shape[:3] == (2, 16, 16)  # T, H, W
+    assert iio.imread(tmp_path / f"{i}.gif", index=None).shape[:3] == (2, 16, 16)
+  grid = iio.imread(tmp_path / "grid.png")
+  assert grid.shape[0] > 2 * 16 and grid.shape[1] > 2 * 16  # 2 rows (videos) x 2 frames
+  with open(tmp_path / "prompts.txt") as f:
+    assert f.read() == "0: the digit 4 moves down\n1: the digit 9 moves up\n"
+
+
+def test_one_checkpoint_can_be_sampled_and_the_same_seed_gives_the_same_video(workdir,
+                                                                                 tmp_path):
+  for out in ("a", "b"):
+    result = sample(f"--checkpoint={workdir}/checkpoints/3", "--num_steps=2", "--seed=1",
+                    f"--out={tmp_path / out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 3: wrote 2 videos" in result.stdout  # the config's two sample prompts
+  assert (iio.imread(tmp_path / "a" / "grid.png") == iio.imread(tmp_path / "b" / "grid.png")).all()
+
+
+def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
+  result = sample(f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert "config.json not found" in result.stderr
