@@ -72,7 +72,7 @@ class TerminationRequest:
 
 
 def make_data(config: ml_collections.ConfigDict, text_encoder):
-  """The data iterator, after checking that its videos fit the model."""
+  """The data source and iterator, after checking that the source's videos fit the model."""
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   video = source[0]["video"]
   expected = (*config.train.video_shape, config.model.in_channels)
@@ -82,7 +82,7 @@ def make_data(config: ml_collections.ConfigDict, text_encoder):
                      "them agree")
   dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
                          text_encoder=text_encoder)
-  return make_iterator(dataset, num_threads=config.data.num_threads)
+  return source, make_iterator(dataset, num_threads=config.data.num_threads)
 
 
 def all_finite(tree) -> bool:
@@ -96,7 +96,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   text_encoder = make_text_encoder_for(config)
-  data_iterator = make_data(config, text_encoder)
+  source, data_iterator = make_data(config, text_encoder)
 
   model = DiT(config.model, rngs=nnx.Rngs(config.seed))
   optimizer = make_optimizer(config.optim)
@@ -140,6 +140,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
           now = time.perf_counter()
           steps_per_sec = (done - timer[1]) / (now - timer[0])
           logged.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * tokens_per_step)
+          if hasattr(source, "num_skipped"):  # unreadable files met so far (video folders)
+            logged["skipped_videos"] = source.num_skipped
           writer.write(done, logged)
           if progress.disable:  # no terminal (a cluster job's log): one line per log
             print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),

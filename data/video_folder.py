@@ -53,6 +53,9 @@ class VideoFolder:
       problems.append(f"extensions must be a non-empty tuple like ('.mp4',), got {extensions!r}")
     if problems:
       raise ValueError("VideoFolder: " + "; ".join(problems))
+    if not os.fspath(root):
+      raise ValueError("VideoFolder: no root given: set the folder of videos, e.g. "
+                       "--config.data.kwargs.root=/path/to/videos")
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     if not os.path.isdir(root):
       raise ValueError(f"VideoFolder: root {root} is not a folder: pass the folder that holds "

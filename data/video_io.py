@@ -7,8 +7,12 @@ can skip it.
 """
 
 import os
+import warnings
 
 import numpy as np
+
+# ffmpeg runs as a subprocess (fork, then exec at once), which JAX warns about needlessly.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 GIF_EXTENSIONS = (".gif",)
 

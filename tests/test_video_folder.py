@@ -146,3 +146,8 @@ def test_bad_arguments_raise_value_error(root):
     VideoFolder(root, num_frames=4, stride=0)
   with pytest.raises(ValueError, match="size"):
     VideoFolder(root, num_frames=4, size=(0, 8))
+
+
+def test_a_missing_root_says_which_config_field_to_set():
+  with pytest.raises(ValueError, match="--config.data.kwargs.root="):
+    VideoFolder("", num_frames=2)
