@@ -28,6 +28,8 @@ flags.DEFINE_multi_integer("label", None, "A class label, for label-conditioned 
 flags.DEFINE_integer("num_steps", None, "ODE steps (default: the config's sample.num_steps).")
 flags.DEFINE_string("sampler", None, "euler or heun (default: the config's sample.sampler).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale; 1 turns it off.")
+flags.DEFINE_integer("upscale", None, "Write videos this many times larger (nearest "
+                     "neighbour); default: the config's sample.upscale.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial noise.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples/sample_<step>).")
 flags.DEFINE_integer("fps", 8, "Frames per second of the written videos.")
@@ -57,7 +59,7 @@ def main(argv):
   workdir, step = resolve_run(FLAGS.workdir, FLAGS.checkpoint)
   config = load_config(workdir)
   for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
-                       ("guidance_scale", FLAGS.guidance_scale)):
+                       ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
     if value is not None:
       config.sample[field] = value
   validate_sample_config(config.sample)

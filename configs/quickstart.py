@@ -30,7 +30,7 @@ PROMPTS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, steps=1500, text="minilm", tiny=False)
+  arg = parse_arg(arg, steps=1400, text="minilm", tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(
@@ -40,7 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = optim_config(lr=2e-3, warmup_steps=min(100, arg.steps // 10),
                               decay_steps=arg.steps,
                               final_lr_ratio=0.05, weight_decay=0.0)
-  config.sample = dict(num_steps=25, sampler="heun", guidance_scale=3.0, shift=None)
+  config.sample = dict(num_steps=25, sampler="heun", guidance_scale=3.0, shift=None,
+                       upscale=2)  # videos written 2x larger, to be seen
   config.train = train_config(
       batch_size=32, num_steps=arg.steps, video_shape=(4, 32, 32), ema_decay=0.995,
       log_every=25, checkpoint_every=250, keep_checkpoints=2, sample_every=500,

@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.flow = flow_config(shift=3.0, shift_base_tokens=4096)
   config.optim = optim_config(lr=1e-4, warmup_steps=1000, decay_steps=200_000)
   # shift None: the training shift at the sampled resolution (dit.samplers.sampling_shift).
-  config.sample = dict(num_steps=50, sampler="euler", guidance_scale=5.0, shift=None)
+  config.sample = dict(num_steps=50, sampler="euler", guidance_scale=5.0, shift=None,
+                       upscale=1)
   config.train = train_config(batch_size=64, num_steps=200_000, video_shape=(16, 64, 64))
   config.data = data_config("video_folder", root="", num_frames=16, size=(64, 64), stride=2)
   config.text = text_config(encoder="minilm", max_length=64)

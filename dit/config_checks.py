@@ -89,6 +89,9 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
 def validate_sample_config(config: ml_collections.ConfigDict) -> None:
   """config.sample: a known sampler, at least one step, a positive shift if one is set."""
   errors = positive("sample", config, ("num_steps",))
+  upscale = config.get("upscale", 1)
+  if not isinstance(upscale, int) or upscale < 1:
+    errors.append(f"sample.upscale={upscale} must be a positive integer")
   if config.sampler not in SAMPLERS:
     errors.append(f"sample.sampler={config.sampler!r}; choose one of {list(SAMPLERS)}")
   if config.get("shift") is not None and not config.shift > 0:

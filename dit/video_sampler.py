@@ -59,6 +59,9 @@ class VideoSampler:
     """Writes <i>.mp4, <i>.gif, grid.png and prompts.txt to out_dir; returns the video paths."""
     os.makedirs(out_dir, exist_ok=True)
     videos = video_io.to_uint8(self.generate(params, key))  # [N, T, H, W, C]
+    # Small videos are written larger (nearest neighbour), to be seen, not only stored.
+    upscale = int(self.config.sample.get("upscale", 1))
+    videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
     paths = []
     for i, video in enumerate(videos):
       for ext, write in (("mp4", video_io.write_mp4), ("gif", video_io.write_gif)):

@@ -35,10 +35,11 @@ def test_sampling_prompts_from_a_workdir_writes_videos_and_a_frame_grid(workdir,
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 6: wrote 2 videos" in result.stdout
   for i in range(2):
-    assert iio.imread(tmp_path / f"{i}.mp4").shape[:3] == (2, 16, 16)  # T, H, W
-    assert iio.imread(tmp_path / f"{i}.gif", index=None).shape[:3] == (2, 16, 16)
+    # T, H, W: 16x16 videos written 2x larger (sample.upscale)
+    assert iio.imread(tmp_path / f"{i}.mp4").shape[:3] == (2, 32, 32)
+    assert iio.imread(tmp_path / f"{i}.gif", index=None).shape[:3] == (2, 32, 32)
   grid = iio.imread(tmp_path / "grid.png")
-  assert grid.shape[0] > 2 * 16 and grid.shape[1] > 2 * 16  # 2 rows (videos) x 2 frames
+  assert grid.shape[0] > 2 * 32 and grid.shape[1] > 2 * 32  # 2 rows (videos) x 2 frames
   with open(tmp_path / "prompts.txt") as f:
     assert f.read() == "0: the digit 4 moves down\n1: the digit 9 moves up\n"
 
