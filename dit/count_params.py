@@ -7,16 +7,13 @@ Shapes come from jax.eval_shape, so even the 7B model is counted without allocat
 """
 import jax
 import ml_collections
-from absl import app
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from dit.config_checks import validate_config
 from dit.model import DiT
 from dit.model_config import MODEL_SIZES, model_config
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (optional)")
-
 
 def count_params(config: ml_collections.ConfigDict) -> int:
   """Number of parameters of DiT(config), from abstract shapes only."""
@@ -33,9 +30,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
 def main(argv):
   del argv
-  if _CONFIG.value is not None:
-    validate_config(_CONFIG.value)
-    configs = [_CONFIG.value.model]
+  experiment = flags.FLAGS.config
+  if experiment is not None:
+    validate_config(experiment)
+    configs = [experiment.model]
   else:
     configs = [model_config(size) for size in MODEL_SIZES]
   for config in configs:
@@ -43,4 +41,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so importing count_params beside train.py (which has its own
+  # --config) defines no flag twice.
+  config_flags.DEFINE_config_file("config", None, "experiment config file (optional)")
   app.run(main)
