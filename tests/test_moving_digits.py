@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data.moving_digits import DIRECTIONS, MovingDigits
+from data.moving_digits import DIRECTIONS, MovingDigits, _digit_images
 
 
 def centre_of_mass(frame):
@@ -57,3 +57,14 @@ def test_train_and_test_splits_use_different_digit_images():
 def test_a_canvas_too_small_for_the_motion_is_rejected_with_what_to_change():
   with pytest.raises(ValueError, match="canvas of at least 30px"):
     MovingDigits(num_frames=8, size=24, digit_scale=2, speed=2)
+
+
+def test_styles_per_digit_keeps_that_many_images_of_every_digit():
+  images, labels = _digit_images("train", 1, 3)
+  assert images.shape == (30, 8, 8)
+  assert np.bincount(labels).tolist() == [3] * 10
+  all_images, all_labels = _digit_images("train", 1)
+  assert len(all_images) > 1000
+  np.testing.assert_array_equal(images[labels == 4][0], all_images[all_labels == 4][0])
+  example = MovingDigits(styles_per_digit=3, seed=0)[0]
+  assert example["caption"].startswith(f"the digit {example['label']} moves")
