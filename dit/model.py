@@ -166,8 +166,9 @@ class DiT(nnx.Module):
       raise ValueError(f"expected t of shape [B]={video.shape[:1]}, got {t.shape}")
     if self.uses_text and cfg.text_vocab_size:
       if text is None or text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
+        got = None if text is None else (text.shape, text.dtype)
         raise ValueError(f"model.text_vocab_size={cfg.text_vocab_size} needs text as token "
-                         f"ids int [B, N], got {None if text is None else (text.shape, text.dtype)}")
+                         f"ids int [B, N], got {got}")
     elif self.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
       raise ValueError("model.conditioning='text' needs text [B, N, model.text_dim="
                        f"{cfg.text_dim}] encoder states, got "

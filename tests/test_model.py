@@ -229,3 +229,14 @@ def test_remat_policies_trade_saved_activations_for_recomputation(capsys):
   offloaded, on_host = saved_activation_sizes(capsys, "offload_block_inputs")
   assert full < dots < none
   assert offloaded < full and on_host > 0
+
+
+def test_a_model_with_a_text_vocabulary_takes_token_ids_and_rejects_states():
+  config = model_config("tiny", in_channels=1, text_vocab_size=50, text_dim=16)
+  model = DiT(config, rngs=nnx.Rngs(0))
+  video, t = jnp.zeros((2, 2, 8, 8, 1)), jnp.full((2,), 0.5)
+  ids = jnp.array([[3, 7, 0], [5, 0, 0]], jnp.int32)
+  out = model(video, t, text=ids, text_mask=ids > 0)
+  assert out.shape == video.shape
+  with pytest.raises(ValueError, match="needs text as token ids"):
+    model(video, t, text=jnp.zeros((2, 3, 16)))

@@ -1,0 +1,1 @@
+"""Pallas kernels and their pure-XLA references, side by side."""

@@ -1,0 +1,76 @@
+"""kernels/block_tables.py and kernels/reference.py: pattern tables, and the dense reference
+the kernels are checked against."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.block_tables import mask_to_tables, tables_to_mask, transpose_tables
+from kernels.reference import block_sparse_attention_reference
+
+
+def random_block_mask(key, shape=(2, 3, 4, 6), density=0.4):
+  return np.asarray(jax.random.uniform(key, shape) < density)
+
+
+def test_tables_list_each_rows_blocks_in_ascending_order_and_round_trip(key):
+  mask = random_block_mask(key)
+  indices, counts = mask_to_tables(mask)
+  np.testing.assert_array_equal(counts, mask.sum(-1))
+  rows = zip(mask.reshape(-1, 6), np.asarray(indices).reshape(-1, indices.shape[-1]),
+             np.asarray(counts).reshape(-1))
+  for row, idx, count in rows:
+    np.testing.assert_array_equal(idx[:count], np.flatnonzero(row))
+    assert (idx[count:] == (idx[count - 1] if count else 0)).all()  # padding repeats the last
+  np.testing.assert_array_equal(tables_to_mask(indices, counts, 6), mask)
+
+
+def test_transposed_tables_list_the_query_blocks_of_each_key_block(key):
+  mask = random_block_mask(key)
+  q_indices, q_counts = transpose_tables(*mask_to_tables(mask), num_kv_blocks=6)
+  assert q_indices.shape[-2] == 6
+  np.testing.assert_array_equal(tables_to_mask(q_indices, q_counts, 4), mask.swapaxes(-1, -2))
+
+
+def test_tables_build_inside_jit_given_their_width_and_too_narrow_a_width_is_an_error(key):
+  mask = random_block_mask(key)
+  indices, counts = jax.jit(lambda m: mask_to_tables(m, max_blocks=6))(mask)
+  np.testing.assert_array_equal(tables_to_mask(indices, counts, 6), mask)
+  with pytest.raises(ValueError, match="raise max_blocks"):
+    mask_to_tables(np.ones((1, 1, 2, 6), bool), max_blocks=3)
+  with pytest.raises(ValueError, match="pass max_blocks"):
+    jax.jit(mask_to_tables)(mask)
+
+
+def qkv(key, b=2, l=24, h=3, d=16, dtype=jnp.float32):
+  return [jax.random.normal(k, (b, l, h, d), dtype) for k in jax.random.split(key, 3)]
+
+
+def test_the_reference_with_every_block_is_ordinary_attention(key):
+  q, k, v = qkv(key)
+  indices, counts = mask_to_tables(np.ones((2, 3, 3, 3), bool))
+  out, lse = block_sparse_attention_reference(q, k, v, indices, counts, block_q=8, block_k=8)
+  np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v), atol=1e-5)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / 4.0
+  np.testing.assert_allclose(lse, jax.nn.logsumexp(logits, -1), atol=1e-5)
+
+
+def test_the_reference_skips_unlisted_blocks_and_gives_zeros_to_rows_with_none(key):
+  q, k, v = qkv(key)
+  mask = np.zeros((2, 3, 3, 3), bool)
+  mask[:, :, 0, 1] = True  # query block 0 sees key block 1 only; the others see nothing
+  out, lse = block_sparse_attention_reference(q, k, v, *mask_to_tables(mask), block_q=8,
+                                              block_k=8)
+  expected = jax.nn.dot_product_attention(q[:, :8], k[:, 8:16], v[:, 8:16])
+  np.testing.assert_allclose(out[:, :8], expected, atol=1e-5)
+  assert (out[:, 8:] == 0).all() and jnp.isneginf(lse[..., 8:]).all()
+
+
+def test_the_reference_keeps_packed_sequences_apart(key):
+  q, k, v = qkv(key)
+  segments = jnp.array([[1] * 10 + [2] * 14, [1] * 24])
+  out, _ = block_sparse_attention_reference(
+      q, k, v, *mask_to_tables(np.ones((2, 3, 3, 3), bool)), block_q=8, block_k=8,
+      segment_ids=segments)
+  mask = (segments[:, :, None] == segments[:, None, :])[:, None]
+  np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, mask=mask), atol=1e-5)
