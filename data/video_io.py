@@ -162,8 +162,9 @@ def _rgb(frames: np.ndarray) -> np.ndarray:
   return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: float = 8) -> None:
-  """Writes uint8 [T, H, W, C] as H.264 (libx264, yuv420p, so every player opens it).
+def _write_ffmpeg(path: str, frames: np.ndarray, fps: float, codec: str,
+                  output_params: list[str]) -> None:
+  """uint8 [T, H, W, C] through ffmpeg in yuv420p (what every player opens).
 
   yuv420p stores color at half resolution and so needs even sizes: an odd height or width is
   padded by one repeated edge row or column (never rescaled).
@@ -174,13 +175,22 @@ def write_mp4(path: str, frames: np.ndarray, fps: float = 8) -> None:
   pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
   if pad_h or pad_w:
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-  # macro_block_size=1 stops imageio from rescaling to multiples of 16; crf 18 is near
-  # lossless to the eye, for small sample videos.
-  with iio.get_writer(os.fspath(path), format="FFMPEG", fps=fps, codec="libx264",
+  # macro_block_size=1 stops imageio from rescaling to multiples of 16.
+  with iio.get_writer(os.fspath(path), format="FFMPEG", fps=fps, codec=codec,
                       pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-                      output_params=["-crf", "18"]) as writer:
+                      output_params=output_params) as writer:
     for frame in frames:
       writer.append_data(frame)
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float = 8) -> None:
+  """Writes uint8 [T, H, W, C] as H.264; crf 18 is near lossless to the eye."""
+  _write_ffmpeg(path, frames, fps, "libx264", ["-crf", "18"])
+
+
+def write_webm(path: str, frames: np.ndarray, fps: float = 8) -> None:
+  """Writes uint8 [T, H, W, C] as VP9 in constant quality (VP9 needs -b:v 0 beside -crf)."""
+  _write_ffmpeg(path, frames, fps, "libvpx-vp9", ["-crf", "20", "-b:v", "0"])
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float = 8) -> None:

@@ -3,12 +3,11 @@ import logging
 import os
 import pickle
 
-import imageio.v2 as iio2
 import numpy as np
 import pytest
 
 from data.video_folder import VideoFolder
-from data.video_io import write_gif, write_mp4
+from data.video_io import write_gif, write_mp4, write_webm
 
 
 def moving_video(num_frames: int = 12, height: int = 40, width: int = 48) -> np.ndarray:
@@ -18,14 +17,6 @@ def moving_video(num_frames: int = 12, height: int = 40, width: int = 48) -> np.
                         indexing="ij")
   base = 128 + 90 * np.sin(x / 8 + t) + 30 * np.cos(y / 9)
   return np.clip(np.stack([base, 255 - base, 0.5 * base + 60], -1), 0, 255).astype(np.uint8)
-
-
-def write_webm(path, frames: np.ndarray, fps: float = 8) -> None:
-  with iio2.get_writer(str(path), format="FFMPEG", fps=fps, codec="libvpx-vp9",
-                       pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-                       output_params=["-crf", "20", "-b:v", "0"]) as writer:
-    for frame in frames:
-      writer.append_data(frame)
 
 
 # The folder's files in sorted order, as the source indexes them.

@@ -1,13 +1,12 @@
 """Video files: round trips through mp4, webm and gif, frame sampling, resizing, grids, errors."""
 import pickle
 
-import imageio.v2 as iio2
 import imageio.v3 as iio3
 import numpy as np
 import pytest
 
 from data.video_io import (UnreadableVideo, read_video_frames, resize_and_center_crop, to_uint8,
-                           write_frame_grid_png, write_gif, write_mp4)
+                           write_frame_grid_png, write_gif, write_mp4, write_webm)
 
 
 def smooth_video(num_frames: int = 10, height: int = 32, width: int = 32,
@@ -24,14 +23,6 @@ def numbered_frames(num_frames: int, size: int = 8) -> np.ndarray:
   """uint8 [T, size, size, 3] whose frame i is a flat gray of value 20 * i."""
   values = (20 * np.arange(num_frames)).astype(np.uint8)
   return np.broadcast_to(values[:, None, None, None], (num_frames, size, size, 3)).copy()
-
-
-def write_webm(path, frames: np.ndarray, fps: float = 8) -> None:
-  with iio2.get_writer(str(path), format="FFMPEG", fps=fps, codec="libvpx-vp9",
-                       pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-                       output_params=["-crf", "20", "-b:v", "0"]) as writer:
-    for frame in frames:
-      writer.append_data(frame)
 
 
 def mean_error(a: np.ndarray, b: np.ndarray) -> float:
