@@ -85,9 +85,13 @@ def make_data(config: ml_collections.ConfigDict, text_encoder):
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def all_finite(tree) -> bool:
-  return bool(jax.jit(lambda t: jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))(tree))
+  return bool(_all_finite(tree))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str):
