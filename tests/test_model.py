@@ -96,8 +96,10 @@ def test_single_stream_blocks_treat_text_tokens_with_the_shared_weights(key, ran
   out = block(jnp.concatenate([video, text], 1), c, no_rotation)
   swapped = block(jnp.concatenate(swap_first_video_and_text_token(video, text), 1), c,
                   no_rotation)
-  np.testing.assert_allclose(swapped[:, 0], out[:, 12], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(swapped[:, 12], out[:, 0], rtol=1e-5, atol=1e-5)
+  # Swapping changes the float32 summation order, so the tolerance scales with the outputs.
+  atol = 1e-5 * float(jnp.abs(out).max())
+  np.testing.assert_allclose(swapped[:, 0], out[:, 12], rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(swapped[:, 12], out[:, 0], rtol=1e-5, atol=atol)
   assert not any("text" in str(path) for path, _ in nnx.to_flat_state(nnx.state(block)))
 
 
