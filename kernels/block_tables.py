@@ -9,8 +9,11 @@ A pattern says which key blocks each query block attends to. As a boolean block 
   kv_counts  int32 [B, H, nQ]:        how many entries of kv_indices are real.
 
 The backward pass walks the transpose: for each key block, the query blocks that attend to it
-(`transpose_tables`). Building a pattern and running it are separate, as in splash attention.
+(`transpose_tables`). Building a pattern and running it are separate, as in splash attention:
+`PatternTables` holds both directions, built once and passed to every layer that uses it.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,11 +54,18 @@ def _concrete_max(counts) -> int | None:
 
 
 def tables_to_mask(kv_indices, kv_counts, num_kv_blocks: int):
-  """(kv_indices [..., nQ, Kmax], kv_counts [..., nQ]) -> bool block mask [..., nQ, nK]."""
-  kv_indices = jnp.asarray(kv_indices)
-  listed = jnp.arange(kv_indices.shape[-1]) < jnp.asarray(kv_counts)[..., None]
-  hits = (kv_indices[..., None] == jnp.arange(num_kv_blocks)) & listed[..., None]
-  return hits.any(-2)
+  """(kv_indices [..., nQ, Kmax], kv_counts [..., nQ]) -> bool block mask [..., nQ, nK].
+
+  A scatter, O(entries) in time and O(nQ * nK) in memory, so it builds inside jit at video sizes.
+  """
+  kv_indices = jnp.asarray(kv_indices, jnp.int32)
+  kv_counts = jnp.asarray(kv_counts, jnp.int32)
+  *lead, num_q_blocks, width = kv_indices.shape
+  rows = kv_indices.reshape(-1, width)
+  listed = (jnp.arange(width) < kv_counts.reshape(-1, 1))
+  mask = jnp.zeros((rows.shape[0], num_kv_blocks), bool)
+  mask = mask.at[jnp.arange(rows.shape[0])[:, None], rows].max(listed)
+  return mask.reshape(*lead, num_q_blocks, num_kv_blocks)
 
 
 def transpose_tables(kv_indices, kv_counts, num_kv_blocks: int, max_blocks: int | None = None):
@@ -65,3 +75,66 @@ def transpose_tables(kv_indices, kv_counts, num_kv_blocks: int, max_blocks: int 
   """
   mask = tables_to_mask(kv_indices, kv_counts, num_kv_blocks)
   return mask_to_tables(jnp.swapaxes(mask, -1, -2), max_blocks)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PatternTables:
+  """A block-sparsity pattern as the kernels read it: the forward tables and their transpose.
+
+  The leading dims are [B, H], either of which may be 1 to share one pattern across the batch or
+  the heads (the kernels then read the same table for every batch element or head).
+  """
+  kv_indices: jax.Array  # int32 [B|1, H|1, nQ, Kmax]
+  kv_counts: jax.Array   # int32 [B|1, H|1, nQ]
+  q_indices: jax.Array   # int32 [B|1, H|1, nK, Qmax]
+  q_counts: jax.Array    # int32 [B|1, H|1, nK]
+  block_q: int = dataclasses.field(metadata=dict(static=True))
+  block_k: int = dataclasses.field(metadata=dict(static=True))
+
+  @classmethod
+  def from_mask(cls, block_mask, *, block_q: int, block_k: int, max_blocks: int | None = None,
+                max_q_blocks: int | None = None) -> "PatternTables":
+    """bool [nQ, nK], [H, nQ, nK] or [B, H, nQ, nK] -> tables (widths as in mask_to_tables)."""
+    block_mask = jnp.asarray(block_mask, bool)
+    if not 2 <= block_mask.ndim <= 4:
+      raise ValueError(f"a block mask is [nQ, nK], [H, nQ, nK] or [B, H, nQ, nK]; got shape "
+                       f"{block_mask.shape}")
+    block_mask = block_mask.reshape((1,) * (4 - block_mask.ndim) + block_mask.shape)
+    kv_indices, kv_counts = mask_to_tables(block_mask, max_blocks)
+    q_indices, q_counts = mask_to_tables(jnp.swapaxes(block_mask, -1, -2), max_q_blocks)
+    return cls(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
+
+  @classmethod
+  def from_tables(cls, kv_indices, kv_counts, *, num_kv_blocks: int, block_q: int,
+                  block_k: int, max_q_blocks: int | None = None) -> "PatternTables":
+    """Forward tables [B|1, H|1, nQ, Kmax] -> both directions; the transpose is built here.
+
+    Inside jit the transpose's width defaults to nQ (every query block), which is always enough.
+    """
+    kv_indices = jnp.asarray(kv_indices, jnp.int32)
+    kv_counts = jnp.asarray(kv_counts, jnp.int32)
+    if kv_indices.ndim != 4 or kv_counts.shape != kv_indices.shape[:3]:
+      raise ValueError(f"expected kv_indices [B, H, nQ, Kmax] and kv_counts [B, H, nQ]; got "
+                       f"{kv_indices.shape} and {kv_counts.shape}")
+    mask = tables_to_mask(kv_indices, kv_counts, num_kv_blocks)
+    if max_q_blocks is None and _concrete_max(kv_counts) is None:
+      max_q_blocks = kv_indices.shape[2]
+    q_indices, q_counts = mask_to_tables(jnp.swapaxes(mask, -1, -2), max_q_blocks)
+    return cls(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
+
+  @property
+  def num_q_blocks(self) -> int:
+    return self.kv_indices.shape[2]
+
+  @property
+  def num_kv_blocks(self) -> int:
+    return self.q_indices.shape[2]
+
+  def to_mask(self) -> jax.Array:
+    """bool [B|1, H|1, nQ, nK]."""
+    return tables_to_mask(self.kv_indices, self.kv_counts, self.num_kv_blocks)
+
+  def density(self) -> jax.Array:
+    """The fraction of (query block, key block) pairs visited, over the table's [B, H]."""
+    return self.kv_counts.sum() / (self.kv_counts.size * self.num_kv_blocks)
