@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.block_tables import mask_to_tables, tables_to_mask, transpose_tables
+from kernels.block_tables import PatternTables, mask_to_tables, tables_to_mask, transpose_tables
 from kernels.reference import block_sparse_attention_reference
 
 
@@ -74,3 +74,29 @@ def test_the_reference_keeps_packed_sequences_apart(key):
       segment_ids=segments)
   mask = (segments[:, :, None] == segments[:, None, :])[:, None]
   np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, mask=mask), atol=1e-5)
+
+
+def test_pattern_tables_hold_both_directions_and_broadcast_a_shared_mask(key):
+  mask = random_block_mask(key, shape=(4, 6))  # one [nQ, nK] pattern for every batch and head
+  pattern = PatternTables.from_mask(mask, block_q=16, block_k=32)
+  assert pattern.kv_indices.shape[:2] == (1, 1)
+  assert (pattern.num_q_blocks, pattern.num_kv_blocks) == (4, 6)
+  np.testing.assert_array_equal(pattern.to_mask()[0, 0], mask)
+  np.testing.assert_array_equal(tables_to_mask(pattern.q_indices, pattern.q_counts, 4)[0, 0],
+                                mask.T)
+  np.testing.assert_allclose(pattern.density(), mask.mean())
+  # A pytree whose block sizes are static: it passes through jit unchanged.
+  same = jax.jit(lambda p: p)(pattern)
+  assert (same.block_q, same.block_k) == (16, 32)
+
+
+def test_pattern_tables_from_forward_tables_build_the_transpose_inside_jit(key):
+  mask = random_block_mask(key)
+  indices, counts = mask_to_tables(mask)
+  pattern = jax.jit(lambda i, c: PatternTables.from_tables(
+      i, c, num_kv_blocks=6, block_q=8, block_k=8))(indices, counts)
+  assert pattern.q_indices.shape[-1] == 4  # as wide as nQ: enough for any pattern
+  np.testing.assert_array_equal(tables_to_mask(pattern.q_indices, pattern.q_counts, 4),
+                                mask.swapaxes(-1, -2))
+  with pytest.raises(ValueError, match=r"\[nQ, nK\], \[H, nQ, nK\] or \[B, H, nQ, nK\]"):
+    PatternTables.from_mask(np.ones(6, bool), block_q=8, block_k=8)
