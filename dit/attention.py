@@ -2,13 +2,22 @@
 
 Every implementation takes q [B, Lq, H, D], k and v [B, Lk, H, D] and returns [B, Lq, H, D].
 `segment_ids` int32 [B, L] restricts each token to the tokens with the same id (padding, packed
-sequences). Other implementations (cudnn, block_sparse, splash, sequence-parallel wrappers)
-register themselves with `register_attention` from their own modules.
+sequences). `pattern` (kernels.block_tables.PatternTables) restricts each query block to its
+listed key blocks: the pattern is part of what attention computes, so "xla" applies it as a dense
+mask (the reference) and "block_sparse" skips the unlisted blocks (the fast path); both give the
+same result. Other implementations (splash, sequence-parallel wrappers) register themselves with
+`register_attention` from their own modules.
 """
 from collections.abc import Callable
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
+
+from kernels import block_sparse_attention as block_sparse_lib
+from kernels import video_patterns
+from kernels.block_tables import PatternTables
+from kernels.reference import token_mask
 
 
 class AttentionFn(Protocol):
@@ -16,7 +25,8 @@ class AttentionFn(Protocol):
   def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *,
                segment_ids: jax.Array | None = None,
                kv_segment_ids: jax.Array | None = None,
-               scale: float | None = None) -> jax.Array:
+               scale: float | None = None,
+               pattern: PatternTables | None = None) -> jax.Array:
     ...
 
 
@@ -50,10 +60,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           implementation: str = "xla",
                           segment_ids: jax.Array | None = None,
                           kv_segment_ids: jax.Array | None = None,
-                          scale: float | None = None) -> jax.Array:
+                          scale: float | None = None,
+                          pattern: PatternTables | None = None) -> jax.Array:
   """Attention through the implementation named `implementation`; layout [B, L, H, D]."""
-  return get_attention(implementation)(
-      q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale)
+  kwargs = dict(segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale)
+  if pattern is not None:  # implementations that predate patterns need not take the argument
+    kwargs["pattern"] = pattern
+  return get_attention(implementation)(q, k, v, **kwargs)
 
 
 def segment_mask(segment_ids: jax.Array, kv_segment_ids: jax.Array | None = None) -> jax.Array:
@@ -64,7 +77,47 @@ def segment_mask(segment_ids: jax.Array, kv_segment_ids: jax.Array | None = None
 
 
 @register_attention("xla")
-def xla_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
-  """The reference: jax.nn.dot_product_attention lowered by XLA (logits in float32)."""
+def xla_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None, pattern=None):
+  """The reference: jax.nn.dot_product_attention lowered by XLA (logits in float32); a pattern
+  becomes a dense [B, H, Lq, Lk] mask."""
   mask = None if segment_ids is None else segment_mask(segment_ids, kv_segment_ids)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+  if pattern is not None:
+    blocks = token_mask(pattern.kv_indices, pattern.kv_counts, block_q=pattern.block_q,
+                        block_k=pattern.block_k, q_len=q.shape[1], kv_len=k.shape[1])
+    mask = blocks if mask is None else mask & blocks
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+  if pattern is None:
+    return out
+  # A row with no key at all gives zeros, as in the kernels (softmax over nothing is not 1/L).
+  sees_something = mask.any(-1)  # [B, H, Lq]
+  return jnp.where(jnp.swapaxes(sees_something, 1, 2)[..., None], out, 0).astype(out.dtype)
+
+
+@register_attention("cudnn")
+def cudnn_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
+  """cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16) through jax.nn; padding by
+  segment ids is turned into a mask."""
+  mask = None if segment_ids is None else segment_mask(segment_ids, kv_segment_ids)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+
+
+DEFAULT_BLOCK = 128
+
+
+@register_attention("block_sparse")
+def block_sparse_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
+                           pattern=None):
+  """Our Pallas kernel (kernels/block_sparse_attention.py): GPU, TPU, or interpreted on CPU.
+
+  Without a pattern every block is listed, with blocks of 128 (less for short sequences).
+  """
+  if pattern is None:
+    block_q = min(DEFAULT_BLOCK, max(16, 1 << (q.shape[1] - 1).bit_length()))
+    block_k = min(DEFAULT_BLOCK, max(16, 1 << (k.shape[1] - 1).bit_length()))
+    mask = video_patterns.full_block_mask(q.shape[1], kv_length=k.shape[1], block_q=block_q,
+                                          block_k=block_k)
+    with jax.ensure_compile_time_eval():
+      pattern = PatternTables.from_mask(mask, block_q=block_q, block_k=block_k)
+  return block_sparse_lib.sparse_attention(q, k, v, pattern, scale=scale,
+                                           segment_ids=segment_ids,
+                                           kv_segment_ids=kv_segment_ids)

@@ -89,12 +89,15 @@ class SingleStreamBlock(nnx.Module):
     self.attention = config.attention
     self.stream = Stream(config, rngs=rngs)
 
-  def __call__(self, x, c, angles, segment_ids=None):
-    """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D]."""
+  def __call__(self, x, c, angles, segment_ids=None, pattern=None):
+    """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D].
+
+    pattern: the block-sparsity pattern of the attention (dit.sparsity), or None for dense.
+    """
     mod = self.stream.modulation_params(c)
     q, k, v = self.stream.attention_inputs(x, mod, angles)
     attended = attention_lib.dot_product_attention(
-        q, k, v, implementation=self.attention, segment_ids=segment_ids)
+        q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern)
     return self.stream.finish(x, attended, mod)
 
 
@@ -106,8 +109,8 @@ class DualStreamBlock(nnx.Module):
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)
 
-  def __call__(self, video, text, c, angles, segment_ids=None):
-    """video [B, Lv, D], text [B, Lt, D]; angles and segment_ids cover [video | text]."""
+  def __call__(self, video, text, c, angles, segment_ids=None, pattern=None):
+    """video [B, Lv, D], text [B, Lt, D]; angles, segment_ids and pattern cover [video | text]."""
     lv = video.shape[1]
     video_mod = self.video.modulation_params(c)
     text_mod = self.text.modulation_params(c)
@@ -115,6 +118,6 @@ class DualStreamBlock(nnx.Module):
     qkv_text = self.text.attention_inputs(text, text_mod, angles[:, lv:])
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))
     attended = attention_lib.dot_product_attention(
-        q, k, v, implementation=self.attention, segment_ids=segment_ids)
+        q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern)
     return (self.video.finish(video, attended[:, :lv], video_mod),
             self.text.finish(text, attended[:, lv:], text_mod))

@@ -5,6 +5,7 @@ make_optimizer the optimizer config, ...); `validate_config` checks a whole expe
 import ml_collections
 
 from dit import attention as attention_lib
+from dit import sparsity
 from dit import remat as remat_lib
 from dit import rope
 from dit.samplers import SAMPLERS
@@ -46,6 +47,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   if config.attention not in attention_lib.attention_implementations():
     errors.append(f"model.attention={config.attention!r} is not an attention implementation; "
                   f"choose one of {attention_lib.attention_implementations()}")
+  errors += _sparsity_errors(config)
   if config.remat not in remat_lib.REMAT_POLICIES:
     errors.append(f"model.remat={config.remat!r} is not a remat policy; choose one of "
                   f"{list(remat_lib.REMAT_POLICIES)}")
@@ -59,6 +61,25 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     errors.append(f"model.patch_size={tuple(config.patch_size)} must be three positive ints "
                   "(pt, ph, pw)")
   raise_if_any("model", errors)
+
+
+def _sparsity_errors(config: ml_collections.ConfigDict) -> list[str]:
+  errors = []
+  if config.sparse_pattern not in sparsity.PATTERNS:
+    errors.append(f"model.sparse_pattern={config.sparse_pattern!r}; choose one of "
+                  f"{list(sparsity.PATTERNS)}")
+  elif config.sparse_pattern != "full" and config.attention not in ("xla", "block_sparse"):
+    errors.append(f"model.sparse_pattern={config.sparse_pattern!r} needs model.attention "
+                  f"'block_sparse' (the kernel) or 'xla' (a dense mask), not "
+                  f"{config.attention!r}")
+  window = tuple(config.sparse_window)
+  if len(window) != 3 or any(w is not None and int(w) < 0 for w in window):
+    errors.append(f"model.sparse_window={window} must be three half-widths (dt, dh, dw) >= 0, "
+                  "or None for a whole axis")
+  block = config.sparse_block
+  if block < 16 or block & (block - 1):
+    errors.append(f"model.sparse_block={block} must be a power of two of at least 16")
+  return errors
 
 
 def validate_flow_config(config: ml_collections.ConfigDict) -> None:

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dit import blocks as blocks_lib
-from dit import conditioning
+from dit import conditioning, sparsity
 from dit.config_checks import validate_model_config
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
@@ -125,7 +125,7 @@ class DiT(nnx.Module):
 
     if not self.uses_text:
       c = c + self.label_embed(labels, drop_cond)
-      x = self._run_single(x, c, video_angles, None)
+      x = self._run_single(x, c, video_angles, None, sparsity.attention_pattern(cfg, grid, 0))
       return self._velocity(x, c, grid)
 
     tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
@@ -138,19 +138,21 @@ class DiT(nnx.Module):
       # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
       segment_ids = jnp.concatenate(
           [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
+    pattern = sparsity.attention_pattern(cfg, grid, tokens.shape[1])
     if self.dual_blocks is not None:
       x, tokens = run_stacked(
           self.dual_blocks, (x, tokens),
-          lambda block, xs: block(xs[0], xs[1], c, angles, segment_ids),
+          lambda block, xs: block(xs[0], xs[1], c, angles, segment_ids, pattern),
           scan=cfg.scan_layers, remat=cfg.remat)
-    joint = self._run_single(jnp.concatenate([x, tokens], axis=1), c, angles, segment_ids)
+    joint = self._run_single(jnp.concatenate([x, tokens], axis=1), c, angles, segment_ids,
+                             pattern)
     return self._velocity(joint[:, :x.shape[1]], c, grid)
 
-  def _run_single(self, x, c, angles, segment_ids):
+  def _run_single(self, x, c, angles, segment_ids, pattern):
     if self.single_blocks is None:
       return x
     return run_stacked(self.single_blocks, x,
-                       lambda block, x: block(x, c, angles, segment_ids),
+                       lambda block, x: block(x, c, angles, segment_ids, pattern),
                        scan=self.config.scan_layers, remat=self.config.remat)
 
   def _velocity(self, x, c, grid):

@@ -35,6 +35,10 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
                                   # table (dit.text_encoder.HashedWordEncoder), not states
       num_classes=10,             # for conditioning="label"; index num_classes is the null label
       attention="xla",            # name of an implementation in dit.attention
+      sparse_pattern="full",      # static block-sparsity pattern (dit.sparsity.PATTERNS); any
+                                  # pattern but "full" needs attention "xla" or "block_sparse"
+      sparse_window=(1, 4, 4),    # "window": half-widths (dt, dh, dw) in patches
+      sparse_block=128,           # block size of the pattern (query and key blocks)
       remat="none",               # name in dit.remat.REMAT_POLICIES
       scan_layers=True,           # lax.scan over blocks: compile one block, not `depth`
       dtype="bfloat16",           # compute dtype
