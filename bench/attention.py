@@ -1,0 +1,241 @@
+"""Block-sparse attention benchmark: checks correctness, then times side by side cuDNN attention,
+XLA attention and our Pallas kernel at several densities, forward and forward+backward.
+
+    python bench/attention.py                      # on a GPU: B=1, H=24, D=128, L=16K/32K/64K
+    python bench/attention.py --lengths=4096 --densities=1.0,0.1 --kernel_configs=128:64:4:3
+
+Patterns are random with the same number of key blocks in every row (density x nK, at least
+one), fresh per head, defined on 128-token blocks; a kernel config with smaller blocks runs the
+same token pattern on refined tables. TFLOP/s count the blocks visited (dense implementations:
+all of them); forward+backward counts 3.5x the forward (the backward's five matmuls, as in the
+FlashAttention papers). Speedups are over cuDNN's dense attention at the same length and mode.
+
+On a machine without a GPU it runs small shapes with the kernels interpreted, so it always runs
+(those times say nothing about speed). Results go to bench/results/attention-<device>-<time>.json
+and .md, with the device, versions and shapes.
+"""
+import datetime
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kernels.block_sparse_attention import sparse_attention  # noqa: E402
+from kernels.block_tables import PatternTables  # noqa: E402
+from kernels.reference import block_sparse_attention_reference  # noqa: E402
+
+ON_GPU = jax.default_backend() == "gpu"
+PATTERN_BLOCK = 128
+
+flags.DEFINE_list("lengths", ["16384", "32768", "65536"] if ON_GPU else ["1024"],
+                  "sequence lengths L (queries = keys)")
+flags.DEFINE_list("densities", ["1.0", "0.5", "0.2", "0.1"], "fractions of key blocks per row")
+flags.DEFINE_integer("batch", 1, "B")
+flags.DEFINE_integer("heads", 24 if ON_GPU else 2, "H")
+flags.DEFINE_integer("head_dim", 128 if ON_GPU else 64, "D")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "q, k, v dtype")
+flags.DEFINE_list("modes", ["fwd", "fwd_bwd"], "fwd and/or fwd_bwd")
+flags.DEFINE_list("impls", ["cudnn", "xla", "block_sparse"], "implementations to time")
+flags.DEFINE_list("kernel_configs", ["128:128:8:2", "128:64:4:3"] if ON_GPU else ["64:64:0:0"],
+                  "our kernel's block_q:block_k:num_warps:num_stages (0: the default)")
+flags.DEFINE_integer("iters", 20 if ON_GPU else 2, "timed calls (the median is reported)")
+flags.DEFINE_integer("warmup", 3 if ON_GPU else 1, "untimed calls first")
+flags.DEFINE_float("xla_memory_gb", 20.0, "skip XLA where its float32 logits need more")
+flags.DEFINE_integer("seed", 0, "random inputs and patterns")
+flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+FLAGS = flags.FLAGS
+
+
+def random_pattern(rng, heads, num_blocks, density):
+  """bool [1, H, n, n]: each row keeps round(density * n) >= 1 random key blocks."""
+  keep = max(1, round(density * num_blocks))
+  scores = rng.random((1, heads, num_blocks, num_blocks))
+  threshold = np.sort(scores, axis=-1)[..., -keep][..., None]
+  return scores >= threshold
+
+
+def refine(mask, block_q, block_k):
+  """The same token pattern on smaller blocks."""
+  fq, fk = PATTERN_BLOCK // block_q, PATTERN_BLOCK // block_k
+  return np.repeat(np.repeat(mask, fq, axis=-2), fk, axis=-1)
+
+
+def parse_config(text):
+  block_q, block_k, warps, stages = (int(x) for x in text.split(":"))
+  return dict(block_q=block_q, block_k=block_k, num_warps=warps or None,
+              num_stages=stages or None)
+
+
+def make_kernel(mask, config):
+  pattern = PatternTables.from_mask(refine(mask, config["block_q"], config["block_k"]),
+                                    block_q=config["block_q"], block_k=config["block_k"])
+  tuning = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
+  return lambda q, k, v: sparse_attention(q, k, v, pattern, **tuning), pattern
+
+
+def dense(implementation):
+  return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def with_backward(attention):
+  """(q, k, v, d_out) -> (dq, dk, dv): the forward and the backward."""
+  def run(q, k, v, d_out):
+    _, pullback = jax.vjp(attention, q, k, v)
+    return pullback(d_out)
+  return run
+
+
+def median_ms(fn, args):
+  for _ in range(FLAGS.warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(FLAGS.iters):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def relative_error(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def check_correctness(rng, dtype):
+  """Kernel vs the float32 reference at a small shape: forward and gradients, every config."""
+  length, heads, dim = 1024 if ON_GPU else 256, 4, FLAGS.head_dim
+  keys = jax.random.split(jax.random.key(FLAGS.seed), 4)
+  q, k, v, d_out = (jax.random.normal(x, (1, length, heads, dim), jnp.float32).astype(dtype)
+                    for x in keys)
+  mask = random_pattern(rng, heads, length // PATTERN_BLOCK, 0.3)
+  mask[0, 0, 1] = False  # an empty row
+  rows = []
+  for text in FLAGS.kernel_configs:
+    config = parse_config(text)
+    kernel, pattern = make_kernel(mask, config)
+    blocks = dict(block_q=pattern.block_q, block_k=pattern.block_k)
+    reference = lambda q, k, v: block_sparse_attention_reference(  # noqa: E731
+        q, k, v, pattern.kv_indices, pattern.kv_counts, **blocks)[0]
+    got = jax.jit(with_backward(kernel))(q, k, v, d_out)
+    want = jax.jit(with_backward(reference))(q, k, v, d_out)
+    errors = dict(out=relative_error(jax.jit(kernel)(q, k, v), reference(q, k, v)))
+    errors.update({name: relative_error(g, w) for name, g, w in zip(("dq", "dk", "dv"), got,
+                                                                       want)})
+    rows.append(dict(config=text, **errors))
+    print(f"correctness {text}: " + ", ".join(f"{n} {e:.2e}" for n, e in errors.items()))
+  bound = 2e-2 if dtype != jnp.float32 else 1e-4
+  if any(e > bound for row in rows for n, e in row.items() if n != "config"):
+    raise SystemExit(f"correctness check failed (relative error above {bound}); not timing")
+  return rows
+
+
+def attention_flops(batch, heads, pairs, block_q, block_k, dim, mode):
+  forward = 4.0 * batch * heads * pairs * block_q * block_k * dim
+  return forward * (3.5 if mode == "fwd_bwd" else 1.0)
+
+
+def main(argv):
+  del argv
+  dtype = jnp.dtype(FLAGS.dtype)
+  rng = np.random.default_rng(FLAGS.seed)
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({jax.default_backend()}); jax {jax.__version__}")
+  checks = check_correctness(rng, dtype)
+  rows = []
+  for length in (int(x) for x in FLAGS.lengths):
+    if length % PATTERN_BLOCK:
+      raise SystemExit(f"--lengths: {length} is not a multiple of {PATTERN_BLOCK}")
+    shape = (FLAGS.batch, length, FLAGS.heads, FLAGS.head_dim)
+    keys = jax.random.split(jax.random.key(FLAGS.seed + length), 4)
+    q, k, v, d_out = (jax.random.normal(x, shape, jnp.float32).astype(dtype) for x in keys)
+    dense_pairs = (length // PATTERN_BLOCK) ** 2
+    for mode in FLAGS.modes:
+      args = (q, k, v) if mode == "fwd" else (q, k, v, d_out)
+      baseline = None
+      for impl in ("cudnn", "xla"):
+        if impl not in FLAGS.impls:
+          continue
+        logits_gb = 4 * FLAGS.batch * FLAGS.heads * length**2 / 1e9
+        if impl == "cudnn" and not ON_GPU:
+          rows.append(dict(length=length, mode=mode, impl=impl, skipped="needs an NVIDIA GPU"))
+          continue
+        if impl == "xla" and logits_gb > FLAGS.xla_memory_gb:
+          rows.append(dict(length=length, mode=mode, impl=impl,
+                           skipped=f"logits need {logits_gb:.0f} GB"))
+          continue
+        fn = dense(impl) if mode == "fwd" else with_backward(dense(impl))
+        ms = median_ms(jax.jit(fn), args)
+        flops = attention_flops(FLAGS.batch, FLAGS.heads, dense_pairs, PATTERN_BLOCK,
+                                PATTERN_BLOCK, FLAGS.head_dim, mode)
+        rows.append(dict(length=length, mode=mode, impl=impl, density=1.0, visited=1.0, ms=ms,
+                         tflops=flops / ms / 1e9))
+        baseline = ms if impl == "cudnn" else baseline
+      if "block_sparse" not in FLAGS.impls:
+        continue
+      for density in (float(x) for x in FLAGS.densities):
+        mask = random_pattern(rng, FLAGS.heads, length // PATTERN_BLOCK, density)
+        for text in FLAGS.kernel_configs:
+          kernel, pattern = make_kernel(mask, parse_config(text))
+          fn = kernel if mode == "fwd" else with_backward(kernel)
+          ms = median_ms(jax.jit(fn), args)
+          pairs = int(pattern.kv_counts.sum()) / FLAGS.heads
+          flops = attention_flops(FLAGS.batch, FLAGS.heads, pairs, pattern.block_q,
+                                  pattern.block_k, FLAGS.head_dim, mode)
+          rows.append(dict(length=length, mode=mode, impl="block_sparse", config=text,
+                           density=density, visited=float(mask.mean()), ms=ms, tflops=flops / ms / 1e9,
+                           speedup_vs_cudnn=None if baseline is None else baseline / ms))
+        print(f"L={length} {mode} density {density}: done")
+  write_results(device, dtype, checks, rows)
+
+
+def format_table(rows):
+  lines = ["| L | mode | impl | config | density (visited) | ms | TFLOP/s | vs cuDNN |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if "skipped" in r:
+      lines.append(f"| {r['length']} | {r['mode']} | {r['impl']} | | | skipped: {r['skipped']}"
+                   " | | |")
+      continue
+    speedup = r.get("speedup_vs_cudnn")
+    lines.append(f"| {r['length']} | {r['mode']} | {r['impl']} | {r.get('config', '')} | "
+                 f"{r['density']:.2f} ({r['visited']:.3f}) | {r['ms']:.3f} | {r['tflops']:.3g} | "
+                 f"{'' if speedup is None else f'{speedup:.2f}x'} |")
+  return "\n".join(lines)
+
+
+def write_results(device, dtype, checks, rows):
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  kind = device.device_kind.replace(" ", "_")
+  out = pathlib.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  meta = dict(device=device.device_kind, backend=jax.default_backend(),
+              interpreted=not ON_GPU, jax=jax.__version__,
+              jaxlib=jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+              python=platform.python_version(), batch=FLAGS.batch, heads=FLAGS.heads,
+              head_dim=FLAGS.head_dim, dtype=dtype.name, pattern_block=PATTERN_BLOCK,
+              iters=FLAGS.iters, time=stamp)
+  table = format_table(rows)
+  base = out / f"attention-{kind}-{stamp}"
+  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, correctness=checks,
+                                                       rows=rows), indent=1))
+  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
+  checks_text = "\n".join(f"- {c}" for c in checks)
+  base.with_suffix(".md").write_text(f"# Attention benchmark\n\n{header}\n\nCorrectness "
+                                     f"(relative error vs float32 reference):\n{checks_text}\n\n"
+                                     f"{table}\n")
+  print(table)
+  print(f"wrote {base}.json and .md")
+
+
+if __name__ == "__main__":
+  app.run(main)
