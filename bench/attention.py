@@ -5,8 +5,10 @@ XLA attention and our Pallas kernel at several densities, forward and forward+ba
     python bench/attention.py --lengths=4096 --densities=1.0,0.1 --kernel_configs=128:64:4:3
 
 Patterns are random with the same number of key blocks in every row (density x nK, at least
-one), fresh per head, defined on 128-token blocks; a kernel config with smaller blocks runs the
-same token pattern on refined tables. TFLOP/s count the blocks visited (dense implementations:
+one), fresh per head, defined on 128-token blocks. A kernel config
+"fwd_q:fwd_k:bwd_q:bwd_k:warps:stages" runs the same pattern on forward and backward tiles that
+divide 128 (sparse_attention's forward_blocks and backward_blocks), with the given warps and
+software-pipelining stages (0: the default). TFLOP/s count the blocks visited (dense implementations:
 all of them); forward+backward counts 3.5x the forward (the backward's five matmuls, as in the
 FlashAttention papers). Speedups are over cuDNN's dense attention at the same length and mode.
 
@@ -46,8 +48,10 @@ flags.DEFINE_integer("head_dim", 128 if ON_GPU else 64, "D")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "q, k, v dtype")
 flags.DEFINE_list("modes", ["fwd", "fwd_bwd"], "fwd and/or fwd_bwd")
 flags.DEFINE_list("impls", ["cudnn", "xla", "block_sparse"], "implementations to time")
-flags.DEFINE_list("kernel_configs", ["128:128:8:2", "128:64:4:3"] if ON_GPU else ["64:64:0:0"],
-                  "our kernel's block_q:block_k:num_warps:num_stages (0: the default)")
+flags.DEFINE_list("kernel_configs",
+                  ["128:128:128:128:8:2", "128:64:64:128:4:3", "128:128:64:64:4:2"] if ON_GPU
+                  else ["64:64:64:64:0:0"],
+                  "our kernel's fwd_q:fwd_k:bwd_q:bwd_k:num_warps:num_stages (0: the default)")
 flags.DEFINE_integer("iters", 20 if ON_GPU else 2, "timed calls (the median is reported)")
 flags.DEFINE_integer("warmup", 3 if ON_GPU else 1, "untimed calls first")
 flags.DEFINE_float("xla_memory_gb", 20.0, "skip XLA where its float32 logits need more")
@@ -64,22 +68,14 @@ def random_pattern(rng, heads, num_blocks, density):
   return scores >= threshold
 
 
-def refine(mask, block_q, block_k):
-  """The same token pattern on smaller blocks."""
-  fq, fk = PATTERN_BLOCK // block_q, PATTERN_BLOCK // block_k
-  return np.repeat(np.repeat(mask, fq, axis=-2), fk, axis=-1)
-
-
 def parse_config(text):
-  block_q, block_k, warps, stages = (int(x) for x in text.split(":"))
-  return dict(block_q=block_q, block_k=block_k, num_warps=warps or None,
-              num_stages=stages or None)
+  fwd_q, fwd_k, bwd_q, bwd_k, warps, stages = (int(x) for x in text.split(":"))
+  return dict(forward_blocks=(fwd_q, fwd_k), backward_blocks=(bwd_q, bwd_k),
+              num_warps=warps or None, num_stages=stages or None)
 
 
-def make_kernel(mask, config):
-  pattern = PatternTables.from_mask(refine(mask, config["block_q"], config["block_k"]),
-                                    block_q=config["block_q"], block_k=config["block_k"])
-  tuning = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
+def make_kernel(mask, tuning):
+  pattern = PatternTables.from_mask(mask, block_q=PATTERN_BLOCK, block_k=PATTERN_BLOCK)
   return lambda q, k, v: sparse_attention(q, k, v, pattern, **tuning), pattern
 
 

@@ -13,6 +13,7 @@ Backends: "gpu" (Pallas lowered through Triton; on CPU the same kernels run inte
 what the tests do) and "tpu" (Pallas TPU with the tables as scalar prefetch; on CPU, Pallas's
 TPU interpret mode). The default follows jax.default_backend().
 """
+import dataclasses
 import functools
 import math
 
@@ -43,14 +44,18 @@ def block_sparse_attention(q, k, v, kv_indices, kv_counts, *, block_q: int = 128
 
 def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = None,
                      segment_ids=None, kv_segment_ids=None, return_lse: bool = False,
-                     backend: str | None = None, interpret=None, num_warps: int | None = None,
-                     num_stages: int | None = None):
+                     backend: str | None = None, interpret=None,
+                     forward_blocks: tuple[int, int] | None = None,
+                     backward_blocks: tuple[int, int] | None = None,
+                     num_warps: int | None = None, num_stages: int | None = None):
   """out [B, Lq, H, D] in q's dtype; with return_lse also lse float32 [B, H, Lq] (natural log,
   -inf on rows that see no key).
 
   scale defaults to D**-0.5. segment_ids int [B, Lq] (and kv_segment_ids [B, Lk], default the
   same) restrict attention to equal ids. backend "gpu" or "tpu" (default: this machine's);
-  interpret defaults to True on CPU. num_warps and num_stages tune the GPU kernels.
+  interpret defaults to True on CPU. Tuning: forward_blocks and backward_blocks (block_q,
+  block_k) run the kernels on tiles smaller than the pattern's blocks (dividing them; the same
+  token pattern), and num_warps, num_stages set the GPU kernels' warps and pipelining stages.
   """
   backend, interpret = _resolve_backend(backend, interpret)
   _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend)
@@ -62,8 +67,14 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
                    else jnp.asarray(segment_ids, jnp.int32))
     kv_segment_ids = segment_ids if kv_segment_ids is None else jnp.asarray(kv_segment_ids,
                                                                               jnp.int32)
-  cfg = KernelConfig(block_q=pattern.block_q, block_k=pattern.block_k,
+  forward_pattern, backward_pattern = (
+      pattern if blocks is None else pattern.refine(*blocks)
+      for blocks in (forward_blocks, backward_blocks))
+  _check_blocks(forward_pattern, backend)
+  _check_blocks(backward_pattern, backend)
+  cfg = KernelConfig(block_q=forward_pattern.block_q, block_k=forward_pattern.block_k,
                      scale=float(dim ** -0.5 if scale is None else scale), kv_len=kv_len,
+                     kv_len_padded=pattern.num_kv_blocks * pattern.block_k,
                      has_segments=has_segments, interpret=interpret, num_warps=num_warps,
                      num_stages=num_stages)
   # Pad the lengths to whole blocks, and (GPU) the head dim to a power of two: zero features
@@ -76,7 +87,8 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
   if has_segments:
     segment_ids = jnp.pad(segment_ids, ((0, 0), (0, q_pad)))
     kv_segment_ids = jnp.pad(kv_segment_ids, ((0, 0), (0, kv_pad)))
-  out, lse2 = _attention(q, k, v, segment_ids, kv_segment_ids, pattern, cfg, backend)
+  out, lse2 = _attention(q, k, v, segment_ids, kv_segment_ids, forward_pattern,
+                         backward_pattern, cfg, backend)
   out = out[:, :q_len, :, :dim]
   if return_lse:
     return out, lse2[:, :, :q_len] * math.log(2.0)
@@ -98,6 +110,14 @@ def _resolve_backend(backend, interpret):
   return backend, interpret
 
 
+def _check_blocks(pattern, backend):
+  for name, size in (("block_q", pattern.block_q), ("block_k", pattern.block_k)):
+    if size < 16 or size & (size - 1):
+      raise ValueError(f"{name}={size} must be a power of two of at least 16")
+    if backend == "tpu" and size % 128:
+      raise ValueError(f"the TPU kernels need {name} to be a multiple of 128; got {size}")
+
+
 def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
   if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
     raise ValueError(f"expected q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q {q.shape}, "
@@ -107,11 +127,7 @@ def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
   if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must share one dtype of bfloat16, float16, float32; got "
                      f"{q.dtype}, {k.dtype}, {v.dtype}")
-  for name, size in (("block_q", pattern.block_q), ("block_k", pattern.block_k)):
-    if size < 16 or size & (size - 1):
-      raise ValueError(f"{name}={size} must be a power of two of at least 16")
-    if backend == "tpu" and size % 128:
-      raise ValueError(f"the TPU kernels need {name} to be a multiple of 128; got {size}")
+  _check_blocks(pattern, backend)
   batch, q_len, heads, _ = q.shape
   expected = (-(-q_len // pattern.block_q), -(-k.shape[1] // pattern.block_k))
   if (pattern.num_q_blocks, pattern.num_kv_blocks) != expected:
@@ -129,19 +145,21 @@ def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
       raise ValueError(f"{name} must be [B, L] = {(batch, length)}; got {ids.shape}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _attention(q, k, v, segment_ids, kv_segment_ids, pattern, cfg, backend):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _attention(q, k, v, segment_ids, kv_segment_ids, pattern, backward_pattern, cfg, backend):
   """(out, lse2) on padded inputs; lse2 float32 [B, H, Lq] in base 2."""
   return BACKENDS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
 
 
-def _attention_fwd(q, k, v, segment_ids, kv_segment_ids, pattern, cfg, backend):
+def _attention_fwd(q, k, v, segment_ids, kv_segment_ids, pattern, backward_pattern, cfg,
+                   backend):
   out, lse2 = BACKENDS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
-  return (out, lse2), (q, k, v, segment_ids, kv_segment_ids, pattern, out, lse2)
+  return (out, lse2), (q, k, v, segment_ids, kv_segment_ids, backward_pattern, out, lse2)
 
 
 def _attention_bwd(cfg, backend, residuals, cotangents):
   q, k, v, segment_ids, kv_segment_ids, pattern, out, lse2 = residuals
+  cfg = dataclasses.replace(cfg, block_q=pattern.block_q, block_k=pattern.block_k)
   d_out, d_lse2 = cotangents
   # delta_i = sum_d dO_id O_id; a cotangent on lse adds p * d_lse to the logits' gradient, which
   # is the same as lowering delta by d_lse (times log2(e): lse2 is in base 2).
@@ -150,7 +168,7 @@ def _attention_bwd(cfg, backend, residuals, cotangents):
   lse2 = jnp.where(lse2 == -jnp.inf, jnp.inf, lse2)  # rows that saw nothing: p = 0, not NaN
   dq, dk, dv = BACKENDS[backend].backward(q, k, v, segment_ids, kv_segment_ids, pattern,
                                           d_out.astype(q.dtype), lse2, delta, cfg)
-  return dq, dk, dv, None, None, None
+  return dq, dk, dv, None, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

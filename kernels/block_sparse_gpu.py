@@ -44,7 +44,7 @@ def _logit_mask(cfg: KernelConfig, q_segments, kv_segments, kv_start):
   mask = None
   if q_segments is not None:
     mask = q_segments[:, None] == kv_segments[None, :]
-  if cfg.kv_len % cfg.block_k:  # the last key block runs past the keys
+  if cfg.kv_len != cfg.kv_len_padded:  # the last key blocks run past the keys
     in_range = (kv_start + jnp.arange(cfg.block_k) < cfg.kv_len)[None, :]
     mask = in_range if mask is None else mask & in_range
   return mask

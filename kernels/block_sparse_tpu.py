@@ -44,7 +44,7 @@ def _logit_mask(cfg: KernelConfig, q_segments, kv_segments, kv_start):
   mask = None
   if q_segments is not None:
     mask = q_segments == kv_segments  # [bq, 1] == [1, bk]
-  if cfg.kv_len % cfg.block_k:
+  if cfg.kv_len != cfg.kv_len_padded:
     positions = kv_start + jax.lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
     in_range = positions < cfg.kv_len
     mask = in_range if mask is None else mask & in_range

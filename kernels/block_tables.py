@@ -131,6 +131,17 @@ class PatternTables:
   def num_kv_blocks(self) -> int:
     return self.q_indices.shape[2]
 
+  def refine(self, block_q: int, block_k: int) -> "PatternTables":
+    """The same token pattern on smaller blocks (dividing the current ones): a table operation,
+    cheap inside jit. Lets a kernel run at tiles other than the pattern's blocks."""
+    fq, fk = self.block_q // block_q, self.block_k // block_k
+    if fq * block_q != self.block_q or fk * block_k != self.block_k or min(fq, fk) < 1:
+      raise ValueError(f"blocks {block_q} x {block_k} must divide the pattern's "
+                       f"{self.block_q} x {self.block_k}")
+    kv_indices, kv_counts = _refine_tables(self.kv_indices, self.kv_counts, fq, fk)
+    q_indices, q_counts = _refine_tables(self.q_indices, self.q_counts, fk, fq)
+    return PatternTables(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
+
   def to_mask(self) -> jax.Array:
     """bool [B|1, H|1, nQ, nK]."""
     return tables_to_mask(self.kv_indices, self.kv_counts, self.num_kv_blocks)
@@ -138,3 +149,17 @@ class PatternTables:
   def density(self) -> jax.Array:
     """The fraction of (query block, key block) pairs visited, over the table's [B, H]."""
     return self.kv_counts.sum() / (self.kv_counts.size * self.num_kv_blocks)
+
+
+def _refine_tables(indices, counts, row_factor: int, entry_factor: int):
+  """Rows split row_factor ways; entry e becomes e*f .. e*f + f-1 (f = entry_factor)."""
+  sub = jnp.arange(entry_factor, dtype=jnp.int32)
+  refined = (indices[..., None] * entry_factor + sub).reshape(*indices.shape[:-1], -1)
+  refined_counts = counts * entry_factor
+  # Keep the padding convention: entries past the count repeat the last listed one.
+  slot = jnp.arange(refined.shape[-1])
+  last = jnp.take_along_axis(refined, jnp.maximum(refined_counts - 1, 0)[..., None], axis=-1)
+  refined = jnp.where(slot < refined_counts[..., None], refined,
+                      jnp.where(refined_counts[..., None] > 0, last, 0))
+  return (jnp.repeat(refined, row_factor, axis=-2), jnp.repeat(refined_counts, row_factor,
+                                                                axis=-1))

@@ -161,3 +161,24 @@ def test_bad_inputs_are_errors_that_say_what_to_fix(key):
         np.concatenate([case["mask"]] * 2, axis=1), block_q=block, block_k=block))
   with pytest.raises(ValueError, match="unknown block-sparse attention backend"):
     sparse_attention(q, k, v, pattern, backend="cuda")
+
+
+def test_smaller_kernel_tiles_than_pattern_blocks_compute_the_same(key):
+  case = random_case(key, "gpu", jnp.float32, 64)
+  q = case["q"]
+  k, v = (jax.random.normal(x, (2, 176, 3, 64)) for x in jax.random.split(key))  # 5.5 blocks
+  mask = case["mask"][..., :6]
+  pattern = PatternTables.from_mask(mask, block_q=32, block_k=32)
+  def grads(**tiles):
+    def loss(q, k, v):
+      out, lse = sparse_attention(q, k, v, pattern, return_lse=True, backend="gpu", **tiles)
+      return (out ** 2).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  (value, expected) = grads()
+  (tiled_value, tiled) = grads(forward_blocks=(16, 16), backward_blocks=(32, 16))
+  assert_close(tiled_value, value, 1e-5)
+  for got, want in zip(tiled, expected):
+    assert_close(got, want, 1e-5)
+  with pytest.raises(ValueError, match="must divide"):
+    sparse_attention(q, k, v, pattern, backward_blocks=(48, 16))

@@ -100,3 +100,19 @@ def test_pattern_tables_from_forward_tables_build_the_transpose_inside_jit(key):
                                 mask.swapaxes(-1, -2))
   with pytest.raises(ValueError, match=r"\[nQ, nK\], \[H, nQ, nK\] or \[B, H, nQ, nK\]"):
     PatternTables.from_mask(np.ones(6, bool), block_q=8, block_k=8)
+
+
+def test_refined_tables_are_the_same_token_pattern_on_smaller_blocks(key):
+  mask = np.array(random_block_mask(key))  # [2, 3, 4, 6] at blocks of 32 x 64
+  mask[0, 0, 1] = False
+  pattern = PatternTables.from_mask(mask, block_q=32, block_k=64)
+  fine = pattern.refine(16, 16)
+  expected = np.repeat(np.repeat(mask, 2, axis=-2), 4, axis=-1)
+  np.testing.assert_array_equal(fine.to_mask(), expected)
+  np.testing.assert_array_equal(tables_to_mask(fine.q_indices, fine.q_counts, 8),
+                                expected.swapaxes(-1, -2))
+  indices, counts = np.asarray(fine.kv_indices), np.asarray(fine.kv_counts)
+  for row, count in zip(indices.reshape(-1, indices.shape[-1]), counts.reshape(-1)):
+    assert (np.diff(row[:count]) > 0).all() and (row[count:] == (row[count - 1] if count else 0)).all()
+  with pytest.raises(ValueError, match="must divide"):
+    pattern.refine(24, 16)
