@@ -39,6 +39,28 @@ def _table_lookup(indices_shape):
   return lambda b, h: (0 if shared_b else b, 0 if shared_h else h)
 
 
+def _listed_block(indices_shape):
+  """Index-map helper: (b, h, row, j, indices, counts) -> the j-th block listed for the row."""
+  lookup = _table_lookup(indices_shape)
+  return lambda b, h, row, j, indices, counts: indices[(*lookup(b, h), row, j)]
+
+
+def _own_block(b, h, row, j, *_):
+  """Index-map helper: the grid row's own block."""
+  return row
+
+
+def _walk_tables(kernel, indices, counts, operands, *, grid, in_specs, out_specs, scratch,
+                 out_shape, cfg: KernelConfig, name: str):
+  """pallas_call over grid (B, H, rows, table width) with the tables as scalar prefetch."""
+  grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=2, grid=grid, in_specs=in_specs,
+                                           out_specs=out_specs, scratch_shapes=scratch)
+  return pl.pallas_call(
+      functools.partial(kernel, cfg=cfg, lookup=_table_lookup(indices.shape)),
+      grid_spec=grid_spec, out_shape=out_shape, compiler_params=_semantics(),
+      interpret=cfg.interpret, name=name)(indices, counts, *operands)
+
+
 def _logit_mask(cfg: KernelConfig, q_segments, kv_segments, kv_start):
   """bool [bq, bk] (or broadcastable) of the pairs that may attend, or None for all."""
   mask = None
@@ -120,32 +142,23 @@ def forward(q, k, v, q_segments, kv_segments, tables, cfg: KernelConfig):
   """-> out [B, Lq, H, D], lse2 float32 [B, H, Lq] (base 2; -inf on empty rows)."""
   q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # [B, H, L, D]
   batch, heads, q_len, dim = q.shape
-  lookup = _table_lookup(tables.kv_indices.shape)
-
-  def kv_block(b, h, i, j, indices, counts):
-    return indices[(*lookup(b, h), i, j)]
-
+  kv_block = _listed_block(tables.kv_indices.shape)
   q_spec = pl.BlockSpec((None, None, cfg.block_q, dim), lambda b, h, i, j, *_: (b, h, i, 0))
   kv_spec = pl.BlockSpec((None, None, cfg.block_k, dim),
                          lambda b, h, i, j, *t: (b, h, kv_block(b, h, i, j, *t), 0))
   lse_spec = pl.BlockSpec((None, None, cfg.block_q, 1), lambda b, h, i, j, *_: (b, h, i, 0))
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
+  out, lse2 = _walk_tables(
+      _forward_kernel, tables.kv_indices, tables.kv_counts,
+      [q, k, v, *_segment_arrays(cfg, q_segments, kv_segments)],
       grid=(batch, heads, q_len // cfg.block_q, tables.kv_indices.shape[-1]),
-      in_specs=[q_spec, kv_spec, kv_spec] + _segment_specs(
-          cfg, lambda b, h, i, j, *_: i, kv_block),
+      in_specs=[q_spec, kv_spec, kv_spec] + _segment_specs(cfg, _own_block, kv_block),
       out_specs=[q_spec, lse_spec],
-      scratch_shapes=[pltpu.VMEM((cfg.block_q, 1), jnp.float32),
-                      pltpu.VMEM((cfg.block_q, 1), jnp.float32),
-                      pltpu.VMEM((cfg.block_q, dim), jnp.float32)])
-  out, lse2 = pl.pallas_call(
-      functools.partial(_forward_kernel, cfg=cfg, lookup=lookup), grid_spec=grid_spec,
+      scratch=[pltpu.VMEM((cfg.block_q, 1), jnp.float32),
+               pltpu.VMEM((cfg.block_q, 1), jnp.float32),
+               pltpu.VMEM((cfg.block_q, dim), jnp.float32)],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((batch, heads, q_len, 1), jnp.float32)],
-      compiler_params=_semantics(), interpret=cfg.interpret,
-      name="block_sparse_attention_fwd_tpu",
-  )(tables.kv_indices, tables.kv_counts, q, k, v,
-    *_segment_arrays(cfg, q_segments, kv_segments))
+      cfg=cfg, name="block_sparse_attention_fwd_tpu")
   return out.swapaxes(1, 2), lse2[..., 0]
 
 
@@ -217,7 +230,6 @@ def backward(q, k, v, q_segments, kv_segments, tables, do, lse2, delta, cfg: Ker
   batch, heads, q_len, dim = q.shape
   kv_len_padded = k.shape[2]
   segments = _segment_arrays(cfg, q_segments, kv_segments)
-  params = _semantics()
 
   def row_specs(q_block_of):
     """Specs for q, do (tiles) and lse, delta (columns) at query block q_block_of(grid...)."""
@@ -231,51 +243,31 @@ def backward(q, k, v, q_segments, kv_segments, tables, do, lse2, delta, cfg: Ker
     return pl.BlockSpec((None, None, cfg.block_k, dim),
                         lambda b, h, n, j, *t: (b, h, kv_block_of(b, h, n, j, *t), 0))
 
+  operands = [q, k, v, do, lse2, delta, *segments]
   # dq: query block i walks its key blocks, as in the forward.
-  lookup = _table_lookup(tables.kv_indices.shape)
-
-  def listed_kv(b, h, i, j, indices, counts):
-    return indices[(*lookup(b, h), i, j)]
-
-  def own_q(b, h, i, j, *_):
-    return i
-
-  q_tile, q_column = row_specs(own_q)
-  dq = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=cfg, lookup=lookup),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(batch, heads, q_len // cfg.block_q, tables.kv_indices.shape[-1]),
-          in_specs=[q_tile, key_spec(listed_kv), key_spec(listed_kv), q_tile, q_column,
-                    q_column] + _segment_specs(cfg, own_q, listed_kv),
-          out_specs=q_tile,
-          scratch_shapes=[pltpu.VMEM((cfg.block_q, dim), jnp.float32)]),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), compiler_params=params,
-      interpret=cfg.interpret, name="block_sparse_attention_dq_tpu",
-  )(tables.kv_indices, tables.kv_counts, q, k, v, do, lse2, delta, *segments)
+  listed_kv = _listed_block(tables.kv_indices.shape)
+  q_tile, q_column = row_specs(_own_block)
+  dq = _walk_tables(
+      _dq_kernel, tables.kv_indices, tables.kv_counts, operands,
+      grid=(batch, heads, q_len // cfg.block_q, tables.kv_indices.shape[-1]),
+      in_specs=[q_tile, key_spec(listed_kv), key_spec(listed_kv), q_tile, q_column, q_column]
+      + _segment_specs(cfg, _own_block, listed_kv),
+      out_specs=q_tile, scratch=[pltpu.VMEM((cfg.block_q, dim), jnp.float32)],
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), cfg=cfg,
+      name="block_sparse_attention_dq_tpu")
 
   # dk, dv: key block n walks the query blocks that see it (the transposed tables).
-  q_lookup = _table_lookup(tables.q_indices.shape)
-
-  def listed_q(b, h, n, j, indices, counts):
-    return indices[(*q_lookup(b, h), n, j)]
-
-  def own_kv(b, h, n, j, *_):
-    return n
-
+  listed_q = _listed_block(tables.q_indices.shape)
   q_tile, q_column = row_specs(listed_q)
-  k_tile = key_spec(own_kv)
-  dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, cfg=cfg, lookup=q_lookup),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(batch, heads, kv_len_padded // cfg.block_k, tables.q_indices.shape[-1]),
-          in_specs=[q_tile, k_tile, k_tile, q_tile, q_column, q_column]
-          + _segment_specs(cfg, listed_q, own_kv),
-          out_specs=[k_tile, k_tile],
-          scratch_shapes=[pltpu.VMEM((cfg.block_k, dim), jnp.float32),
-                          pltpu.VMEM((cfg.block_k, dim), jnp.float32)]),
+  k_tile = key_spec(_own_block)
+  dk, dv = _walk_tables(
+      _dkv_kernel, tables.q_indices, tables.q_counts, operands,
+      grid=(batch, heads, kv_len_padded // cfg.block_k, tables.q_indices.shape[-1]),
+      in_specs=[q_tile, k_tile, k_tile, q_tile, q_column, q_column]
+      + _segment_specs(cfg, listed_q, _own_block),
+      out_specs=[k_tile, k_tile],
+      scratch=[pltpu.VMEM((cfg.block_k, dim), jnp.float32),
+               pltpu.VMEM((cfg.block_k, dim), jnp.float32)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=params, interpret=cfg.interpret, name="block_sparse_attention_dkv_tpu",
-  )(tables.q_indices, tables.q_counts, q, k, v, do, lse2, delta, *segments)
+      cfg=cfg, name="block_sparse_attention_dkv_tpu")
   return dq.swapaxes(1, 2), dk.swapaxes(1, 2), dv.swapaxes(1, 2)

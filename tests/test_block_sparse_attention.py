@@ -53,15 +53,20 @@ def kernel_and_reference(case, backend, use_segments=True):
   return kernel, reference
 
 
+def every_variant(test):
+  """Each backend, head dims 64 and 128, float32 and bfloat16."""
+  test = pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])(test)
+  test = pytest.mark.parametrize("head_dim", [64, 128])(test)
+  return pytest.mark.parametrize("backend", BACKENDS)(test)
+
+
 def assert_close(actual, expected, tolerance):
   actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
   scale = max(1.0, float(np.abs(expected).max()))
   np.testing.assert_allclose(actual, expected, atol=tolerance * scale, rtol=tolerance)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@every_variant
 def test_forward_and_lse_match_the_reference(key, backend, head_dim, dtype):
   case = random_case(key, backend, dtype, head_dim)
   kernel, reference = kernel_and_reference(case, backend)
@@ -76,9 +81,7 @@ def test_forward_and_lse_match_the_reference(key, backend, head_dim, dtype):
   assert (np.asarray(out[0, block:2 * block, 0], np.float32) == 0).all()  # the empty row
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@every_variant
 def test_gradients_match_the_reference(key, backend, head_dim, dtype):
   case = random_case(key, backend, dtype, head_dim)
   kernel, reference = kernel_and_reference(case, backend)
