@@ -17,6 +17,7 @@ On a machine without a GPU it runs small shapes with the kernels interpreted, so
 and .md, with the device, versions and shapes.
 """
 import datetime
+import importlib.metadata
 import json
 import pathlib
 import platform
@@ -216,7 +217,8 @@ def write_results(device, dtype, checks, rows):
   out.mkdir(parents=True, exist_ok=True)
   meta = dict(device=device.device_kind, backend=jax.default_backend(),
               interpreted=not ON_GPU, jax=jax.__version__,
-              jaxlib=jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+              jaxlib=importlib.metadata.version("jaxlib"),
+              lowering="pallas triton" if ON_GPU else "pallas interpreter (CPU)",
               python=platform.python_version(), batch=FLAGS.batch, heads=FLAGS.heads,
               head_dim=FLAGS.head_dim, dtype=dtype.name, pattern_block=PATTERN_BLOCK,
               iters=FLAGS.iters, time=stamp)
