@@ -25,9 +25,11 @@ def mask_to_tables(block_mask, max_blocks: int | None = None):
   Kmax is max_blocks, or the largest count in the mask (which then must be concrete). A row with
   more blocks than max_blocks is an error, not a silent truncation.
   """
-  block_mask = jnp.asarray(block_mask, bool)
+  # A numpy mask gives numpy tables: concrete wherever they are built, even inside shard_map.
+  xp = np if isinstance(block_mask, np.ndarray) else jnp
+  block_mask = xp.asarray(block_mask, bool)
   num_kv_blocks = block_mask.shape[-1]
-  counts = block_mask.sum(-1, dtype=jnp.int32)
+  counts = block_mask.sum(-1, dtype=np.int32)
   largest = _concrete_max(counts)  # None inside jit
   if max_blocks is None:
     if largest is None:
@@ -38,12 +40,12 @@ def mask_to_tables(block_mask, max_blocks: int | None = None):
                      f"max_blocks={max_blocks}: raise max_blocks")
   max_blocks = min(max_blocks, num_kv_blocks)
   # A stable sort of "not in the mask" puts the listed blocks first, in ascending order.
-  order = jnp.argsort(~block_mask, axis=-1, stable=True)[..., :max_blocks].astype(jnp.int32)
-  last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[..., None], axis=-1)
-  last = jnp.where(counts[..., None] > 0, last, 0)
-  slot = jnp.arange(max_blocks, dtype=jnp.int32)
-  indices = jnp.where(slot < counts[..., None], order, last)
-  return indices, jnp.minimum(counts, max_blocks)
+  order = xp.argsort(~block_mask, axis=-1, stable=True)[..., :max_blocks].astype(np.int32)
+  last = xp.take_along_axis(order, xp.maximum(counts - 1, 0)[..., None], axis=-1)
+  last = xp.where(counts[..., None] > 0, last, 0)
+  slot = xp.arange(max_blocks, dtype=np.int32)
+  indices = xp.where(slot < counts[..., None], order, last).astype(np.int32)
+  return indices, xp.minimum(counts, max_blocks).astype(np.int32)
 
 
 def _concrete_max(counts) -> int | None:
@@ -96,13 +98,14 @@ class PatternTables:
   def from_mask(cls, block_mask, *, block_q: int, block_k: int, max_blocks: int | None = None,
                 max_q_blocks: int | None = None) -> "PatternTables":
     """bool [nQ, nK], [H, nQ, nK] or [B, H, nQ, nK] -> tables (widths as in mask_to_tables)."""
-    block_mask = jnp.asarray(block_mask, bool)
+    xp = np if isinstance(block_mask, np.ndarray) else jnp
+    block_mask = xp.asarray(block_mask, bool)
     if not 2 <= block_mask.ndim <= 4:
       raise ValueError(f"a block mask is [nQ, nK], [H, nQ, nK] or [B, H, nQ, nK]; got shape "
                        f"{block_mask.shape}")
     block_mask = block_mask.reshape((1,) * (4 - block_mask.ndim) + block_mask.shape)
     kv_indices, kv_counts = mask_to_tables(block_mask, max_blocks)
-    q_indices, q_counts = mask_to_tables(jnp.swapaxes(block_mask, -1, -2), max_q_blocks)
+    q_indices, q_counts = mask_to_tables(xp.swapaxes(block_mask, -1, -2), max_q_blocks)
     return cls(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
 
   @classmethod

@@ -1,0 +1,65 @@
+"""Sequence-parallel attention on global arrays: shard_map over the mesh, Ulysses or ring inside.
+
+    out = sequence_parallel_attention(q, k, v, mesh=mesh, kind="ring", inner="block_sparse")
+
+q, k, v [B, L, H, D] are split over the batch axes (data, fsdp) and the seq axis; the result is
+split the same way. Heads must divide by the seq degree for Ulysses; ring has no such limit.
+"""
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from sharding import ring, ulysses
+
+KINDS = ("ulysses", "ring")
+
+
+def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
+                                inner: str = "xla", attention=None, segment_ids=None,
+                                kv_segment_ids=None, scale=None, seq_axis: str = "seq",
+                                batch_axes: tuple[str, ...] = ("data", "fsdp")):
+  """[B, L, H, D] -> [B, L, H, D] attention with the sequence split over `seq_axis`.
+
+  inner names the attention on each device ("xla" or "block_sparse"); for Ulysses `attention`
+  may instead be any callable with the dit.attention signature.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown sequence parallelism {kind!r}; choose one of {list(KINDS)}")
+  degree = mesh.shape[seq_axis]
+  batch_degree = int(np.prod([mesh.shape[axis] for axis in batch_axes]))
+  if q.shape[0] % batch_degree:
+    raise ValueError(f"a batch of {q.shape[0]} does not split over {batch_axes} of size "
+                     f"{batch_degree}: make the batch a multiple of it")
+  for name, length in (("queries", q.shape[1]), ("keys", k.shape[1])):
+    if length % degree:
+      raise ValueError(f"{length} {name} do not split over the seq axis of size {degree}: pad "
+                       "the sequence to a multiple of it")
+  if kind == "ulysses":
+    ulysses.check_heads(q.shape[2], degree)
+    if attention is None:
+      attention = _without_lse(ring.ATTENTION_WITH_LSE[inner])
+    local = functools.partial(ulysses.ulysses_attention, axis_name=seq_axis,
+                              attention=attention, scale=scale)
+  else:
+    local = functools.partial(ring.ring_attention, axis_name=seq_axis,
+                              attention_with_lse=ring.ATTENTION_WITH_LSE[inner], scale=scale)
+  tokens = P(batch_axes, seq_axis, None, None)
+  ids = P(batch_axes, seq_axis)
+  segments = [x for x in (segment_ids, kv_segment_ids) if x is not None]
+
+  def run(q, k, v, *segments):
+    named = dict(zip(("segment_ids", "kv_segment_ids"), segments))
+    return local(q, k, v, **named)
+
+  if kv_segment_ids is not None and segment_ids is None:
+    raise ValueError("kv_segment_ids needs segment_ids")
+  return jax.shard_map(run, mesh=mesh, in_specs=(tokens,) * 3 + (ids,) * len(segments),
+                       out_specs=tokens, check_vma=False)(q, k, v, *segments)
+
+
+def _without_lse(attention_with_lse):
+  def attention(q, k, v, **kwargs):
+    return attention_with_lse(q, k, v, **kwargs)[0]
+  return attention

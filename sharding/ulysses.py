@@ -1,0 +1,45 @@
+"""Ulysses sequence parallelism: all-to-all from sequence shards to head shards around attention.
+
+Inside shard_map over the `seq` axis each device holds q, k, v [B, L/s, H, D]. One all-to-all
+gives it every token of H/s heads, [B, L, H/s, D]; any attention runs there unchanged; a second
+all-to-all brings the output back to [B, L/s, H, D]. Needs H divisible by s.
+"""
+import jax
+
+from kernels.block_tables import PatternTables
+
+
+def check_heads(num_heads: int, degree: int) -> None:
+  if num_heads % degree:
+    raise ValueError(f"Ulysses splits the {num_heads} attention heads over the seq axis of size "
+                     f"{degree}, which does not divide them: use a seq degree that divides the "
+                     "heads, or ring attention")
+
+
+def ulysses_attention(q, k, v, *, axis_name: str, attention, segment_ids=None,
+                      kv_segment_ids=None, scale=None, pattern: PatternTables | None = None):
+  """Per-shard q [B, Lq/s, H, D], k, v [B, Lk/s, H, D]; segment ids [B, L/s] -> [B, Lq/s, H, D].
+
+  `attention(q, k, v, segment_ids=, kv_segment_ids=, scale=[, pattern=])` sees whole sequences
+  of this device's heads. A per-head pattern is cut to those heads.
+  """
+  degree = jax.lax.axis_size(axis_name)
+  check_heads(q.shape[2], degree)
+  to_heads = lambda x: jax.lax.all_to_all(x, axis_name, split_axis=2, concat_axis=1, tiled=True)
+  gather = lambda ids: None if ids is None else jax.lax.all_gather(ids, axis_name, axis=1,
+                                                                   tiled=True)
+  kwargs = dict(segment_ids=gather(segment_ids), kv_segment_ids=gather(kv_segment_ids),
+                scale=scale)
+  if pattern is not None:
+    kwargs["pattern"] = _local_heads(pattern, q.shape[2] // degree, axis_name)
+  out = attention(to_heads(q), to_heads(k), to_heads(v), **kwargs)  # [B, L, H/s, D]
+  return jax.lax.all_to_all(out, axis_name, split_axis=1, concat_axis=2, tiled=True)
+
+
+def _local_heads(pattern: PatternTables, heads_per_device: int, axis_name: str):
+  if pattern.kv_indices.shape[1] == 1:  # shared by every head
+    return pattern
+  start = jax.lax.axis_index(axis_name) * heads_per_device
+  cut = lambda x: jax.lax.dynamic_slice_in_dim(x, start, heads_per_device, axis=1)
+  return PatternTables(cut(pattern.kv_indices), cut(pattern.kv_counts), cut(pattern.q_indices),
+                       cut(pattern.q_counts), pattern.block_q, pattern.block_k)
