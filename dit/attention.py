@@ -18,6 +18,7 @@ from kernels import block_sparse_attention as block_sparse_lib
 from kernels import video_patterns
 from kernels.block_tables import PatternTables
 from kernels.reference import token_mask
+from sharding import sequence_parallel as sequence_parallel_lib
 
 
 class AttentionFn(Protocol):
@@ -61,12 +62,33 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           segment_ids: jax.Array | None = None,
                           kv_segment_ids: jax.Array | None = None,
                           scale: float | None = None,
-                          pattern: PatternTables | None = None) -> jax.Array:
-  """Attention through the implementation named `implementation`; layout [B, L, H, D]."""
+                          pattern: PatternTables | None = None,
+                          sequence_parallel: str = "none") -> jax.Array:
+  """Attention through the implementation named `implementation`; layout [B, L, H, D].
+
+  sequence_parallel "ulysses" or "ring" splits the sequence over the "seq" axis of the mesh in
+  context (jax.set_mesh), with `implementation` running on each device.
+  """
+  if sequence_parallel != "none":
+    return _sequence_parallel(q, k, v, implementation, sequence_parallel, segment_ids=segment_ids,
+                              kv_segment_ids=kv_segment_ids, scale=scale, pattern=pattern)
   kwargs = dict(segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale)
   if pattern is not None:  # implementations that predate patterns need not take the argument
     kwargs["pattern"] = pattern
   return get_attention(implementation)(q, k, v, **kwargs)
+
+
+def _sequence_parallel(q, k, v, implementation, kind, *, pattern, **kwargs):
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "seq" not in mesh.axis_names:
+    raise ValueError(f"sequence_parallel={kind!r} needs a mesh with a 'seq' axis in context: run "
+                     "under jax.set_mesh(sharding.mesh.make_mesh(config.mesh))")
+  if kind == "ring" and pattern is not None:
+    raise ValueError("ring attention does not take a block-sparsity pattern yet: use Ulysses, "
+                     "or model.sparse_pattern='full'")
+  return sequence_parallel_lib.sequence_parallel_attention(
+      q, k, v, mesh=mesh, kind=kind, inner=implementation,
+      attention=get_attention(implementation), pattern=pattern, **kwargs)
 
 
 def segment_mask(segment_ids: jax.Array, kv_segment_ids: jax.Array | None = None) -> jax.Array:

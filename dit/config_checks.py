@@ -6,6 +6,8 @@ import ml_collections
 
 from dit import attention as attention_lib
 from dit import sparsity
+from sharding import ring
+from sharding import sequence_parallel as sequence_parallel_lib
 from dit import remat as remat_lib
 from dit import rope
 from dit.samplers import SAMPLERS
@@ -79,6 +81,14 @@ def _sparsity_errors(config: ml_collections.ConfigDict) -> list[str]:
   block = config.sparse_block
   if block < 16 or block & (block - 1):
     errors.append(f"model.sparse_block={block} must be a power of two of at least 16")
+  if config.sequence_parallel not in ("none",) + sequence_parallel_lib.KINDS:
+    errors.append(f"model.sequence_parallel={config.sequence_parallel!r}; choose one of "
+                  f"{['none', *sequence_parallel_lib.KINDS]}")
+  elif config.sequence_parallel == "ring" and (
+      config.attention not in ring.ATTENTION_WITH_LSE or config.sparse_pattern != "full"):
+    errors.append(f"model.sequence_parallel='ring' runs model.attention in "
+                  f"{list(ring.ATTENTION_WITH_LSE)} with sparse_pattern='full'; got "
+                  f"{config.attention!r}, {config.sparse_pattern!r} (Ulysses takes any)")
   return errors
 
 

@@ -18,12 +18,14 @@ KINDS = ("ulysses", "ring")
 
 def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
                                 inner: str = "xla", attention=None, segment_ids=None,
-                                kv_segment_ids=None, scale=None, seq_axis: str = "seq",
+                                kv_segment_ids=None, scale=None, pattern=None,
+                                seq_axis: str = "seq",
                                 batch_axes: tuple[str, ...] = ("data", "fsdp")):
   """[B, L, H, D] -> [B, L, H, D] attention with the sequence split over `seq_axis`.
 
   inner names the attention on each device ("xla" or "block_sparse"); for Ulysses `attention`
-  may instead be any callable with the dit.attention signature.
+  may instead be any callable with the dit.attention signature, and `pattern` (PatternTables of
+  the whole sequence) restricts it, cut to each device's heads.
   """
   if kind not in KINDS:
     raise ValueError(f"unknown sequence parallelism {kind!r}; choose one of {list(KINDS)}")
@@ -41,8 +43,13 @@ def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
     if attention is None:
       attention = _without_lse(ring.ATTENTION_WITH_LSE[inner])
     local = functools.partial(ulysses.ulysses_attention, axis_name=seq_axis,
-                              attention=attention, scale=scale)
+                              attention=attention, scale=scale, pattern=pattern)
   else:
+    if inner not in ring.ATTENTION_WITH_LSE:
+      raise ValueError(f"ring attention runs {list(ring.ATTENTION_WITH_LSE)} on each device (they "
+                       f"give the log-sum-exp it merges with), not {inner!r}")
+    if pattern is not None:
+      raise ValueError("ring attention does not take a block-sparsity pattern yet")
     local = functools.partial(ring.ring_attention, axis_name=seq_axis,
                               attention_with_lse=ring.ATTENTION_WITH_LSE[inner], scale=scale)
   tokens = P(batch_axes, seq_axis, None, None)

@@ -85,3 +85,52 @@ def test_ring_works_past_the_head_count_and_ulysses_says_why_it_cannot(key):
   with pytest.raises(ValueError, match="batch of 3 does not split over"):
     sequence_parallel_attention(q[:3], k[:3], v[:3], mesh=make_mesh({"data": 2, "seq": 4}),
                                 kind="ring")
+
+
+@pytest.mark.parametrize("kind,attention_name,pattern", [("ulysses", "xla", "full"),
+                                                         ("ring", "xla", "full"),
+                                                         ("ulysses", "xla", "spatial_temporal")])
+def test_the_dit_with_sequence_parallel_attention_equals_the_dit_without(key, randomize, kind,
+                                                                         attention_name, pattern):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from dit.model import DiT
+  from dit.model_config import model_config
+
+  def velocity(sequence_parallel):
+    config = model_config("tiny", in_channels=3, dtype="float32", attention=attention_name,
+                          sparse_pattern=pattern, sparse_block=32,
+                          sequence_parallel=sequence_parallel)
+    model = DiT(config, rngs=nnx.Rngs(0))
+    randomize(model, jax.random.fold_in(key, 1))
+    kv, kt, kx = jax.random.split(key, 3)
+    video = jax.random.normal(kv, (2, 4, 16, 16, 3))  # 256 video tokens + 8 text: 264 = 4 x 66
+    text = jax.random.normal(kx, (2, 8, 384))
+    mask = jnp.arange(8)[None] < jnp.array([[6], [8]])
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda state, video, t: nnx.merge(graphdef, state)(video, t, text=text,
+                                                                      text_mask=mask))
+    return run(state, video, jax.random.uniform(kt, (2,)))
+
+  expected = velocity("none")
+  with pytest.raises(ValueError, match="needs a mesh"):  # the model does take the parallel path
+    velocity(kind)
+  with jax.set_mesh(make_mesh({"data": 2, "seq": 4})):
+    got = velocity(kind)
+  np.testing.assert_allclose(got, expected, atol=1e-5 * float(jnp.abs(expected).max()), rtol=1e-5)
+
+
+def test_sequence_parallel_needs_a_mesh_with_a_seq_axis(key):
+  from dit import attention  # pylint: disable=g-import-not-at-top
+  q, k, v, _ = case(key)
+  with pytest.raises(ValueError, match="needs a mesh with a 'seq' axis in context"):
+    attention.dot_product_attention(q, k, v, sequence_parallel="ulysses")
+
+
+def test_bad_sequence_parallel_settings_are_config_errors():
+  from dit.config_checks import validate_model_config  # pylint: disable=g-import-not-at-top
+  from dit.model_config import model_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="sequence_parallel='context'"):
+    validate_model_config(model_config("tiny", sequence_parallel="context"))
+  with pytest.raises(ValueError, match="'ring' runs model.attention in"):
+    validate_model_config(model_config("tiny", sequence_parallel="ring", sparse_pattern="window"))
