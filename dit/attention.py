@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from kernels import block_sparse_attention as block_sparse_lib
-from kernels import video_patterns
 from kernels.block_tables import PatternTables
 from kernels.reference import token_mask
 from sharding import sequence_parallel as sequence_parallel_lib
@@ -123,9 +122,6 @@ def cudnn_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=Non
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
 
 
-DEFAULT_BLOCK = 128
-
-
 @register_attention("block_sparse")
 def block_sparse_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
                            pattern=None):
@@ -134,12 +130,7 @@ def block_sparse_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, sc
   Without a pattern every block is listed, with blocks of 128 (less for short sequences).
   """
   if pattern is None:
-    block_q = min(DEFAULT_BLOCK, max(16, 1 << (q.shape[1] - 1).bit_length()))
-    block_k = min(DEFAULT_BLOCK, max(16, 1 << (k.shape[1] - 1).bit_length()))
-    mask = video_patterns.full_block_mask(q.shape[1], kv_length=k.shape[1], block_q=block_q,
-                                          block_k=block_k)
-    with jax.ensure_compile_time_eval():
-      pattern = PatternTables.from_mask(mask, block_q=block_q, block_k=block_k)
+    pattern = PatternTables.full(q.shape[1], k.shape[1])
   return block_sparse_lib.sparse_attention(q, k, v, pattern, scale=scale,
                                            segment_ids=segment_ids,
                                            kv_segment_ids=kv_segment_ids)

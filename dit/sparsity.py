@@ -11,7 +11,6 @@ Text blocks are always kept. The same pattern serves every layer and every denoi
 """
 import functools
 
-import jax
 import ml_collections
 
 from kernels import video_patterns
@@ -32,7 +31,7 @@ def attention_pattern(config: ml_collections.ConfigDict, grid: tuple[int, int, i
 
 @functools.lru_cache(maxsize=32)
 def _pattern(kind, window, block, num_heads, grid, num_text) -> PatternTables:
-  """Built once per shape (numpy at trace time): the tables are constants of the jitted step."""
+  """Built once per shape, in numpy: the tables are constants of the jitted step."""
   blocks = dict(block_q=block, block_k=block, num_text=num_text)
   if kind == "window":
     mask = video_patterns.window_block_mask(grid, window, **blocks)
@@ -44,5 +43,5 @@ def _pattern(kind, window, block, num_heads, grid, num_text) -> PatternTables:
     mask = video_patterns.spatial_temporal_heads(grid, num_heads, **blocks)
   else:
     raise ValueError(f"model.sparse_pattern={kind!r}; choose one of {list(PATTERNS)}")
-  with jax.ensure_compile_time_eval():  # concrete tables even when first built inside a trace
-    return PatternTables.from_mask(mask, block_q=block, block_k=block)
+  # Numpy masks give numpy tables: concrete even when first built inside a trace.
+  return PatternTables.from_mask(mask, block_q=block, block_k=block)

@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
 from kernels import block_sparse_gpu, block_sparse_tpu
 from kernels.block_tables import PatternTables
@@ -105,7 +106,6 @@ def _resolve_backend(backend, interpret):
   if interpret is None:
     interpret = platform == "cpu"
   if interpret is True and backend == "tpu":
-    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
     interpret = pltpu.InterpretParams()
   return backend, interpret
 

@@ -120,11 +120,19 @@ class PatternTables:
     if kv_indices.ndim != 4 or kv_counts.shape != kv_indices.shape[:3]:
       raise ValueError(f"expected kv_indices [B, H, nQ, Kmax] and kv_counts [B, H, nQ]; got "
                        f"{kv_indices.shape} and {kv_counts.shape}")
-    mask = tables_to_mask(kv_indices, kv_counts, num_kv_blocks)
     if max_q_blocks is None and _concrete_max(kv_counts) is None:
       max_q_blocks = kv_indices.shape[2]
-    q_indices, q_counts = mask_to_tables(jnp.swapaxes(mask, -1, -2), max_q_blocks)
+    q_indices, q_counts = transpose_tables(kv_indices, kv_counts, num_kv_blocks, max_q_blocks)
     return cls(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
+
+  @classmethod
+  def full(cls, q_len: int, kv_len: int, block: int = 128) -> "PatternTables":
+    """Every block listed, shared by all batch elements and heads; blocks of `block`, or the
+    next power of two >= 16 for a shorter sequence. Numpy tables: concrete inside any trace."""
+    block_q = min(block, max(16, 1 << (q_len - 1).bit_length()))
+    block_k = min(block, max(16, 1 << (kv_len - 1).bit_length()))
+    mask = np.ones((-(-q_len // block_q), -(-kv_len // block_k)), bool)
+    return cls.from_mask(mask, block_q=block_q, block_k=block_k)
 
   @property
   def num_q_blocks(self) -> int:

@@ -7,7 +7,6 @@ returns its lse can run inside (attention_with_lse below: the dense reference or
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels.block_sparse_attention import sparse_attention
 from kernels.block_tables import PatternTables
@@ -54,18 +53,9 @@ def merge(out, lse, part, part_lse):
   return merged, merged_lse
 
 
-def full_pattern(q_len: int, kv_len: int, block: int = 128) -> PatternTables:
-  """Every block, at blocks of `block` (or the next power of two >= 16 for short sequences)."""
-  block_q = min(block, max(16, 1 << (q_len - 1).bit_length()))
-  block_k = min(block, max(16, 1 << (kv_len - 1).bit_length()))
-  mask = np.ones((-(-q_len // block_q), -(-kv_len // block_k)), bool)
-  with jax.ensure_compile_time_eval():
-    return PatternTables.from_mask(mask, block_q=block_q, block_k=block_k)
-
-
 def dense_with_lse(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
   """The float32 dense reference, with its lse."""
-  pattern = full_pattern(q.shape[1], k.shape[1])
+  pattern = PatternTables.full(q.shape[1], k.shape[1])
   return block_sparse_attention_reference(
       q, k, v, pattern.kv_indices, pattern.kv_counts, block_q=pattern.block_q,
       block_k=pattern.block_k, scale=scale, segment_ids=segment_ids,
@@ -74,7 +64,7 @@ def dense_with_lse(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None
 
 def block_sparse_with_lse(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
   """Our Pallas kernel over every block, with its lse."""
-  return sparse_attention(q, k, v, full_pattern(q.shape[1], k.shape[1]), scale=scale,
+  return sparse_attention(q, k, v, PatternTables.full(q.shape[1], k.shape[1]), scale=scale,
                           segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                           return_lse=True)
 

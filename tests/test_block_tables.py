@@ -116,3 +116,10 @@ def test_refined_tables_are_the_same_token_pattern_on_smaller_blocks(key):
     assert (np.diff(row[:count]) > 0).all() and (row[count:] == (row[count - 1] if count else 0)).all()
   with pytest.raises(ValueError, match="must divide"):
     pattern.refine(24, 16)
+
+
+def test_the_full_pattern_lists_every_block_at_blocks_that_fit_the_lengths():
+  pattern = PatternTables.full(300, 20)
+  assert (pattern.block_q, pattern.block_k) == (128, 32)
+  assert isinstance(pattern.kv_indices, np.ndarray)  # concrete, whatever trace builds it
+  np.testing.assert_array_equal(pattern.to_mask(), np.ones((1, 1, 3, 1), bool))
