@@ -62,10 +62,9 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
   _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend)
   batch, q_len, heads, dim = q.shape
   kv_len = k.shape[1]
-  has_segments = segment_ids is not None or kv_segment_ids is not None
+  has_segments = segment_ids is not None
   if has_segments:
-    segment_ids = (jnp.zeros((batch, q_len), jnp.int32) if segment_ids is None
-                   else jnp.asarray(segment_ids, jnp.int32))
+    segment_ids = jnp.asarray(segment_ids, jnp.int32)
     kv_segment_ids = segment_ids if kv_segment_ids is None else jnp.asarray(kv_segment_ids,
                                                                               jnp.int32)
   forward_pattern, backward_pattern = (
@@ -139,6 +138,8 @@ def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
     if table.shape[0] not in (1, batch) or table.shape[1] not in (1, heads):
       raise ValueError(f"{name} has shape {table.shape}; its leading dims must be [B or 1, "
                        f"H or 1] with B={batch}, H={heads}")
+  if kv_segment_ids is not None and segment_ids is None:
+    raise ValueError("kv_segment_ids needs segment_ids (the queries' ids) as well")
   for name, ids, length in (("segment_ids", segment_ids, q_len),
                             ("kv_segment_ids", kv_segment_ids, k.shape[1])):
     if ids is not None and ids.shape != (batch, length):

@@ -155,6 +155,8 @@ def test_bad_inputs_are_errors_that_say_what_to_fix(key):
     sparse_attention(q.astype(jnp.bfloat16), k, v, pattern)
   with pytest.raises(ValueError, match="segment_ids must be"):
     sparse_attention(q, k, v, pattern, segment_ids=case["segment_ids"][:, :5])
+  with pytest.raises(ValueError, match="kv_segment_ids needs segment_ids"):
+    sparse_attention(q, k, v, pattern, kv_segment_ids=case["kv_segment_ids"])
   with pytest.raises(ValueError, match="power of two"):
     sparse_attention(q, k, v, PatternTables.from_mask(case["mask"], block_q=24, block_k=block))
   with pytest.raises(ValueError, match="multiple of 128"):
