@@ -12,8 +12,20 @@ from flax import nnx
 from dit import attention as attention_lib
 from dit.model_config import mlp_hidden_size
 from dit.rope import apply_rope
+from sharding.logical import annotate, constrain
 
 ZEROS = nnx.initializers.zeros_init()
+ONES = nnx.initializers.ones_init()
+LECUN = nnx.initializers.lecun_normal()
+TOKENS = ("activation_batch", "activation_length", "activation_embed")  # [B, L, D]
+
+
+def dense(in_features: int, out_features: int, axes: tuple[str, str], *, kernel_init=LECUN,
+          bias_init=ZEROS, **kwargs) -> nnx.Linear:
+  """nnx.Linear whose kernel has the logical axes `axes` (sharding/logical.py) and whose bias
+  has the output's."""
+  return nnx.Linear(in_features, out_features, kernel_init=annotate(kernel_init, *axes),
+                    bias_init=annotate(bias_init, axes[1]), **kwargs)
 
 
 def linear_kwargs(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dict:
@@ -38,11 +50,13 @@ class SwiGLU(nnx.Module):
   """[..., D] -> [..., D] through silu(x W_gate) * (x W_up), then W_down."""
 
   def __init__(self, dim: int, hidden: int, **kwargs):
-    self.gate_up = nnx.Linear(dim, 2 * hidden, **kwargs)
-    self.down = nnx.Linear(hidden, dim, **kwargs)
+    self.gate_up = dense(dim, 2 * hidden, ("embed", "mlp"), **kwargs)
+    self.down = dense(hidden, dim, ("mlp", "embed"), **kwargs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
+    hidden = constrain(self.gate_up(x), ("activation_batch", "activation_length",
+                                         "activation_mlp"))
+    gate, up = jnp.split(hidden, 2, axis=-1)
     return self.down(jax.nn.silu(gate) * up)
 
 
@@ -54,11 +68,12 @@ class Stream(nnx.Module):
     kwargs = linear_kwargs(config, rngs)
     self.num_heads = heads
     # c -> (shift, scale, gate) for attention and for the MLP; zero init: identity block.
-    self.modulation = nnx.Linear(dim, 6 * dim, kernel_init=ZEROS, bias_init=ZEROS, **kwargs)
-    self.qkv = nnx.Linear(dim, 3 * dim, **kwargs)
-    self.q_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, **kwargs)
-    self.k_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, **kwargs)
-    self.out = nnx.Linear(dim, dim, **kwargs)
+    self.modulation = dense(dim, 6 * dim, ("embed", "mlp"), kernel_init=ZEROS, **kwargs)
+    self.qkv = dense(dim, 3 * dim, ("embed", "heads"), **kwargs)
+    norm_scale = annotate(ONES, "head_dim")
+    self.q_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, scale_init=norm_scale, **kwargs)
+    self.k_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, scale_init=norm_scale, **kwargs)
+    self.out = dense(dim, dim, ("heads", "embed"), **kwargs)
     self.mlp = SwiGLU(dim, mlp_hidden_size(config), **kwargs)
 
   def modulation_params(self, c: jax.Array) -> list[jax.Array]:
@@ -78,8 +93,9 @@ class Stream(nnx.Module):
     """Gated residual of the attention output [B, L, H, Dh], then of the MLP."""
     gate_attn, shift_mlp, scale_mlp, gate_mlp = mod[2:]
     b, length, _ = x.shape
-    x = x + gate_attn[:, None, :] * self.out(attended.reshape(b, length, -1))
-    return x + gate_mlp[:, None, :] * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+    x = constrain(x + gate_attn[:, None, :] * self.out(attended.reshape(b, length, -1)), TOKENS)
+    x = x + gate_mlp[:, None, :] * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+    return constrain(x, TOKENS)
 
 
 class SingleStreamBlock(nnx.Module):

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dit.blocks import dense
+from sharding.logical import annotate
+
 EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 
 
@@ -25,8 +28,8 @@ class TimestepEmbedder(nnx.Module):
   def __init__(self, hidden_size: int, *, param_dtype, rngs: nnx.Rngs, feature_dim: int = 256):
     self.feature_dim = feature_dim
     init = dict(kernel_init=EMBED_INIT, param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = nnx.Linear(feature_dim, hidden_size, **init)
-    self.fc2 = nnx.Linear(hidden_size, hidden_size, **init)
+    self.fc1 = dense(feature_dim, hidden_size, ("freq", "embed"), **init)
+    self.fc2 = dense(hidden_size, hidden_size, ("embed", "mlp"), **init)
 
   def __call__(self, t: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.silu(self.fc1(timestep_features(t, self.feature_dim))))
@@ -37,7 +40,8 @@ class LabelEmbedder(nnx.Module):
 
   def __init__(self, num_classes: int, hidden_size: int, *, param_dtype, rngs: nnx.Rngs):
     self.null_label = num_classes
-    self.table = nnx.Embed(num_classes + 1, hidden_size, embedding_init=EMBED_INIT,
+    self.table = nnx.Embed(num_classes + 1, hidden_size,
+                           embedding_init=annotate(EMBED_INIT, "classes", "embed"),
                            param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, labels: jax.Array, drop: jax.Array | None = None) -> jax.Array:
@@ -57,14 +61,16 @@ class TextEmbedder(nnx.Module):
   def __init__(self, text_dim: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs,
                vocab_size: int = 0):
     init = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.token_table = (nnx.Embed(vocab_size, text_dim, embedding_init=EMBED_INIT,
+    self.token_table = (nnx.Embed(vocab_size, text_dim,
+                                  embedding_init=annotate(EMBED_INIT, "vocab", "text_embed"),
                                   param_dtype=param_dtype, rngs=rngs)
                         if vocab_size else None)
-    self.null_text = nnx.Param(EMBED_INIT(rngs.params(), (text_dim,), param_dtype))
-    self.proj_in = nnx.Linear(text_dim, hidden_size, **init)
-    self.proj_out = nnx.Linear(hidden_size, hidden_size, **init)
-    self.pool = nnx.Linear(hidden_size, hidden_size, kernel_init=EMBED_INIT,
-                           param_dtype=param_dtype, rngs=rngs)
+    self.null_text = nnx.Param(EMBED_INIT(rngs.params(), (text_dim,), param_dtype),
+                               out_sharding=("text_embed",), eager_sharding=False)
+    self.proj_in = dense(text_dim, hidden_size, ("text_embed", "embed"), **init)
+    self.proj_out = dense(hidden_size, hidden_size, ("embed", "mlp"), **init)
+    self.pool = dense(hidden_size, hidden_size, ("embed", "mlp"), kernel_init=EMBED_INIT,
+                       param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, text: jax.Array, mask: jax.Array | None = None,
                drop: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -20,13 +20,14 @@ from dit.config_checks import validate_model_config
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
 from dit.rope import rope_angles, rope_axes_dims
+from sharding.logical import constrain
 
 
 def stacked(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) -> nnx.Module:
   """`count` independently initialised modules, their parameters stacked on a leading axis."""
 
   @nnx.split_rngs(splits=count)
-  @nnx.vmap(in_axes=(0,), out_axes=0)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
   def make_all(rngs):
     return make(rngs)
 
@@ -63,9 +64,10 @@ class FinalLayer(nnx.Module):
     # float32: the velocity is not rounded to the compute dtype on its way out.
     kwargs = blocks_lib.linear_kwargs(config, rngs) | dict(dtype=jnp.float32)
     dim = config.hidden_size
-    zeros = dict(kernel_init=blocks_lib.ZEROS, bias_init=blocks_lib.ZEROS)
-    self.modulation = nnx.Linear(dim, 2 * dim, **zeros, **kwargs)
-    self.proj = nnx.Linear(dim, patch_dim, **zeros, **kwargs)
+    zeros = blocks_lib.ZEROS
+    self.modulation = blocks_lib.dense(dim, 2 * dim, ("embed", "mlp"), kernel_init=zeros,
+                                       **kwargs)
+    self.proj = blocks_lib.dense(dim, patch_dim, ("embed", "patch"), kernel_init=zeros, **kwargs)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     shift, scale = jnp.split(self.modulation(jax.nn.silu(c)), 2, axis=-1)
@@ -90,7 +92,7 @@ class DiT(nnx.Module):
     self.num_dual = config.dual_stream_depth if self.uses_text else 0
 
     kwargs = blocks_lib.linear_kwargs(config, rngs)
-    self.patch_embed = nnx.Linear(self.patch_dim, dim, **kwargs)
+    self.patch_embed = blocks_lib.dense(self.patch_dim, dim, ("patch", "embed"), **kwargs)
     self.time_embed = conditioning.TimestepEmbedder(dim, param_dtype=param_dtype, rngs=rngs)
     if self.uses_text:
       self.text_embed = conditioning.TextEmbedder(config.text_dim, dim, dtype=dtype,
@@ -120,6 +122,7 @@ class DiT(nnx.Module):
     dtype = jnp.dtype(cfg.dtype)
     grid = patch_grid(video.shape, cfg.patch_size)
     x = self.patch_embed(patchify(video, cfg.patch_size).astype(dtype))  # [B, Lv, D]
+    x = constrain(x, blocks_lib.TOKENS)
     c = self.time_embed(t)  # [B, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
 
@@ -144,8 +147,8 @@ class DiT(nnx.Module):
           self.dual_blocks, (x, tokens),
           lambda block, xs: block(xs[0], xs[1], c, angles, segment_ids, pattern),
           scan=cfg.scan_layers, remat=cfg.remat)
-    joint = self._run_single(jnp.concatenate([x, tokens], axis=1), c, angles, segment_ids,
-                             pattern)
+    joint = constrain(jnp.concatenate([x, tokens], axis=1), blocks_lib.TOKENS)
+    joint = self._run_single(joint, c, angles, segment_ids, pattern)
     return self._velocity(joint[:, :x.shape[1]], c, grid)
 
   def _run_single(self, x, c, angles, segment_ids, pattern):
