@@ -62,15 +62,18 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           kv_segment_ids: jax.Array | None = None,
                           scale: float | None = None,
                           pattern: PatternTables | None = None,
-                          sequence_parallel: str = "none") -> jax.Array:
+                          sequence_parallel: str = "none",
+                          ulysses_degree: int = 0) -> jax.Array:
   """Attention through the implementation named `implementation`; layout [B, L, H, D].
 
-  sequence_parallel "ulysses" or "ring" splits the sequence over the "seq" axis of the mesh in
-  context (jax.set_mesh), with `implementation` running on each device.
+  sequence_parallel "ulysses", "ring" or "usp" splits the sequence over the "seq" axis of the
+  mesh in context (jax.set_mesh), with `implementation` running on each device; ulysses_degree
+  is USP's Ulysses group size (0: the largest that divides heads and seq degree).
   """
   if sequence_parallel != "none":
     return _sequence_parallel(q, k, v, implementation, sequence_parallel, segment_ids=segment_ids,
-                              kv_segment_ids=kv_segment_ids, scale=scale, pattern=pattern)
+                              kv_segment_ids=kv_segment_ids, scale=scale, pattern=pattern,
+                              ulysses_degree=ulysses_degree)
   kwargs = dict(segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale)
   if pattern is not None:  # implementations that predate patterns need not take the argument
     kwargs["pattern"] = pattern
@@ -82,9 +85,9 @@ def _sequence_parallel(q, k, v, implementation, kind, *, pattern, **kwargs):
   if mesh.empty or "seq" not in mesh.axis_names:
     raise ValueError(f"sequence_parallel={kind!r} needs a mesh with a 'seq' axis in context: run "
                      "under jax.set_mesh(sharding.mesh.make_mesh(config.mesh))")
-  if kind == "ring" and pattern is not None:
-    raise ValueError("ring attention does not take a block-sparsity pattern yet: use Ulysses, "
-                     "or model.sparse_pattern='full'")
+  if kind != "ulysses" and pattern is not None:
+    raise ValueError(f"{kind} attention does not take a block-sparsity pattern yet: use "
+                     "Ulysses, or model.sparse_pattern='full'")
   return sequence_parallel_lib.sequence_parallel_attention(
       q, k, v, mesh=mesh, kind=kind, inner=implementation,
       attention=get_attention(implementation), pattern=pattern, **kwargs)

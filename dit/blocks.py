@@ -103,7 +103,8 @@ class SingleStreamBlock(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.attention = config.attention
-    self.sequence_parallel = config.sequence_parallel
+    self.sequence_parallel = dict(sequence_parallel=config.sequence_parallel,
+                                  ulysses_degree=config.ulysses_degree)
     self.stream = Stream(config, rngs=rngs)
 
   def __call__(self, x, c, angles, segment_ids=None, pattern=None):
@@ -115,7 +116,7 @@ class SingleStreamBlock(nnx.Module):
     q, k, v = self.stream.attention_inputs(x, mod, angles)
     attended = attention_lib.dot_product_attention(
         q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern,
-        sequence_parallel=self.sequence_parallel)
+        **self.sequence_parallel)
     return self.stream.finish(x, attended, mod)
 
 
@@ -124,7 +125,8 @@ class DualStreamBlock(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.attention = config.attention
-    self.sequence_parallel = config.sequence_parallel
+    self.sequence_parallel = dict(sequence_parallel=config.sequence_parallel,
+                                  ulysses_degree=config.ulysses_degree)
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)
 
@@ -138,6 +140,6 @@ class DualStreamBlock(nnx.Module):
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))
     attended = attention_lib.dot_product_attention(
         q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern,
-        sequence_parallel=self.sequence_parallel)
+        **self.sequence_parallel)
     return (self.video.finish(video, attended[:, :lv], video_mod),
             self.text.finish(text, attended[:, lv:], text_mod))

@@ -84,11 +84,13 @@ def _sparsity_errors(config: ml_collections.ConfigDict) -> list[str]:
   if config.sequence_parallel not in ("none",) + sequence_parallel_lib.KINDS:
     errors.append(f"model.sequence_parallel={config.sequence_parallel!r}; choose one of "
                   f"{['none', *sequence_parallel_lib.KINDS]}")
-  elif config.sequence_parallel == "ring" and (
+  elif config.sequence_parallel in ("ring", "usp") and (
       config.attention not in ring.ATTENTION_WITH_LSE or config.sparse_pattern != "full"):
-    errors.append(f"model.sequence_parallel='ring' runs model.attention in "
-                  f"{list(ring.ATTENTION_WITH_LSE)} with sparse_pattern='full'; got "
+    errors.append(f"model.sequence_parallel={config.sequence_parallel!r} runs model.attention "
+                  f"in {list(ring.ATTENTION_WITH_LSE)} with sparse_pattern='full'; got "
                   f"{config.attention!r}, {config.sparse_pattern!r} (Ulysses takes any)")
+  if config.ulysses_degree < 0:
+    errors.append(f"model.ulysses_degree={config.ulysses_degree} must be >= 0 (0: automatic)")
   return errors
 
 

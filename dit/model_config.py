@@ -39,8 +39,11 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
                                   # pattern but "full" needs attention "xla" or "block_sparse"
       sparse_window=(1, 4, 4),    # "window": half-widths (dt, dh, dw) in patches
       sparse_block=128,           # block size of the pattern (query and key blocks)
-      sequence_parallel="none",   # "ulysses" or "ring": attention with the sequence split over
-                                  # the mesh's "seq" axis (sharding/sequence_parallel.py)
+      sequence_parallel="none",   # "ulysses", "ring" or "usp" (Ulysses x ring): attention with
+                                  # the sequence split over the mesh's "seq" axis
+                                  # (sharding/sequence_parallel.py)
+      ulysses_degree=0,           # usp: Ulysses group size, ring degree = seq / it; 0: the largest
+                                  # that divides model.num_heads and the seq degree
       remat="none",               # name in dit.remat.REMAT_POLICIES
       scan_layers=True,           # lax.scan over blocks: compile one block, not `depth`
       dtype="bfloat16",           # compute dtype

@@ -4,6 +4,9 @@ Inside shard_map over the `seq` axis each device keeps its queries [B, Lq/s, H, 
 steps, attends to every device's keys and values as they come round the ring; the partial
 results are merged with an online softmax over their log-sum-exps. Any attention that also
 returns its lse can run inside (attention_with_lse below: the dense reference or our kernel).
+
+With `stride` u the rings link devices u apart on the axis (u rings of s/u devices): the outer,
+inter-node half of USP, after Ulysses has run within each group of u neighbours.
 """
 import jax
 import jax.numpy as jnp
@@ -14,14 +17,17 @@ from kernels.reference import block_sparse_attention_reference
 
 
 def ring_attention(q, k, v, *, axis_name: str, attention_with_lse, segment_ids=None,
-                   kv_segment_ids=None, scale=None):
+                   kv_segment_ids=None, scale=None, stride: int = 1):
   """Per-shard q [B, Lq/s, H, D], k, v [B, Lk/s, H, D], segment ids [B, L/s] -> [B, Lq/s, H, D].
 
   `attention_with_lse(q, k, v, segment_ids=, kv_segment_ids=, scale=)` -> (out, lse [B, H, Lq])
   with zeros and lse = -inf on rows that see nothing (as both implementations here do).
   """
-  degree = jax.lax.axis_size(axis_name)
-  ring = [(i, (i + 1) % degree) for i in range(degree)]
+  size = jax.lax.axis_size(axis_name)
+  if size % stride:
+    raise ValueError(f"rings of stride {stride} do not tile the seq axis of size {size}")
+  degree = size // stride
+  ring = [(i, (i + stride) % size) for i in range(size)]
   kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
   out = jnp.zeros(q.shape, jnp.float32)
   lse = jnp.full((q.shape[0], q.shape[2], q.shape[1]), -jnp.inf, jnp.float32)

@@ -4,8 +4,12 @@
 
 q, k, v [B, L, H, D] are split over the batch axes (data, fsdp) and the seq axis; the result is
 split the same way. Heads must divide by the seq degree for Ulysses; ring has no such limit.
+USP (Ulysses x ring) reaches seq degrees beyond the head count, or keeps the all-to-alls inside
+a node: Ulysses within groups of `ulysses_degree` neighbouring devices on the seq axis (the
+fast links), ring attention across the groups.
 """
 import functools
+import math
 
 import jax
 import numpy as np
@@ -13,19 +17,32 @@ from jax.sharding import PartitionSpec as P
 
 from sharding import ring, ulysses
 
-KINDS = ("ulysses", "ring")
+KINDS = ("ulysses", "ring", "usp")
+
+
+def usp_ulysses_degree(num_heads: int, seq_degree: int, ulysses_degree: int = 0) -> int:
+  """The Ulysses degree of USP: `ulysses_degree`, or (0) the largest that divides both the heads
+  and the seq degree; the ring degree is seq_degree / it."""
+  degree = ulysses_degree or math.gcd(num_heads, seq_degree)
+  if seq_degree % degree:
+    raise ValueError(f"USP's Ulysses degree {degree} (model.ulysses_degree) must divide the seq "
+                     f"axis of size {seq_degree}")
+  ulysses.check_heads(num_heads, degree)
+  return degree
 
 
 def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
                                 inner: str = "xla", attention=None, segment_ids=None,
                                 kv_segment_ids=None, scale=None, pattern=None,
                                 seq_axis: str = "seq",
-                                batch_axes: tuple[str, ...] = ("data", "fsdp")):
+                                batch_axes: tuple[str, ...] = ("data", "fsdp"),
+                                ulysses_degree: int = 0):
   """[B, L, H, D] -> [B, L, H, D] attention with the sequence split over `seq_axis`.
 
   inner names the attention on each device ("xla" or "block_sparse"); for Ulysses `attention`
   may instead be any callable with the dit.attention signature, and `pattern` (PatternTables of
-  the whole sequence) restricts it, cut to each device's heads.
+  the whole sequence) restricts it, cut to each device's heads. For USP, ulysses_degree is the
+  size of the Ulysses groups (0: chosen by usp_ulysses_degree).
   """
   if kind not in KINDS:
     raise ValueError(f"unknown sequence parallelism {kind!r}; choose one of {list(KINDS)}")
@@ -49,9 +66,15 @@ def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
       raise ValueError(f"ring attention runs {list(ring.ATTENTION_WITH_LSE)} on each device (they "
                        f"give the log-sum-exp it merges with), not {inner!r}")
     if pattern is not None:
-      raise ValueError("ring attention does not take a block-sparsity pattern yet")
+      raise ValueError(f"{kind} attention does not take a block-sparsity pattern yet: use "
+                       "Ulysses")
     local = functools.partial(ring.ring_attention, axis_name=seq_axis,
                               attention_with_lse=ring.ATTENTION_WITH_LSE[inner], scale=scale)
+    if kind == "usp":
+      group = usp_ulysses_degree(q.shape[2], degree, ulysses_degree)
+      local = functools.partial(ulysses.ulysses_attention, axis_name=seq_axis, scale=scale,
+                                group_size=group,
+                                attention=functools.partial(local, stride=group))
   tokens = P(batch_axes, seq_axis, None, None)
   ids = P(batch_axes, seq_axis)
   segments = [x for x in (segment_ids, kv_segment_ids) if x is not None]

@@ -7,7 +7,7 @@ import pytest
 
 from sharding.mesh import MESH_AXES, make_mesh, mesh_shape
 from sharding.ring import dense_with_lse
-from sharding.sequence_parallel import sequence_parallel_attention
+from sharding.sequence_parallel import sequence_parallel_attention, usp_ulysses_degree
 
 
 def test_mesh_sizes_fill_the_rest_and_bad_sizes_say_what_to_change():
@@ -43,9 +43,12 @@ MESHES = {"seq8": {"seq": 8}, "data2_seq4": {"data": 2, "seq": 4},
           "fsdp2_seq2_data2": {"data": 2, "fsdp": 2, "seq": 2}}
 
 
-@pytest.mark.parametrize("kind", ["ulysses", "ring"])
+@pytest.mark.parametrize("kind,ulysses_degree", [("ulysses", 0), ("ring", 0), ("usp", 2)])
 @pytest.mark.parametrize("mesh_name", list(MESHES))
-def test_sequence_parallel_attention_equals_dense_in_values_and_gradients(key, kind, mesh_name):
+def test_sequence_parallel_attention_equals_dense_in_values_and_gradients(key, kind,
+                                                                          ulysses_degree,
+                                                                          mesh_name):
+  """USP with Ulysses groups of 2: rings of 4, 2 and 1 devices on the three meshes."""
   mesh = make_mesh(MESHES[mesh_name])
   q, k, v, segments = case(key)
   weights = jax.random.normal(jax.random.fold_in(key, 1), q.shape)
@@ -54,7 +57,8 @@ def test_sequence_parallel_attention_equals_dense_in_values_and_gradients(key, k
     return lambda q, k, v: (attention(q, k, v, segments) * weights).sum()
 
   def parallel(q, k, v, segments):
-    return sequence_parallel_attention(q, k, v, mesh=mesh, kind=kind, segment_ids=segments)
+    return sequence_parallel_attention(q, k, v, mesh=mesh, kind=kind, segment_ids=segments,
+                                       ulysses_degree=ulysses_degree)
 
   out = jax.jit(parallel)(q, k, v, segments)
   np.testing.assert_allclose(out, dense(q, k, v, segments), atol=1e-5, rtol=1e-5)
@@ -64,7 +68,7 @@ def test_sequence_parallel_attention_equals_dense_in_values_and_gradients(key, k
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["ulysses", "ring"])
+@pytest.mark.parametrize("kind", ["ulysses", "ring", "usp"])
 def test_our_kernel_runs_inside_sequence_parallelism(key, kind):
   mesh = make_mesh({"seq": 4, "data": 2})
   q, k, v, segments = case(key, length=128, heads=4)
@@ -80,6 +84,12 @@ def test_ring_works_past_the_head_count_and_ulysses_says_why_it_cannot(key):
   np.testing.assert_allclose(out, dense(q, k, v, segments), atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="4 attention heads over the seq axis of size 8"):
     sequence_parallel_attention(q, k, v, mesh=mesh, kind="ulysses")
+  # USP goes past it too: Ulysses over groups of gcd(4, 8) = 4 devices, rings of 2 across them.
+  assert usp_ulysses_degree(4, 8) == 4
+  out = sequence_parallel_attention(q, k, v, mesh=mesh, kind="usp", segment_ids=segments)
+  np.testing.assert_allclose(out, dense(q, k, v, segments), atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="must divide the seq axis of size 8"):
+    usp_ulysses_degree(4, 8, ulysses_degree=3)
   with pytest.raises(ValueError, match="pad the sequence to a multiple"):
     sequence_parallel_attention(q[:, :60], k, v, mesh=mesh, kind="ring")
   with pytest.raises(ValueError, match="batch of 3 does not split over"):
@@ -89,6 +99,7 @@ def test_ring_works_past_the_head_count_and_ulysses_says_why_it_cannot(key):
 
 @pytest.mark.parametrize("kind,attention_name,pattern", [("ulysses", "xla", "full"),
                                                          ("ring", "xla", "full"),
+                                                         ("usp", "xla", "full"),
                                                          ("ulysses", "xla", "spatial_temporal")])
 def test_the_dit_with_sequence_parallel_attention_equals_the_dit_without(key, randomize, kind,
                                                                          attention_name, pattern):
@@ -132,5 +143,5 @@ def test_bad_sequence_parallel_settings_are_config_errors():
   from dit.model_config import model_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="sequence_parallel='context'"):
     validate_model_config(model_config("tiny", sequence_parallel="context"))
-  with pytest.raises(ValueError, match="'ring' runs model.attention in"):
+  with pytest.raises(ValueError, match="'ring' runs model.attention"):
     validate_model_config(model_config("tiny", sequence_parallel="ring", sparse_pattern="window"))

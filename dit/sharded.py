@@ -1,0 +1,93 @@
+"""The train state and its steps placed on the config's mesh: parameters, gradients, optimizer
+state and EMA sharded by the logical-axis rules (FSDP over "fsdp"), the batch split over data x
+fsdp, explicit in and out shardings at every jit boundary.
+
+    mesh, rules = make_mesh(config.mesh), config.sharding.rules
+    with use_mesh(mesh, rules):
+      graphdef, state, shardings = init_sharded_train_state(config, mesh)
+      step = jit_train_step(make_train_step(graphdef, ...), shardings, mesh)
+      state, metrics = step(state, global_batch(local_numpy_batch, mesh), key)
+
+One device is the mesh (1, 1, 1, 1): the same code runs from a laptop to a pod.
+"""
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dit.model import DiT
+from dit.train_step import TrainState, abstract_train_state, init_train_state, make_optimizer
+from sharding.logical import DEFAULT_RULES, tree_shardings
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def sharding_rules(config: ml_collections.ConfigDict):
+  """config.sharding.rules, or the defaults for configs written before there were any."""
+  sharding = config.get("sharding")
+  return DEFAULT_RULES if sharding is None else sharding.rules
+
+
+def mesh_sizes(config: ml_collections.ConfigDict) -> dict:
+  """config.mesh as a dict of axis sizes; every device on "data" if the config has no mesh."""
+  mesh = config.get("mesh")
+  return {"data": -1} if mesh is None else dict(mesh)
+
+
+def train_state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, rules):
+  """NamedShardings of a TrainState: params, EMA and the optimizer's moments by the params'
+  logical axes; the step and other scalars replicated."""
+  return tree_shardings(abstract_state, mesh, rules)
+
+
+def with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs carrying `shardings`: the target an orbax restore lays out on a mesh."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+def init_sharded_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                             rules=None) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """(graphdef, state, state shardings): the initial state built directly in its shards (jit
+  with out_shardings), so no device ever holds the whole model. The values equal those of an
+  unsharded init with the same seed."""
+  rules = sharding_rules(config) if rules is None else rules
+  graphdef, abstract = abstract_train_state(config)
+  shardings = train_state_shardings(abstract, mesh, rules)
+
+  def build():
+    model = DiT(config.model, rngs=nnx.Rngs(config.seed))
+    return init_train_state(model, make_optimizer(config.optim))[1]
+
+  return graphdef, jax.jit(build, out_shardings=shardings)(), shardings
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Every batch array split over data x fsdp on its leading (example) axis."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_degree(mesh: jax.sharding.Mesh) -> int:
+  return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
+def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """This process's numpy batch (global batch / process count examples) -> global jax.Arrays
+  split over data x fsdp. With one process the local batch is the global one."""
+  sharding = batch_sharding(mesh)
+  examples = next(iter(local_batch.values())).shape[0] * jax.process_count()
+  if examples % batch_degree(mesh):
+    raise ValueError(f"a global batch of {examples} does not split over the mesh's data x fsdp "
+                     f"= {batch_degree(mesh)} devices: make train.batch_size a multiple of it")
+  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+          for name, x in local_batch.items()}
+
+
+def jit_train_step(train_step, state_shardings: TrainState, mesh: jax.sharding.Mesh):
+  """jax.jit of a (state, batch, key) -> (state, metrics) step with explicit shardings: the
+  state keeps its layout (and is donated), metrics come back replicated."""
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
