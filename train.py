@@ -3,6 +3,13 @@
   python train.py --config=configs/quickstart.py --workdir=runs/quickstart
   python train.py --config=configs/video_dit.py:size=B --workdir=runs/b \
       --config.optim.lr=3e-4 --config.train.batch_size=128
+  python train.py --config=configs/quickstart.py --workdir=runs/sp \
+      --config.mesh.fsdp=2 --config.mesh.seq=4 --config.model.sequence_parallel=ulysses
+
+The devices form the mesh config.mesh describes (data, fsdp, seq, tensor; -1 takes the rest),
+the same code on one CPU, a GPU node or a multi-host cluster: under SLURM, Open MPI or on a TPU
+pod run one process per host (or per GPU) and JAX finds the others; elsewhere pass
+--coordinator_address, --num_processes and --process_id to every process.
 
 Running it again with the same workdir resumes from the latest checkpoint there (parameters,
 optimizer, EMA, step, RNG and the data iterator's position), so an interrupted run continues
@@ -22,7 +29,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 
 from data.pipeline import make_dataset, make_iterator, model_inputs
@@ -30,18 +36,27 @@ from data.sources import make_source
 from dit import checkpoints
 from dit.config_checks import validate_config
 from dit.metric_writers import MetricWriter
-from dit.model import DiT
 from dit.patchify import patch_grid
 from dit.runs import make_text_encoder_for, write_config
-from dit.train_step import (init_train_state, learning_rate_schedule, make_optimizer,
-                            make_train_step)
+from dit.sharded import (check_fits_mesh, global_batch, init_sharded_train_state,
+                         jit_train_step, mesh_sizes, sharding_rules, train_state_layout)
+from dit.train_step import learning_rate_schedule, make_optimizer, make_train_step
 from dit.video_sampler import VideoSampler
+from sharding import distributed
+from sharding.logical import use_mesh
+from sharding.mesh import make_mesh
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
                                 "configs/quickstart.py or configs/video_dit.py:size=B.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics, samples. "
                     "An existing one is resumed.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
+                    "run outside SLURM, Open MPI and TPU pods (which JAX detects by itself).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() even where no "
+                  "cluster is detected (JAX then finds the coordinator itself).")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,35 +110,44 @@ def all_finite(tree) -> bool:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains to config.train.num_steps (resuming from workdir) and returns the TrainState."""
+  """Trains to config.train.num_steps (resuming from workdir) on the mesh config.mesh
+  describes, and returns the TrainState (its arrays sharded over that mesh)."""
   validate_config(config)
+  mesh = make_mesh(mesh_sizes(config))
+  check_fits_mesh(config, mesh)
+  with use_mesh(mesh, sharding_rules(config)):
+    return _train(config, workdir, mesh)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh):
+  lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
   os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir)
+  if lead:
+    write_config(config, workdir)
   text_encoder = make_text_encoder_for(config)
   source, data_iterator = make_data(config, text_encoder)
 
-  model = DiT(config.model, rngs=nnx.Rngs(config.seed))
   optimizer = make_optimizer(config.optim)
-  graphdef, state = init_train_state(model, optimizer)
-  del model
+  graphdef, abstract, shardings = train_state_layout(config, mesh)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    abstract = jax.eval_shape(lambda: state)
+  if manager.latest_step() is not None:  # restored straight into this mesh's shards
     state, rng = checkpoints.restore(manager, abstract, data_iterator)
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
+  else:
+    state = init_sharded_train_state(config, shardings)
 
-  train_step = jax.jit(make_train_step(
+  train_step = jit_train_step(make_train_step(
       graphdef, optimizer, config.flow, config.model.patch_size,
       ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
-      learning_rate=learning_rate_schedule(config.optim)), donate_argnums=0)
+      learning_rate=learning_rate_schedule(config.optim)), shardings, mesh)
   sampler = None
   if config.train.sample_every:
     sampler = VideoSampler(graphdef, state.model_state, config, text_encoder)
 
   tokens_per_step = config.train.batch_size * int(np.prod(
       patch_grid((1, *config.train.video_shape, 1), config.model.patch_size)))
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir) if lead else None
   train_cfg = config.train
   start = int(state.step)
   last_saved = start if start else None
@@ -132,7 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   try:
     with TerminationRequest() as termination:
       for step in range(start, train_cfg.num_steps):
-        batch = model_inputs(next(data_iterator))
+        batch = global_batch(model_inputs(next(data_iterator)), mesh)
         state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
         pending.append(metrics)
         done = step + 1
@@ -146,8 +170,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
           logged.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * tokens_per_step)
           if hasattr(source, "num_skipped"):  # unreadable files met so far (video folders)
             logged["skipped_videos"] = source.num_skipped
-          writer.write(done, logged)
-          if progress.disable:  # no terminal (a cluster job's log): one line per log
+          if writer is not None:
+            writer.write(done, logged)
+          if progress.disable and lead:  # no terminal (a cluster job's log): one line per log
             print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),
                   flush=True)
           progress.set_postfix(loss=f"{logged['loss']:.4f}")
@@ -159,15 +184,17 @@ def train(config: ml_collections.ConfigDict, workdir: str):
           last_saved = done
         if sampler is not None and (done % train_cfg.sample_every == 0
                                     or done == train_cfg.num_steps):
-          sampler.write(state.ema_params, os.path.join(workdir, "samples", f"step_{done}"),
-                        jax.random.key(config.seed))
+          videos = sampler.generate(state.ema_params, jax.random.key(config.seed))  # all processes
+          if lead:
+            sampler.write_videos(videos, os.path.join(workdir, "samples", f"step_{done}"))
         if termination.requested:
           print(f"stopped by SIGTERM after step {done}, checkpoint saved; run again to resume",
                 flush=True)
           break
   finally:
     progress.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     manager.wait_until_finished()
     manager.close()
   return state
@@ -196,7 +223,7 @@ def _non_finite_message(what: str, step: int, manager) -> str:
 def _progress_bar(start: int, total: int):
   from tqdm import tqdm
   return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-              disable=not sys.stderr.isatty())
+              disable=not sys.stderr.isatty() or jax.process_index() > 0)
 
 
 def main(argv):
@@ -204,6 +231,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         force=FLAGS.distributed)
   try:
     train(FLAGS.config, FLAGS.workdir)
   except NonFiniteLossError as e:

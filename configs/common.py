@@ -1,6 +1,8 @@
 """Helpers shared by the experiment files in configs/ (big_vision style)."""
 import ml_collections
 
+from sharding.logical import DEFAULT_RULES
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'size=B,runlocal' -> ConfigDict(size='B', runlocal=True), typed by the defaults.
@@ -58,3 +60,20 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   ))
   config.update(overrides)
   return config
+
+
+def mesh_config(**sizes) -> ml_collections.ConfigDict:
+  """config.mesh: devices per mesh axis (sharding/mesh.py); -1 takes the devices left over.
+
+  data: data parallel; fsdp: data parallel with parameters, gradients, optimizer state and EMA
+  sharded (FSDP); seq: each video's tokens split (model.sequence_parallel picks Ulysses, ring or
+  USP for attention); tensor: the MLP and attention heads split (by the sharding rules).
+  """
+  config = ml_collections.ConfigDict(dict(data=-1, fsdp=1, seq=1, tensor=1))
+  config.update(sizes)
+  return config
+
+
+def sharding_config() -> ml_collections.ConfigDict:
+  """config.sharding: the rules from logical axis names to mesh axes (sharding/logical.py)."""
+  return ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))

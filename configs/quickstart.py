@@ -13,7 +13,8 @@ Variants, as `--config=configs/quickstart.py:steps=300,text=hashed_words`:
 """
 import ml_collections
 
-from configs.common import data_config, parse_arg, text_config, train_config
+from configs.common import (data_config, mesh_config, parse_arg, sharding_config,
+                            text_config, train_config)
 from dit.config_checks import validate_config
 from dit.flow_matching import flow_config
 from dit.model_config import model_config
@@ -55,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     config.text = text_config(encoder="hashed_words", max_length=16, vocab_size=1024)
     config.model.update(text_vocab_size=1024, text_dim=64)
+
+  config.mesh = mesh_config()  # every device data parallel; e.g. --config.mesh.seq=4
+  config.sharding = sharding_config()
 
   if arg.tiny:
     config.model.update(hidden_size=32, depth=2, num_heads=2, dual_stream_depth=1)

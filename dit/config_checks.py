@@ -6,7 +6,8 @@ import ml_collections
 
 from dit import attention as attention_lib
 from dit import sparsity
-from sharding import ring
+from sharding import logical, ring
+from sharding import mesh as mesh_lib
 from sharding import sequence_parallel as sequence_parallel_lib
 from dit import remat as remat_lib
 from dit import rope
@@ -168,9 +169,27 @@ def validate_text_config(config: ml_collections.ConfigDict) -> None:
   raise_if_any("text", errors)
 
 
+def validate_mesh_config(config: ml_collections.ConfigDict) -> None:
+  """config.mesh and config.sharding: known mesh axes, sizes positive or -1, sound rules."""
+  errors = []
+  mesh = dict(config.get("mesh") or {})
+  unknown = sorted(set(mesh) - set(mesh_lib.MESH_AXES))
+  if unknown:
+    errors.append(f"mesh axes {unknown} are unknown; the axes are {list(mesh_lib.MESH_AXES)}")
+  for axis, size in mesh.items():
+    if not isinstance(size, int) or not (size == -1 or size > 0):
+      errors.append(f"mesh.{axis}={size!r} must be a positive int, or -1 for the devices left")
+  if sum(size == -1 for size in mesh.values()) > 1:
+    errors.append("at most one mesh axis may be -1")
+  if config.get("sharding") is not None:
+    errors += logical.check_rules(config.sharding.rules, mesh_lib.MESH_AXES)
+  raise_if_any("mesh/sharding", errors)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Every section of an experiment config, and that its videos cut into whole patches."""
   validate_model_config(config.model)
+  validate_mesh_config(config)
   for section, check in (("flow", validate_flow_config), ("optim", validate_optim_config),
                          ("sample", validate_sample_config), ("data", validate_data_config),
                          ("text", validate_text_config)):

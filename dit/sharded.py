@@ -4,7 +4,8 @@ fsdp, explicit in and out shardings at every jit boundary.
 
     mesh, rules = make_mesh(config.mesh), config.sharding.rules
     with use_mesh(mesh, rules):
-      graphdef, state, shardings = init_sharded_train_state(config, mesh)
+      graphdef, abstract, shardings = train_state_layout(config, mesh)
+      state = init_sharded_train_state(config, shardings)   # or restore onto `abstract`
       step = jit_train_step(make_train_step(graphdef, ...), shardings, mesh)
       state, metrics = step(state, global_batch(local_numpy_batch, mesh), key)
 
@@ -18,7 +19,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dit.model import DiT
+from dit.patchify import patch_grid
 from dit.train_step import TrainState, abstract_train_state, init_train_state, make_optimizer
+from sharding import sequence_parallel as sequence_parallel_lib
+from sharding import ulysses
 from sharding.logical import DEFAULT_RULES, tree_shardings
 
 BATCH_AXES = ("data", "fsdp")
@@ -36,6 +40,39 @@ def mesh_sizes(config: ml_collections.ConfigDict) -> dict:
   return {"data": -1} if mesh is None else dict(mesh)
 
 
+def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Errors, before any long work, when the batch or the token sequence does not split over the
+  mesh as the config asks."""
+  errors = []
+  degree = batch_degree(mesh)
+  microbatch = config.train.batch_size // max(config.train.grad_accum, 1)
+  if microbatch % degree:
+    errors.append(f"train.batch_size={config.train.batch_size} (/ train.grad_accum="
+                  f"{config.train.grad_accum}) must be a multiple of the mesh's data x fsdp = "
+                  f"{degree} devices")
+  model, seq = config.model, mesh.shape["seq"]
+  if model.sequence_parallel != "none":
+    tokens = int(np.prod(patch_grid((1, *config.train.video_shape, 1), model.patch_size)))
+    if model.conditioning == "text":
+      tokens += config.text.max_length
+    if tokens % seq:
+      errors.append(f"{tokens} tokens per video (video + text.max_length) do not split over "
+                    f"mesh.seq={seq}: change the video shape, the text length or the seq size")
+    try:
+      if model.sequence_parallel == "ulysses":
+        ulysses.check_heads(model.num_heads, seq)
+      elif model.sequence_parallel == "usp":
+        sequence_parallel_lib.usp_ulysses_degree(model.num_heads, seq, model.ulysses_degree)
+    except ValueError as e:
+      errors.append(str(e))
+  elif seq > 1:
+    errors.append(f"mesh.seq={seq} splits the tokens but model.sequence_parallel='none': choose "
+                  "ulysses, ring or usp for the attention")
+  if errors:
+    raise ValueError(f"the config does not fit the mesh {dict(mesh.shape)}:\n  "
+                     + "\n  ".join(errors))
+
+
 def train_state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, rules):
   """NamedShardings of a TrainState: params, EMA and the optimizer's moments by the params'
   logical axes; the step and other scalars replicated."""
@@ -48,20 +85,26 @@ def with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-def init_sharded_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                             rules=None) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-  """(graphdef, state, state shardings): the initial state built directly in its shards (jit
-  with out_shardings), so no device ever holds the whole model. The values equal those of an
-  unsharded init with the same seed."""
+def train_state_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       rules=None) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """(graphdef, abstract state carrying its shardings, shardings) of an experiment on `mesh`,
+  allocating nothing: what init builds into and what a checkpoint restores onto."""
   rules = sharding_rules(config) if rules is None else rules
   graphdef, abstract = abstract_train_state(config)
   shardings = train_state_shardings(abstract, mesh, rules)
+  return graphdef, with_shardings(abstract, shardings), shardings
+
+
+def init_sharded_train_state(config: ml_collections.ConfigDict,
+                             shardings: TrainState) -> TrainState:
+  """The initial state built directly in its shards (jit with out_shardings), so no device
+  ever holds the whole model; the values equal an unsharded init's with the same seed."""
 
   def build():
     model = DiT(config.model, rngs=nnx.Rngs(config.seed))
     return init_train_state(model, make_optimizer(config.optim))[1]
 
-  return graphdef, jax.jit(build, out_shardings=shardings)(), shardings
+  return jax.jit(build, out_shardings=shardings)()
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from data import video_io
 from dit.config_checks import validate_sample_config
@@ -49,7 +50,9 @@ class VideoSampler:
                     method=sample_cfg.sampler, guidance_scale=sample_cfg.guidance_scale,
                     shift=shift)
 
-    self._generate = jax.jit(generate)
+    # Under a mesh (jax.set_mesh) the videos come back whole on every process.
+    mesh = jax.sharding.get_abstract_mesh()
+    self._generate = jax.jit(generate, out_shardings=None if mesh.empty else P())
 
   def generate(self, params: nnx.State, key: jax.Array) -> np.ndarray:
     """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
@@ -57,8 +60,12 @@ class VideoSampler:
 
   def write(self, params: nnx.State, out_dir: str, key: jax.Array, fps: int = 8) -> list[str]:
     """Writes <i>.mp4, <i>.gif, grid.png and prompts.txt to out_dir; returns the video paths."""
+    return self.write_videos(self.generate(params, key), out_dir, fps=fps)
+
+  def write_videos(self, videos: np.ndarray, out_dir: str, fps: int = 8) -> list[str]:
+    """Writes generated videos [N, T, H, W, C] as write() does."""
     os.makedirs(out_dir, exist_ok=True)
-    videos = video_io.to_uint8(self.generate(params, key))  # [N, T, H, W, C]
+    videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
     # Small videos are written larger (nearest neighbour), to be seen, not only stored.
     upscale = int(self.config.sample.get("upscale", 1))
     videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
