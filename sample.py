@@ -8,6 +8,9 @@
 It writes <out>/<i>.mp4 and <out>/<i>.gif per video, grid.png (one row of frames per video) and
 prompts.txt. Without --prompt or --label it uses the config's train.sample_prompts or
 train.sample_labels. The EMA parameters are used unless --noema.
+
+It runs on the mesh of the training run's config, or on --mesh=seq=4,data=-1 (the parameters are
+restored straight into that mesh's shards); multi-host as train.py.
 """
 import os
 
@@ -17,8 +20,11 @@ from absl import app, flags, logging
 from dit import checkpoints
 from dit.config_checks import validate_sample_config
 from dit.runs import load_config, make_text_encoder_for
-from dit.train_step import abstract_train_state
+from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
 from dit.video_sampler import VideoSampler
+from sharding import distributed
+from sharding.logical import use_mesh
+from sharding.mesh import make_mesh
 
 flags.DEFINE_string("workdir", None, "The train.py run to sample from (its latest checkpoint).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint folder, <workdir>/checkpoints/<step>; "
@@ -34,6 +40,21 @@ flags.DEFINE_integer("seed", 0, "Seed of the initial noise.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples/sample_<step>).")
 flags.DEFINE_integer("fps", 8, "Frames per second of the written videos.")
 flags.DEFINE_bool("ema", True, "Sample from the EMA parameters (--noema: the raw ones).")
+flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
+                    "the training config's mesh).")
+distributed.define_flags()
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """'seq=4,data=-1' -> {'seq': 4, 'data': -1}."""
+  sizes = {}
+  for item in filter(None, text.split(",")):
+    axis, _, size = item.partition("=")
+    try:
+      sizes[axis.strip()] = int(size)
+    except ValueError:
+      raise app.UsageError(f"--mesh={text}: write axis=size pairs such as seq=4,data=-1") from None
+  return sizes
 
 
 def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:
@@ -66,13 +87,19 @@ def main(argv):
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise app.UsageError(f"{workdir} has no checkpoints/: train first")
 
-  graphdef, abstract = abstract_train_state(config)
-  params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=FLAGS.ema,
-                                                        step=step)
-  sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
-                         prompts=FLAGS.prompt, labels=FLAGS.label)
+  distributed.initialize_from_flags()
+  mesh = make_mesh(parse_mesh(FLAGS.mesh) if FLAGS.mesh else mesh_sizes(config))
+  with use_mesh(mesh, sharding_rules(config)):
+    graphdef, abstract, _ = train_state_layout(config, mesh)
+    params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=FLAGS.ema,
+                                                          step=step)
+    sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
+                           prompts=FLAGS.prompt, labels=FLAGS.label)
+    videos = sampler.generate(params, jax.random.key(FLAGS.seed))
+  if jax.process_index() > 0:
+    return
   out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{step}")
-  paths = sampler.write(params, out, jax.random.key(FLAGS.seed), fps=FLAGS.fps)
+  paths = sampler.write_videos(videos, out, fps=FLAGS.fps)
   logging.info("wrote %d videos and grid.png to %s", len(paths) // 2, out)
   print(f"step {step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
 

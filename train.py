@@ -51,12 +51,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics, samples. "
                     "An existing one is resumed.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
-                    "run outside SLURM, Open MPI and TPU pods (which JAX detects by itself).")
-flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() even where no "
-                  "cluster is detected (JAX then finds the coordinator itself).")
+distributed.define_flags()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -231,8 +226,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
     logging.set_verbosity(logging.WARNING)
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         force=FLAGS.distributed)
+  distributed.initialize_from_flags()
   try:
     train(FLAGS.config, FLAGS.workdir)
   except NonFiniteLossError as e:

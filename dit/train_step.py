@@ -98,6 +98,18 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_size):
+  """(params, model_state, batch, key) -> (gradients of the flow-matching loss, metrics)."""
+  validate_flow_config(flow)
+
+  def loss_fn(params, model_state, batch, key):
+    model = nnx.merge(graphdef, params, model_state)
+    num_tokens = int(np.prod(patch_grid(batch["video"].shape, patch_size)))
+    return flow_matching_loss(model, batch, key, num_tokens, flow)
+
+  return jax.grad(loss_fn, has_aux=True)
+
+
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     flow: ml_collections.ConfigDict, patch_size, *, ema_decay: float = 0.999,
                     grad_accum: int = 1, learning_rate: optax.Schedule | None = None):
@@ -106,18 +118,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   With grad_accum = k the batch is cut into k microbatches whose gradients are averaged (a
   lax.scan, so activation memory is that of one microbatch) before one optimizer update.
   """
-  validate_flow_config(flow)
   if grad_accum < 1:
     raise ValueError(f"train.grad_accum={grad_accum} must be >= 1")
   if not 0 <= ema_decay < 1:
     raise ValueError(f"train.ema_decay={ema_decay} must be in [0, 1)")
-
-  def loss_fn(params, model_state, batch, key):
-    model = nnx.merge(graphdef, params, model_state)
-    num_tokens = int(np.prod(patch_grid(batch["video"].shape, patch_size)))
-    return flow_matching_loss(model, batch, key, num_tokens, flow)
-
-  grad_fn = jax.grad(loss_fn, has_aux=True)
+  grad_fn = make_grad_fn(graphdef, flow, patch_size)
 
   def accumulated_grads(state: TrainState, batch: dict, key: jax.Array):
     if grad_accum == 1:

@@ -8,7 +8,7 @@ A single process on one machine needs nothing: `initialize` then does nothing.
 import os
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 
 def detected_cluster(environ=os.environ) -> str | None:
@@ -44,3 +44,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                cluster or "detected by JAX", jax.process_index(), jax.process_count(),
                jax.device_count())
   return True
+
+
+def define_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id and --distributed, for an entry script."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
+                      "run outside SLURM, Open MPI and TPU pods (which JAX detects by itself).")
+  flags.DEFINE_integer("num_processes", None, "Processes in the run (with "
+                       "--coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() even where no "
+                    "cluster is detected (JAX then finds the coordinator itself).")
+
+
+def initialize_from_flags() -> bool:
+  """`initialize` with the values of define_flags' flags."""
+  values = flags.FLAGS
+  return initialize(values.coordinator_address, values.num_processes, values.process_id,
+                    force=values.distributed)

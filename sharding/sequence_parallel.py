@@ -49,8 +49,8 @@ def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
   degree = mesh.shape[seq_axis]
   batch_degree = int(np.prod([mesh.shape[axis] for axis in batch_axes]))
   if q.shape[0] % batch_degree:
-    raise ValueError(f"a batch of {q.shape[0]} does not split over {batch_axes} of size "
-                     f"{batch_degree}: make the batch a multiple of it")
+    # e.g. sampling 3 prompts on 2 data devices: each data replica runs the whole batch.
+    batch_axes = ()
   for name, length in (("queries", q.shape[1]), ("keys", k.shape[1])):
     if length % degree:
       raise ValueError(f"{length} {name} do not split over the seq axis of size {degree}: pad "
@@ -75,8 +75,9 @@ def sequence_parallel_attention(q, k, v, *, mesh: jax.sharding.Mesh, kind: str,
       local = functools.partial(ulysses.ulysses_attention, axis_name=seq_axis, scale=scale,
                                 group_size=group,
                                 attention=functools.partial(local, stride=group))
-  tokens = P(batch_axes, seq_axis, None, None)
-  ids = P(batch_axes, seq_axis)
+  batch = batch_axes or None
+  tokens = P(batch, seq_axis, None, None)
+  ids = P(batch, seq_axis)
   segments = [x for x in (segment_ids, kv_segment_ids) if x is not None]
 
   def run(q, k, v, *segments):
