@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: the kernel tests compiled for the GPU, then the attention benchmark.
+# One call on a GPU machine: the kernel tests compiled for the GPU, the attention benchmark, then
+# the training-step benchmark (XL at 16K tokens per video: cuDNN dense, our kernel on a window).
 # Results (device, versions, shapes, numbers) go to $OUT if set (the device tool's output
 # folder), else bench/results/. Usage: bash bench/gpu_check.sh [bench/attention.py flags...]
 set -euo pipefail
@@ -8,3 +9,9 @@ python -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); pri
 python -m pytest -q tests/test_block_sparse_attention.py tests/test_block_tables.py \
     tests/test_video_patterns.py
 python bench/attention.py --out="${OUT:-bench/results}" "$@"
+for variant in "--config.model.attention=cudnn" \
+    "--config.model.attention=block_sparse --config.model.sparse_pattern=window"; do
+  # shellcheck disable=SC2086
+  python bench/train_step.py --out="${OUT:-bench/results}" --config=configs/video_dit.py:size=XL \
+      --config.train.batch_size=2 --config.model.remat=dots_saveable $variant
+done

@@ -1,0 +1,144 @@
+"""Training-step benchmark: step time, tokens/s and model FLOPs utilisation (MFU) of an experiment
+config on the mesh it describes, with random inputs of the config's shapes.
+
+    python bench/train_step.py       # on a GPU: the XL model, 16x64x64 videos = 16K tokens each
+    python bench/train_step.py --config=configs/video_dit.py:size=XL \\
+        --config.train.batch_size=2 --config.model.remat=block --config.mesh.fsdp=-1 \\
+        --config.mesh.data=1
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/train_step.py \\
+        --config.mesh.seq=4 --config.model.sequence_parallel=usp
+
+FLOPs are counted analytically (dit/flops.py: every matmul, attention over the pairs its
+pattern visits, 3x the forward for a step); MFU divides the model FLOP/s per device by the
+device's dense bfloat16 peak (none on CPU). The data pipeline is not timed. Results go to
+bench/results/train_step-<device>-<time>.json and .md with the device, versions and shapes.
+"""
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dit.config_checks import validate_config  # noqa: E402
+from dit.flops import peak_flops, train_step_flops  # noqa: E402
+from dit.patchify import patch_grid  # noqa: E402
+from dit.sharded import (check_fits_mesh, global_batch, init_sharded_train_state,  # noqa: E402
+                         jit_train_step, mesh_sizes, sharding_rules, train_state_layout)
+from dit.train_step import make_optimizer, make_train_step  # noqa: E402
+from sharding.logical import use_mesh  # noqa: E402
+from sharding.mesh import make_mesh  # noqa: E402
+
+ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+config_flags.DEFINE_config_file(
+    "config", str(CONFIGS / ("video_dit.py:size=XL" if ON_ACCELERATOR else "quickstart.py:tiny")),
+    "Experiment config; its model, train.video_shape, train.batch_size and mesh are timed.",
+    lock_config=True)
+flags.DEFINE_integer("steps", 10 if ON_ACCELERATOR else 3, "timed steps (the median is reported)")
+flags.DEFINE_integer("warmup", 2 if ON_ACCELERATOR else 1, "untimed steps first (compilation)")
+flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+FLAGS = flags.FLAGS
+
+
+def random_batch(config, rng: np.random.Generator) -> dict:
+  """Inputs of the config's shapes for the whole (single-process) batch."""
+  batch_size = config.train.batch_size // jax.process_count()
+  video = rng.uniform(-1, 1, (batch_size, *config.train.video_shape, config.model.in_channels))
+  batch = {"video": video.astype(np.float32)}
+  if config.model.conditioning == "text":
+    length = config.text.max_length
+    if config.model.text_vocab_size:
+      batch["text"] = rng.integers(1, config.model.text_vocab_size, (batch_size, length))
+    else:
+      batch["text"] = rng.standard_normal((batch_size, length, config.model.text_dim),
+                                          dtype=np.float32)
+    batch["text_mask"] = np.ones((batch_size, length), bool)
+  else:
+    batch["label"] = rng.integers(0, config.model.num_classes, (batch_size,))
+  return batch
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  validate_config(config)
+  mesh = make_mesh(mesh_sizes(config))
+  check_fits_mesh(config, mesh)
+  rng = np.random.default_rng(0)
+  with use_mesh(mesh, sharding_rules(config)):
+    graphdef, _, shardings = train_state_layout(config, mesh)
+    state = init_sharded_train_state(config, shardings)
+    step = jit_train_step(make_train_step(graphdef, make_optimizer(config.optim), config.flow,
+                                          config.model.patch_size,
+                                          grad_accum=config.train.grad_accum), shardings, mesh)
+    batch = global_batch(random_batch(config, rng), mesh)
+    key = jax.random.key(0)
+    times = []
+    for i in range(FLAGS.warmup + FLAGS.steps):
+      start = time.perf_counter()
+      state, metrics = step(state, batch, jax.random.fold_in(key, i))
+      loss = float(metrics["loss"])  # waits for the step
+      if i >= FLAGS.warmup:
+        times.append(time.perf_counter() - start)
+  if not np.isfinite(loss):
+    raise RuntimeError(f"the benchmark step gave a non-finite loss {loss}")
+
+  seconds = statistics.median(times)
+  video_tokens = int(np.prod(patch_grid((1, *config.train.video_shape, 1),
+                                        config.model.patch_size)))
+  text_length = config.text.max_length if config.model.conditioning == "text" else 0
+  flops = train_step_flops(config.model, config.train.video_shape, config.train.batch_size,
+                           text_length)
+  device = jax.devices()[0]
+  per_device = flops / seconds / jax.device_count()
+  peak = peak_flops(device.device_kind)
+  row = dict(step_ms=1e3 * seconds, tokens_per_s=config.train.batch_size * video_tokens / seconds,
+             model_tflops_per_step=flops / 1e12, tflops_per_device=per_device / 1e12,
+             mfu=None if peak is None else per_device / peak)
+  memory = getattr(device, "memory_stats", lambda: None)() or {}
+  if "peak_bytes_in_use" in memory:
+    row["peak_gib_device0"] = memory["peak_bytes_in_use"] / 2**30
+  write_results(config, mesh, device, video_tokens, text_length, row)
+
+
+def write_results(config, mesh, device, video_tokens, text_length, row):
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  meta = dict(device=device.device_kind, backend=jax.default_backend(),
+              devices=jax.device_count(), processes=jax.process_count(), jax=jax.__version__,
+              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
+              mesh=dict(mesh.shape), model=config.model.size, hidden=config.model.hidden_size,
+              depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
+              attention=config.model.attention, sparse_pattern=config.model.sparse_pattern,
+              sequence_parallel=config.model.sequence_parallel, remat=config.model.remat,
+              video_shape=list(config.train.video_shape), video_tokens=video_tokens,
+              text_tokens=text_length, batch_size=config.train.batch_size,
+              grad_accum=config.train.grad_accum, steps=FLAGS.steps, time=stamp)
+  out = pathlib.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  base = out / f"train_step-{device.device_kind.replace(' ', '_')}-{stamp}"
+  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, result=row), indent=1))
+  mfu = "n/a (no peak for this device)" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+  table = ("| step ms | tokens/s | model TFLOP/step | TFLOP/s per device | MFU |\n"
+           "|---|---|---|---|---|\n"
+           f"| {row['step_ms']:.1f} | {row['tokens_per_s']:.4g} | "
+           f"{row['model_tflops_per_step']:.4g} | {row['tflops_per_device']:.4g} | {mfu} |")
+  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
+  base.with_suffix(".md").write_text(f"# Training-step benchmark\n\n{header}\n\n{table}\n")
+  print(table)
+  print(f"wrote {base}.json and .md")
+
+
+if __name__ == "__main__":
+  app.run(main)

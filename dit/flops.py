@@ -1,0 +1,77 @@
+"""Model FLOPs of a DiT step, counted analytically (attention included), for MFU.
+
+Counted: every matmul of the model (2 FLOPs per multiply-add) — patch and text embeddings, each
+block's modulation, QKV, attention logits and values, output projection and SwiGLU MLP, and the
+final layer. Attention counts the (query, key) pairs its pattern visits: 4 * pairs * hidden per
+block (QK^T and PV). A training step is 3x the forward (the backward is two matmuls per forward
+matmul); recomputation under remat is not model FLOPs and is not counted, as in the MFU of the
+PaLM and MegaScale papers. Elementwise work (norms, RoPE, softmax) is left out.
+"""
+import ml_collections
+import numpy as np
+
+from dit import sparsity
+from dit.model_config import mlp_hidden_size
+from dit.patchify import patch_grid
+
+
+def attention_density(config: ml_collections.ConfigDict, grid, num_text: int) -> float:
+  """The fraction of (query, key) block pairs the model's static pattern visits (1: full)."""
+  pattern = sparsity.attention_pattern(config, tuple(grid), num_text)
+  return 1.0 if pattern is None else float(pattern.density())
+
+
+def forward_flops(config: ml_collections.ConfigDict, video_shape, batch_size: int,
+                  text_length: int = 0) -> float:
+  """FLOPs of one forward pass over `batch_size` videos of video_shape (T, H, W) with
+  text_length text tokens each (ignored for label-conditioned models)."""
+  dim, hidden = config.hidden_size, mlp_hidden_size(config)
+  grid = patch_grid((1, *video_shape, 1), config.patch_size)
+  video_tokens = int(np.prod(grid))
+  text_tokens = text_length if config.conditioning == "text" else 0
+  tokens = video_tokens + text_tokens
+  patch_dim = int(np.prod(config.patch_size)) * config.in_channels
+
+  per_token_block = 2 * (3 * dim * dim + dim * dim + 3 * dim * hidden)  # qkv, out, SwiGLU
+  modulation = 2 * dim * 6 * dim  # per video, per stream
+  streams = 2 if text_tokens else 1
+  dual = config.dual_stream_depth if text_tokens else 0
+  density = attention_density(config, grid, text_tokens)
+  attention = 4 * density * tokens * tokens * dim
+  blocks = config.depth * (tokens * per_token_block + attention) + (
+      dual * streams + (config.depth - dual)) * modulation
+
+  embed = 2 * video_tokens * patch_dim * dim + 2 * 256 * dim + 2 * dim * dim  # patch, time MLP
+  final = 2 * dim * 2 * dim + 2 * video_tokens * dim * patch_dim
+  text = 0
+  if text_tokens:  # proj_in, proj_out per token; pool per video
+    text = 2 * text_tokens * (config.text_dim * dim + dim * dim) + 2 * dim * dim
+  return float(batch_size * (blocks + embed + final + text))
+
+
+def train_step_flops(config: ml_collections.ConfigDict, video_shape, batch_size: int,
+                     text_length: int = 0) -> float:
+  """Model FLOPs of one training step: forward and backward, 3x the forward."""
+  return 3.0 * forward_flops(config, video_shape, batch_size, text_length)
+
+
+# Dense bfloat16 peak FLOP/s per device, by device_kind (first match wins).
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 197e12),   # v5e ("TPU v5 lite")
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """The dense bfloat16 peak of a device kind, or None where unknown (e.g. CPUs)."""
+  for name, flops in PEAK_BF16_FLOPS:
+    if name in device_kind:
+      return flops
+  return None
