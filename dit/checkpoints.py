@@ -49,7 +49,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   if step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; saved "
                             f"steps: {list(manager.all_steps())}")
-  items = dict(state=ocp.args.StandardRestore(abstract_state), rng=ocp.args.StandardRestore())
+  # The key is laid out like the step (replicated on the mesh restored onto), not as saved.
+  key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype,
+                             sharding=getattr(abstract_state.step, "sharding", None))
+  items = dict(state=ocp.args.StandardRestore(abstract_state),
+               rng=ocp.args.StandardRestore({"key": key}))
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))

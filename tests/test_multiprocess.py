@@ -1,6 +1,7 @@
 """A two-process jax.distributed run on localhost: train.py with an explicit coordinator, 4 CPU
 devices per process, one mesh (data 2, fsdp 2, seq 2) over both, completes sharded training
-steps, a checkpoint and samples, as it would on two hosts of a cluster."""
+steps, a checkpoint and samples, as it would on two hosts of a cluster; then one process with one
+device samples from that checkpoint."""
 import json
 import os
 import socket
@@ -50,3 +51,11 @@ def test_two_processes_train_one_model_sharded_over_both(tmp_path):
       "process_0-of-2.json", "process_1-of-2.json"]
   assert (workdir / "samples" / "step_2" / "grid.png").exists()
   assert "step 2:" in outputs[0] and "step 2:" not in outputs[1]
+
+  # One process, one device: the 8-device checkpoint restores into the new topology.
+  sampled = subprocess.run(
+      [sys.executable, "sample.py", f"--workdir={workdir}", "--mesh=data=-1", "--num_steps=2",
+       f"--out={tmp_path / 'alone'}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(env, XLA_FLAGS=""))
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert (tmp_path / "alone" / "grid.png").exists()

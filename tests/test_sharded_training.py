@@ -152,7 +152,14 @@ def test_a_checkpoint_saved_on_one_mesh_restores_onto_another(tmp_path, key):
   with use_mesh(other, sharding_rules(config)):
     _, abstract, shardings = train_state_layout(config, other)
     restored, rng = checkpoints.restore(manager, abstract)
+  one_device = make_mesh({}, devices=jax.devices()[:1])  # e.g. sampling on a laptop
+  with use_mesh(one_device, sharding_rules(config)):
+    _, abstract, _ = train_state_layout(config, one_device)
+    alone, _ = checkpoints.restore(manager, abstract)
   manager.close()
+  for got, want in zip(jax.tree.leaves(alone), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(got, want)
+    assert got.sharding.device_set == {jax.devices()[0]}
   for got, want, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(state),
                                  jax.tree.leaves(shardings)):
     np.testing.assert_array_equal(got, want)
