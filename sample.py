@@ -76,6 +76,7 @@ def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int |
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize_from_flags()  # before anything touches a device
   FLAGS = flags.FLAGS
   workdir, step = resolve_run(FLAGS.workdir, FLAGS.checkpoint)
   config = load_config(workdir)
@@ -87,7 +88,6 @@ def main(argv):
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise app.UsageError(f"{workdir} has no checkpoints/: train first")
 
-  distributed.initialize_from_flags()
   mesh = make_mesh(parse_mesh(FLAGS.mesh) if FLAGS.mesh else mesh_sizes(config))
   with use_mesh(mesh, sharding_rules(config)):
     graphdef, abstract, _ = train_state_layout(config, mesh)

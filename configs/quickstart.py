@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.tiny:
     config.model.update(hidden_size=32, depth=2, num_heads=2, dual_stream_depth=1)
-    config.train.update(batch_size=4, num_steps=6, video_shape=(2, 16, 16), log_every=2,
+    config.train.update(batch_size=8, num_steps=6, video_shape=(2, 16, 16), log_every=2,
                         checkpoint_every=3, sample_every=6, sample_prompts=PROMPTS[:2])
     config.data.kwargs.update(num_examples=64, num_frames=2, size=16, digit_scale=1)
     config.optim.update(warmup_steps=2, decay_steps=6)

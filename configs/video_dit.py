@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding = sharding_config()
 
   if arg.runlocal:
-    config.train.update(batch_size=4, num_steps=10, video_shape=(4, 16, 16), log_every=2,
+    config.train.update(batch_size=8, num_steps=10, video_shape=(4, 16, 16), log_every=2,
                         checkpoint_every=5, sample_every=10,
                         sample_prompts=("the digit 1 moves up",), sample_labels=(1,))
     config.data = data_config("moving_digits", num_examples=1000, num_frames=4, size=16,

@@ -162,7 +162,7 @@ def test_training_on_a_video_folder_skips_and_counts_an_unreadable_file(tmp_path
   videos = tmp_path / "videos"
   videos.mkdir()
   rng = np.random.default_rng(0)
-  for i in range(4):
+  for i in range(8):
     write_gif(str(videos / f"clip_{i}.gif"), rng.integers(0, 255, (4, 20, 20, 3), np.uint8))
   (videos / "broken.mp4").write_bytes(b"not a video")
   config = get_config("tiny,text=hashed_words")
@@ -170,6 +170,6 @@ def test_training_on_a_video_folder_skips_and_counts_an_unreadable_file(tmp_path
   config.data = dict(name="video_folder", num_threads=1,
                      kwargs=dict(root=str(videos), num_frames=2, size=(16, 16)))
   config.model.in_channels = 3
-  config.train.update(num_steps=4, batch_size=4, sample_every=0)
+  config.train.update(num_steps=4, batch_size=8, sample_every=0)
   train.train(config, str(tmp_path / "run"))
   assert read_metrics(tmp_path / "run")[-1]["skipped_videos"] == 1
