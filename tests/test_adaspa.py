@@ -1,0 +1,84 @@
+"""AdaSpa's search (kernels/block_mass.py, kernels/attention_search.py) and head-adaptive
+selection (kernels/adaspa.py), on fresh random inputs against the XLA references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.adaspa import keep_counts, pattern_recall, select_pattern
+from kernels.attention_search import (cached_search, cached_search_reference, fused_search,
+                                      fused_search_reference)
+from kernels.block_mass import block_mass, block_mass_reference
+
+
+def qkv(key, batch=2, length=200, heads=3, dim=32, spread=1.5):
+  keys = jax.random.split(key, 3)
+  return tuple(spread * jax.random.normal(k, (batch, length, heads, dim)) for k in keys)
+
+
+def test_block_masses_match_the_reference_and_each_query_row_sums_to_one(key):
+  q, k, v = qkv(key)  # 200 tokens: the last query and key blocks are partly padding
+  _, lse, _ = fused_search_reference(q, k, v, block_q=64, block_k=64)
+  masses = block_mass(q, k, lse, block_q=32, block_k=64)
+  np.testing.assert_allclose(masses, block_mass_reference(q, k, lse, block_q=32, block_k=64),
+                             atol=1e-5, rtol=1e-5)
+  rows = np.asarray(masses.sum(-1))  # a block row of 32 queries sums to 32; the last holds 8
+  np.testing.assert_allclose(rows, np.broadcast_to([32] * 6 + [8], rows.shape), rtol=1e-5)
+  with pytest.raises(ValueError, match="lse must be \\[B, H, Lq\\]"):
+    block_mass(q, k, lse[:, :, :10], block_q=32, block_k=64)
+
+
+def test_the_fused_search_matches_its_reference_and_the_cached_search_equals_it(key):
+  q, k, v = qkv(key, length=256)
+  out, lse, masses = fused_search(q, k, v, block_q=32, block_k=32)
+  want_out, want_lse, want_masses = fused_search_reference(q, k, v, block_q=32, block_k=32)
+  np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(lse, want_lse, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(masses, want_masses, atol=1e-5, rtol=1e-5)
+  # On the inputs of the search, the lse-cached pass (no dense pass) gives the same masses.
+  cached = cached_search(q, k, lse, block_q=32, block_k=32)
+  np.testing.assert_allclose(cached, masses, atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(cached_search_reference(q, k, lse, block_q=32, block_k=32),
+                             masses, atol=1e-5, rtol=1e-5)
+
+
+def test_the_chosen_pattern_keeps_at_least_the_mass_of_a_random_one_of_equal_density(key):
+  q, k, v = qkv(key, length=512, heads=4)
+  _, _, masses = fused_search(q, k, v, block_q=64, block_k=64)
+  chosen = select_pattern(masses, 0.75, block_q=64, block_k=64)
+  chosen_mask = chosen.tables.to_mask()
+  np.testing.assert_allclose(chosen.recall, pattern_recall(masses, chosen_mask), rtol=1e-5)
+  # A random pattern with the same number of key blocks in every row of every head.
+  counts = chosen_mask.sum(-1, keepdims=True)
+  scores = jax.random.uniform(jax.random.fold_in(key, 1), masses.shape)
+  ranks = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
+  random_recall = pattern_recall(masses, ranks < counts)
+  assert np.all(np.asarray(chosen.recall) >= np.asarray(random_recall) - 1e-6)
+  assert float(chosen.recall.mean()) > float(random_recall.mean())
+
+
+def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
+  heads, blocks = 6, 16
+  masses = jax.random.uniform(key, (2, heads, blocks, blocks))  # diffuse: recall ~ kept share
+  # Heads 0 and 3 put almost all their mass on one block per row: recall > 0.8 at any s.
+  peaked = jnp.eye(blocks)[None] * 1000.0
+  masses = masses.at[:, 0].add(peaked[0]).at[:, 3].add(peaked[0])
+  forced = np.zeros(blocks, bool)
+  forced[-1] = True  # a text block: kept by every row of every head
+  pattern = select_pattern(masses, 0.5, block_q=16, block_k=16, forced_blocks=forced)
+  assert keep_counts(0.5, blocks, 1) == (4, 8, 12)
+  sparsity = np.asarray(pattern.sparsity)
+  for b in range(2):
+    assert sparsity[b, 0] == sparsity[b, 3] == 0.75  # (1 + s) / 2
+    assert sorted(sparsity[b]) == [0.25, 0.25, 0.5, 0.5, 0.75, 0.75]  # two at (3s - 1) / 2
+    assert sparsity[b].mean() == pytest.approx(0.5)
+  mask = np.asarray(pattern.tables.to_mask())
+  assert mask[..., -1].all()
+  np.testing.assert_array_equal(mask.sum(-1), np.round((1 - sparsity) * blocks)[..., None]
+                                .repeat(blocks, -1))
+  # Nothing above the threshold: every head stays at s.
+  flat = select_pattern(jax.random.uniform(key, (1, heads, blocks, blocks)), 0.5, block_q=16,
+                        block_k=16)
+  np.testing.assert_array_equal(flat.sparsity, 0.5)
+  with pytest.raises(ValueError, match="must be in \\[0, 1\\)"):
+    keep_counts(1.0, blocks)
