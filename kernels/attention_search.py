@@ -7,7 +7,8 @@
                  QK^T, no dense pass. On the inputs of that search it gives the same masses.
 
 Each has its XLA reference beside it (`*_reference`), built on kernels/reference.py.
-Layout: q, k, v [B, L, H, D]; lse float32 [B, H, Lq]; masses float32 [B, H, nQ, nK].
+Layout: q, k, v [B, L, H, D]; lse float32 [B, H, Lq]; masses float32 [B, H, nQ, nK];
+segment_ids int32 [B, L] as in dit.attention (the DiT's padded text tokens).
 """
 from kernels.block_mass import block_mass, block_mass_reference
 from kernels.block_sparse_attention import sparse_attention
@@ -16,31 +17,35 @@ from kernels.reference import block_sparse_attention_reference
 
 
 def fused_search(q, k, v, *, block_q: int, block_k: int, scale: float | None = None,
-                 backend: str | None = None, interpret: bool | None = None):
+                 segment_ids=None, backend: str | None = None, interpret: bool | None = None):
   """-> (out [B, Lq, H, D], lse float32 [B, H, Lq], masses float32 [B, H, nQ, nK])."""
   full = PatternTables.full(q.shape[1], k.shape[1], block=min(block_q, block_k))
-  out, lse = sparse_attention(q, k, v, full, scale=scale, return_lse=True, backend=backend,
-                              interpret=interpret)
-  masses = block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale, backend=backend,
-                      interpret=interpret)
+  out, lse = sparse_attention(q, k, v, full, scale=scale, segment_ids=segment_ids,
+                              return_lse=True, backend=backend, interpret=interpret)
+  masses = block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
+                      segment_ids=segment_ids, backend=backend, interpret=interpret)
   return out, lse, masses
 
 
 def cached_search(q, k, lse, *, block_q: int, block_k: int, scale: float | None = None,
-                  backend: str | None = None, interpret: bool | None = None):
+                  segment_ids=None, backend: str | None = None, interpret: bool | None = None):
   """masses float32 [B, H, nQ, nK] with a cached lse (no dense pass)."""
-  return block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale, backend=backend,
-                    interpret=interpret)
+  return block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
+                    segment_ids=segment_ids, backend=backend, interpret=interpret)
 
 
-def fused_search_reference(q, k, v, *, block_q: int, block_k: int, scale: float | None = None):
+def fused_search_reference(q, k, v, *, block_q: int, block_k: int, scale: float | None = None,
+                           segment_ids=None):
   full = PatternTables.full(q.shape[1], k.shape[1], block=min(block_q, block_k))
   out, lse = block_sparse_attention_reference(q, k, v, full.kv_indices, full.kv_counts,
                                               block_q=full.block_q, block_k=full.block_k,
-                                              scale=scale)
-  return out, lse, block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale)
+                                              scale=scale, segment_ids=segment_ids)
+  masses = block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
+                                segment_ids=segment_ids)
+  return out, lse, masses
 
 
 def cached_search_reference(q, k, lse, *, block_q: int, block_k: int,
-                            scale: float | None = None):
-  return block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale)
+                            scale: float | None = None, segment_ids=None):
+  return block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
+                              segment_ids=segment_ids)

@@ -7,7 +7,9 @@ earlier search). With the exact lse every query's masses sum to 1 over the key b
 of blocks sums to block_q. The kernel computes QK^T once per block pair and never touches V
 (AdaSpa's search pass); `block_mass_reference` beside it is the plain XLA version.
 
-Layout as everywhere: q [B, Lq, H, D], k [B, Lk, H, D]; lse float32 [B, H, Lq] (natural log).
+Layout as everywhere: q [B, Lq, H, D], k [B, Lk, H, D]; lse float32 [B, H, Lq] (natural log);
+segment_ids int32 [B, Lq] (and kv_segment_ids [B, Lk]) restrict each query to keys of its
+segment, as in the attention whose lse it is (e.g. padded text tokens).
 The Pallas kernel lowers through Triton on GPUs and runs interpreted on CPU; on TPU the XLA
 reference is used (its [Lq, Lk] logits are made per block pair by XLA's fusion, not stored).
 """
@@ -22,13 +24,18 @@ from jax.experimental.pallas import triton as pl_triton
 LOG2_E = math.log2(math.e)
 
 
-def block_mass_reference(q, k, lse, *, block_q: int, block_k: int, scale: float | None = None):
+def block_mass_reference(q, k, lse, *, block_q: int, block_k: int, scale: float | None = None,
+                         segment_ids=None, kv_segment_ids=None):
   """float32 [B, H, nQ, nK]: the mass of each block pair, in float32 XLA."""
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32),
                       precision=jax.lax.Precision.HIGHEST) * scale
   finite = jnp.isfinite(lse)[..., None]
   weights = jnp.where(finite, jnp.exp(logits - jnp.where(finite, lse[..., None], 0)), 0)
+  if segment_ids is not None:
+    kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+    same = segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
+    weights = jnp.where(same, weights, 0)
   lq, lk = q.shape[1], k.shape[1]
   nq, nk = -(-lq // block_q), -(-lk // block_k)
   weights = jnp.pad(weights, ((0, 0), (0, 0), (0, nq * block_q - lq), (0, nk * block_k - lk)))
@@ -36,8 +43,12 @@ def block_mass_reference(q, k, lse, *, block_q: int, block_k: int, scale: float 
   return weights.reshape(b, h, nq, block_q, nk, block_k).sum(axis=(3, 5))
 
 
-def _mass_kernel(q_ref, k_ref, lse_ref, out_ref, *, block_k: int, num_kv_blocks: int,
-                 kv_len: int, scale: float):
+def _mass_kernel(q_ref, k_ref, lse_ref, *refs, block_k: int, num_kv_blocks: int, kv_len: int,
+                 scale: float, has_segments: bool):
+  if has_segments:
+    q_segments_ref, kv_segments_ref, out_ref = refs
+  else:
+    (out_ref,) = refs
   q = q_ref[...]                                   # [block_q, D]
   lse2 = lse_ref[...] * LOG2_E                     # [block_q]; +inf on padded queries
   empty = lse2 == -jnp.inf
@@ -51,6 +62,9 @@ def _mass_kernel(q_ref, k_ref, lse_ref, out_ref, *, block_k: int, num_kv_blocks:
     if kv_len % block_k:  # the last block holds padding keys
       keys = j * block_k + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
       s = jnp.where(keys < kv_len, s, -jnp.inf)
+    if has_segments:
+      kv_segments = kv_segments_ref[pl.ds(j * block_k, block_k)]
+      s = jnp.where(q_segments_ref[...][:, None] == kv_segments[None, :], s, -jnp.inf)
     mass = jnp.sum(jnp.exp2(s - lse2[:, None]))
     return jnp.where(columns == j, mass, row)
 
@@ -58,7 +72,8 @@ def _mass_kernel(q_ref, k_ref, lse_ref, out_ref, *, block_k: int, num_kv_blocks:
 
 
 def block_mass(q, k, lse, *, block_q: int, block_k: int, scale: float | None = None,
-               backend: str | None = None, interpret: bool | None = None):
+               segment_ids=None, kv_segment_ids=None, backend: str | None = None,
+               interpret: bool | None = None):
   """float32 [B, H, nQ, nK]: the mass of each block pair (the Pallas kernel; see module doc)."""
   backend = backend or jax.default_backend()
   if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
@@ -69,8 +84,16 @@ def block_mass(q, k, lse, *, block_q: int, block_k: int, scale: float | None = N
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block < 16 or block & (block - 1):
       raise ValueError(f"{name}={block} must be a power of two of at least 16")
+  if kv_segment_ids is not None and segment_ids is None:
+    raise ValueError("kv_segment_ids needs segment_ids (the queries' segments)")
+  if segment_ids is not None:
+    kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+    if segment_ids.shape != q.shape[:2] or kv_segment_ids.shape != k.shape[:2]:
+      raise ValueError(f"segment ids must be [B, Lq] {q.shape[:2]} and [B, Lk] {k.shape[:2]}; "
+                       f"got {segment_ids.shape} and {kv_segment_ids.shape}")
   if backend == "tpu":
-    return block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale)
+    return block_mass_reference(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
+                                segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
   interpret = (backend == "cpu") if interpret is None else interpret
   scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
   batch, q_len, heads, dim = q.shape
@@ -81,16 +104,25 @@ def block_mass(q, k, lse, *, block_q: int, block_k: int, scale: float | None = N
   lse = jnp.pad(lse.astype(jnp.float32), ((0, 0), (0, 0), (0, nq * block_q - q_len)),
                 constant_values=jnp.inf)
   width = 1 << (nk - 1).bit_length()  # a power of two for Triton; sliced to nK below
+  in_specs = [pl.BlockSpec((None, block_q, None, dim), lambda n, b, h: (b, n, h, 0)),
+              pl.BlockSpec((None, nk * block_k, None, dim), lambda n, b, h: (b, 0, h, 0)),
+              pl.BlockSpec((None, None, block_q), lambda n, b, h: (b, h, n))]
+  args = [q, k, lse]
+  if segment_ids is not None:  # padding queries and keys get segment -1: no mass
+    args += [jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, nq * block_q - q_len)),
+                     constant_values=-1),
+             jnp.pad(kv_segment_ids.astype(jnp.int32), ((0, 0), (0, nk * block_k - kv_len)),
+                     constant_values=-1)]
+    in_specs += [pl.BlockSpec((None, block_q), lambda n, b, h: (b, n)),
+                 pl.BlockSpec((None, nk * block_k), lambda n, b, h: (b, 0))]
   out = pl.pallas_call(
       functools.partial(_mass_kernel, block_k=block_k, num_kv_blocks=nk, kv_len=kv_len,
-                        scale=scale),
+                        scale=scale, has_segments=segment_ids is not None),
       grid=(nq, batch, heads),
-      in_specs=[pl.BlockSpec((None, block_q, None, dim), lambda n, b, h: (b, n, h, 0)),
-                pl.BlockSpec((None, nk * block_k, None, dim), lambda n, b, h: (b, 0, h, 0)),
-                pl.BlockSpec((None, None, block_q), lambda n, b, h: (b, h, n))],
+      in_specs=in_specs,
       out_specs=pl.BlockSpec((None, None, None, width), lambda n, b, h: (b, h, n, 0)),
       out_shape=jax.ShapeDtypeStruct((batch, heads, nq, width), jnp.float32),
       interpret=interpret, name="block_mass",
       compiler_params=pl_triton.CompilerParams(num_warps=4 if dim <= 64 else 8, num_stages=2),
-  )(q, k, lse)
+  )(*args)
   return out[..., :nk]

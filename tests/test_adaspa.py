@@ -28,18 +28,27 @@ def test_block_masses_match_the_reference_and_each_query_row_sums_to_one(key):
     block_mass(q, k, lse[:, :, :10], block_q=32, block_k=64)
 
 
-def test_the_fused_search_matches_its_reference_and_the_cached_search_equals_it(key):
+@pytest.mark.parametrize("padded_text", [False, True])
+def test_the_fused_search_matches_its_reference_and_the_cached_search_equals_it(key,
+                                                                               padded_text):
   q, k, v = qkv(key, length=256)
-  out, lse, masses = fused_search(q, k, v, block_q=32, block_k=32)
-  want_out, want_lse, want_masses = fused_search_reference(q, k, v, block_q=32, block_k=32)
+  segments = None
+  if padded_text:  # as the DiT's joint sequence: the last 40 tokens of sample 0 are padding
+    segments = jnp.ones((2, 256), jnp.int32).at[0, 216:].set(0)
+  search = dict(block_q=32, block_k=32, segment_ids=segments)
+  out, lse, masses = fused_search(q, k, v, **search)
+  want_out, want_lse, want_masses = fused_search_reference(q, k, v, **search)
   np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(lse, want_lse, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(masses, want_masses, atol=1e-5, rtol=1e-5)
   # On the inputs of the search, the lse-cached pass (no dense pass) gives the same masses.
-  cached = cached_search(q, k, lse, block_q=32, block_k=32)
+  cached = cached_search(q, k, lse, **search)
   np.testing.assert_allclose(cached, masses, atol=1e-6, rtol=1e-6)
-  np.testing.assert_allclose(cached_search_reference(q, k, lse, block_q=32, block_k=32),
-                             masses, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(cached_search_reference(q, k, lse, **search), masses, atol=1e-5,
+                             rtol=1e-5)
+  np.testing.assert_allclose(masses.sum(-1), 32, rtol=1e-5)  # every query's mass is 1
+  if padded_text:  # no mass crosses between real and padding tokens
+    np.testing.assert_allclose(masses[0, :, :6, 7], 0, atol=1e-6)
 
 
 def test_the_chosen_pattern_keeps_at_least_the_mass_of_a_random_one_of_equal_density(key):

@@ -53,3 +53,20 @@ def test_forward_and_backward_lower_for_the_device(backend, dtype, head_dim, seg
 def test_gpu_kernels_lower_at_smaller_tiles_and_other_warps():
   assert exported_kernel_calls("gpu", jnp.bfloat16, 128, True, forward_blocks=(128, 64),
                                backward_blocks=(64, 128), num_warps=4, num_stages=3) == [1, 3]
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_the_block_mass_kernel_lowers_for_gpus(segments):
+  from kernels.attention_search import fused_search  # pylint: disable=g-import-not-at-top
+  platform, target = TARGETS["gpu"]
+  shape = jax.ShapeDtypeStruct((1, 1000, 3, 128), jnp.bfloat16)  # 1000: padded to 8 blocks
+  ids = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
+
+  def search(q, k, v, segment_ids):
+    return fused_search(q, k, v, block_q=128, block_k=128, backend="gpu", interpret=False,
+                        segment_ids=segment_ids if segments else None)
+
+  exported = export.export(jax.jit(search), platforms=[platform],
+                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
+                               shape, shape, shape, ids)
+  assert exported.mlir_module().count(f"@{target}") == 2  # the dense pass, then the mass pass
