@@ -58,3 +58,22 @@ def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
   result = sample(f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert "config.json not found" in result.stderr
+
+
+def test_a_run_older_than_the_newest_model_fields_still_samples(workdir, tmp_path):
+  """A config.json written before model.sparse_pattern and friends existed: those take their
+  defaults (no sparsity, no sequence parallelism), and the run samples as trained."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  old = tmp_path / "old_run"
+  shutil.copytree(workdir, old)
+  config = json.loads((old / "config.json").read_text())
+  for field in ("sparse_pattern", "sparse_window", "sparse_block", "sequence_parallel",
+                "ulysses_degree"):
+    del config["model"][field]
+  del config["mesh"], config["sharding"]
+  (old / "config.json").write_text(json.dumps(config))
+  result = sample(f"--workdir={old}", "--prompt=the digit 2 moves up", "--num_steps=2",
+                  f"--out={tmp_path / 'out'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / "out" / "grid.png").exists()
