@@ -1,0 +1,1 @@
+"""Evaluation: metrics of generated videos and of sparse attention's fidelity."""
