@@ -17,6 +17,7 @@ import os
 import jax
 from absl import app, flags, logging
 
+from configs.common import parse_arg
 from dit import checkpoints
 from dit.config_checks import validate_sample_config
 from dit.runs import load_config, make_text_encoder_for
@@ -24,7 +25,7 @@ from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
 from dit.video_sampler import VideoSampler
 from sharding import distributed
 from sharding.logical import use_mesh
-from sharding.mesh import make_mesh
+from sharding.mesh import MESH_AXES, make_mesh
 
 flags.DEFINE_string("workdir", None, "The train.py run to sample from (its latest checkpoint).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint folder, <workdir>/checkpoints/<step>; "
@@ -46,15 +47,11 @@ distributed.define_flags()
 
 
 def parse_mesh(text: str) -> dict[str, int]:
-  """'seq=4,data=-1' -> {'seq': 4, 'data': -1}."""
-  sizes = {}
-  for item in filter(None, text.split(",")):
-    axis, _, size = item.partition("=")
-    try:
-      sizes[axis.strip()] = int(size)
-    except ValueError:
-      raise app.UsageError(f"--mesh={text}: write axis=size pairs such as seq=4,data=-1") from None
-  return sizes
+  """'seq=4,data=-1' -> {'data': -1, 'fsdp': 1, 'seq': 4, 'tensor': 1}."""
+  try:
+    return dict(parse_arg(text, **{axis: 1 for axis in MESH_AXES}))
+  except ValueError as e:
+    raise app.UsageError(f"--mesh={text}: {e}; write axis=size pairs such as seq=4,data=-1") from None
 
 
 def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:

@@ -28,6 +28,12 @@ def dense(in_features: int, out_features: int, axes: tuple[str, str], *, kernel_
                     bias_init=annotate(bias_init, axes[1]), **kwargs)
 
 
+def attention_options(config: ml_collections.ConfigDict) -> dict:
+  """The keywords of dit.attention.dot_product_attention that the model config sets."""
+  return dict(implementation=config.attention, sequence_parallel=config.sequence_parallel,
+              ulysses_degree=config.ulysses_degree)
+
+
 def linear_kwargs(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dict:
   return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
               rngs=rngs)
@@ -102,9 +108,7 @@ class SingleStreamBlock(nnx.Module):
   """The joint sequence [video | text] through one set of weights."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.attention = config.attention
-    self.sequence_parallel = dict(sequence_parallel=config.sequence_parallel,
-                                  ulysses_degree=config.ulysses_degree)
+    self.attention_options = attention_options(config)
     self.stream = Stream(config, rngs=rngs)
 
   def __call__(self, x, c, angles, segment_ids=None, pattern=None):
@@ -115,8 +119,7 @@ class SingleStreamBlock(nnx.Module):
     mod = self.stream.modulation_params(c)
     q, k, v = self.stream.attention_inputs(x, mod, angles)
     attended = attention_lib.dot_product_attention(
-        q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern,
-        **self.sequence_parallel)
+        q, k, v, segment_ids=segment_ids, pattern=pattern, **self.attention_options)
     return self.stream.finish(x, attended, mod)
 
 
@@ -124,9 +127,7 @@ class DualStreamBlock(nnx.Module):
   """Separate weights for video and text tokens, one attention over both."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.attention = config.attention
-    self.sequence_parallel = dict(sequence_parallel=config.sequence_parallel,
-                                  ulysses_degree=config.ulysses_degree)
+    self.attention_options = attention_options(config)
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)
 
@@ -139,7 +140,6 @@ class DualStreamBlock(nnx.Module):
     qkv_text = self.text.attention_inputs(text, text_mod, angles[:, lv:])
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))
     attended = attention_lib.dot_product_attention(
-        q, k, v, implementation=self.attention, segment_ids=segment_ids, pattern=pattern,
-        **self.sequence_parallel)
+        q, k, v, segment_ids=segment_ids, pattern=pattern, **self.attention_options)
     return (self.video.finish(video, attended[:, :lv], video_mod),
             self.text.finish(text, attended[:, lv:], text_mod))

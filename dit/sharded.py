@@ -18,9 +18,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dit.model import DiT
 from dit.patchify import patch_grid
-from dit.train_step import TrainState, abstract_train_state, init_train_state, make_optimizer
+from dit.train_step import TrainState, abstract_train_state, initial_train_state
 from sharding import sequence_parallel as sequence_parallel_lib
 from sharding import ulysses
 from sharding.logical import DEFAULT_RULES, tree_shardings
@@ -73,12 +72,6 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
                      + "\n  ".join(errors))
 
 
-def train_state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh, rules):
-  """NamedShardings of a TrainState: params, EMA and the optimizer's moments by the params'
-  logical axes; the step and other scalars replicated."""
-  return tree_shardings(abstract_state, mesh, rules)
-
-
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying `shardings`: the target an orbax restore lays out on a mesh."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -88,10 +81,11 @@ def with_shardings(abstract_tree, shardings):
 def train_state_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                        rules=None) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract state carrying its shardings, shardings) of an experiment on `mesh`,
-  allocating nothing: what init builds into and what a checkpoint restores onto."""
+  allocating nothing: what init builds into and what a checkpoint restores onto. Params, EMA
+  and the optimizer's moments follow the params' logical axes; the step is replicated."""
   rules = sharding_rules(config) if rules is None else rules
   graphdef, abstract = abstract_train_state(config)
-  shardings = train_state_shardings(abstract, mesh, rules)
+  shardings = tree_shardings(abstract, mesh, rules)
   return graphdef, with_shardings(abstract, shardings), shardings
 
 
@@ -99,12 +93,7 @@ def init_sharded_train_state(config: ml_collections.ConfigDict,
                              shardings: TrainState) -> TrainState:
   """The initial state built directly in its shards (jit with out_shardings), so no device
   ever holds the whole model; the values equal an unsharded init's with the same seed."""
-
-  def build():
-    model = DiT(config.model, rngs=nnx.Rngs(config.seed))
-    return init_train_state(model, make_optimizer(config.optim))[1]
-
-  return jax.jit(build, out_shardings=shardings)()
+  return jax.jit(lambda: initial_train_state(config), out_shardings=shardings)()
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -70,15 +70,17 @@ def init_train_state(model: nnx.Module,
                               model_state=model_state, opt_state=optimizer.init(params))
 
 
+def initial_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """An experiment's TrainState at step 0 (the model initialised from config.seed)."""
+  model = DiT(config.model, rngs=nnx.Rngs(config.seed))
+  return init_train_state(model, make_optimizer(config.optim))[1]
+
+
 def abstract_train_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState]:
   """The graphdef and the shapes and dtypes of an experiment's TrainState, allocating nothing:
   the target a checkpoint restores into."""
-  def build():
-    model = DiT(config.model, rngs=nnx.Rngs(config.seed))
-    return init_train_state(model, make_optimizer(config.optim))
-
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: DiT(config.model, rngs=nnx.Rngs(0))))
-  return graphdef, jax.eval_shape(lambda: build()[1])
+  return graphdef, jax.eval_shape(lambda: initial_train_state(config))
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:

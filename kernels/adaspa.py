@@ -65,10 +65,10 @@ def select_pattern(masses: jax.Array, sparsity: float, *, block_q: int, block_k:
   sparser, base, denser = keep_counts(sparsity, num_kv, int(forced.sum()))
   score = jnp.where(forced, jnp.inf, masses)
   _, order = jax.lax.top_k(score, denser)  # [B, H, nQ, denser], most mass first
+  kept = jnp.take_along_axis(masses, order, axis=-1)
   total = masses.sum(axis=(-2, -1))
 
   def recall_of(counts):  # counts [B, H]: each row keeps its first `counts` blocks of `order`
-    kept = jnp.take_along_axis(masses, order, axis=-1)
     listed = jnp.arange(denser) < counts[..., None, None]
     return jnp.where(listed, kept, 0).sum(axis=(-2, -1)) / jnp.maximum(total, 1e-30)
 

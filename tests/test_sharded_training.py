@@ -15,7 +15,7 @@ from dit import checkpoints
 from dit.sharded import (batch_sharding, check_fits_mesh, global_batch,
                          init_sharded_train_state, jit_train_step, sharding_rules,
                          train_state_layout)
-from dit.train_step import (abstract_train_state, init_train_state, make_grad_fn, make_optimizer,
+from dit.train_step import (init_train_state, make_grad_fn, make_optimizer,
                             make_train_step)
 from dit.model import DiT
 from sharding.logical import use_mesh
@@ -191,7 +191,6 @@ def _abstract_mesh(**sizes):
 
 def test_sharded_init_equals_the_unsharded_init():
   config = small_config()
-  _, want = abstract_train_state(config)
   graphdef, state = init_train_state(DiT(config.model, rngs=nnx.Rngs(config.seed)),
                                      make_optimizer(config.optim))
   mesh = make_mesh({"fsdp": 4, "tensor": 2})
