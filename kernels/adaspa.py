@@ -4,7 +4,8 @@ Every query-block row keeps its top-k key blocks by attention mass (kernels/atte
 measures the masses), k set by a sparsity s (the fraction of key blocks dropped). Heads differ:
 one whose recall (kept mass / total mass) at s exceeds 0.8 is easy and moves to sparsity
 (1 + s) / 2; as many of the lowest-recall heads move to (3s - 1) / 2, so the average sparsity
-stays s. Text blocks (forced) are always kept. The result feeds the block_sparse kernel until the
+stays s. Text blocks (forced) are always kept, on top of the sparsity, which counts the free
+(video) blocks only. The result feeds the block_sparse kernel until the
 next search.
 """
 import dataclasses
@@ -22,23 +23,28 @@ RECALL_THRESHOLD = 0.8
 @dataclasses.dataclass(frozen=True)
 class AdaptivePattern:
   tables: PatternTables   # [B, H, nQ, Kmax]
-  sparsity: jax.Array     # float32 [B, H]: the fraction of key blocks each head drops
+  sparsity: jax.Array     # float32 [B, H]: the fraction of free key blocks each head drops
   recall: jax.Array       # float32 [B, H]: the attention mass the pattern keeps
 
 
 def keep_counts(sparsity: float, num_blocks: int, num_forced: int = 0) -> tuple[int, int, int]:
   """Key blocks kept per row at the three levels (sparser, base, denser) of the hierarchy.
 
-  The denser count is 2 * base - sparser, so a promoted and a demoted head together keep what
-  two heads at the base keep: the average sparsity is exactly the base's.
+  The sparsity is over the free (not forced) blocks; the forced ones are kept on top, and every
+  level keeps at least one free block. The denser count is 2 * base - sparser, so a promoted and
+  a demoted head together keep what two heads at the base keep: the average sparsity is exactly
+  the base's. Where the denser level cannot fit (s near 0), the sparser one is raised to match,
+  so at s = 0 every head keeps every block.
   """
   if not 0 <= sparsity < 1:
     raise ValueError(f"sparsity {sparsity} must be in [0, 1): the fraction of key blocks dropped")
-  floor = max(1, num_forced)
-  base = min(num_blocks, max(floor, round((1 - sparsity) * num_blocks)))
-  sparser = min(base, max(floor, round((1 - (1 + sparsity) / 2) * num_blocks)))
-  denser = min(num_blocks, 2 * base - sparser)
-  return sparser, base, denser
+  free = num_blocks - num_forced
+  if free < 1:
+    raise ValueError(f"all {num_blocks} key blocks are forced: nothing left to select")
+  base = max(1, round((1 - sparsity) * free))
+  sparser = max(1, round((1 - sparsity) / 2 * free), 2 * base - free)  # (1 + s) / 2 dropped
+  denser = 2 * base - sparser  # (3s - 1) / 2 dropped
+  return num_forced + sparser, num_forced + base, num_forced + denser
 
 
 def hierarchy_ranks(recall: jax.Array, threshold: float = RECALL_THRESHOLD) -> jax.Array:
@@ -62,7 +68,8 @@ def select_pattern(masses: jax.Array, sparsity: float, *, block_q: int, block_k:
   """
   num_q, num_kv = masses.shape[-2:]
   forced = np.zeros(num_kv, bool) if forced_blocks is None else np.asarray(forced_blocks, bool)
-  sparser, base, denser = keep_counts(sparsity, num_kv, int(forced.sum()))
+  num_forced = int(forced.sum())
+  sparser, base, denser = keep_counts(sparsity, num_kv, num_forced)
   score = jnp.where(forced, jnp.inf, masses)
   _, order = jax.lax.top_k(score, denser)  # [B, H, nQ, denser], most mass first
   kept = jnp.take_along_axis(masses, order, axis=-1)
@@ -80,7 +87,8 @@ def select_pattern(masses: jax.Array, sparsity: float, *, block_q: int, block_k:
                             jnp.broadcast_to(keep, order.shape), axis=-1, inplace=False)
   tables = PatternTables.from_mask(mask, block_q=block_q, block_k=block_k, max_blocks=denser,
                                    max_q_blocks=num_q)
-  return AdaptivePattern(tables, 1.0 - counts.astype(jnp.float32) / num_kv, recall_of(counts))
+  dropped = 1.0 - (counts - num_forced).astype(jnp.float32) / (num_kv - num_forced)
+  return AdaptivePattern(tables, dropped, recall_of(counts))
 
 
 def pattern_recall(masses: jax.Array, block_mask: jax.Array) -> jax.Array:

@@ -67,7 +67,7 @@ def test_the_chosen_pattern_keeps_at_least_the_mass_of_a_random_one_of_equal_den
 
 
 def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
-  heads, blocks = 6, 16
+  heads, blocks = 6, 17  # 16 free blocks and a forced one
   masses = jax.random.uniform(key, (2, heads, blocks, blocks))  # diffuse: recall ~ kept share
   # Heads 0 and 3 put almost all their mass on one block per row: recall > 0.8 at any s.
   peaked = jnp.eye(blocks)[None] * 1000.0
@@ -75,7 +75,7 @@ def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
   forced = np.zeros(blocks, bool)
   forced[-1] = True  # a text block: kept by every row of every head
   pattern = select_pattern(masses, 0.5, block_q=16, block_k=16, forced_blocks=forced)
-  assert keep_counts(0.5, blocks, 1) == (4, 8, 12)
+  assert keep_counts(0.5, blocks, 1) == (5, 9, 13)  # 4, 8, 12 of the free blocks, + 1
   sparsity = np.asarray(pattern.sparsity)
   for b in range(2):
     assert sparsity[b, 0] == sparsity[b, 3] == 0.75  # (1 + s) / 2
@@ -83,11 +83,20 @@ def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
     assert sparsity[b].mean() == pytest.approx(0.5)
   mask = np.asarray(pattern.tables.to_mask())
   assert mask[..., -1].all()
-  np.testing.assert_array_equal(mask.sum(-1), np.round((1 - sparsity) * blocks)[..., None]
+  np.testing.assert_array_equal(mask.sum(-1), 1 + np.round((1 - sparsity) * 16)[..., None]
                                 .repeat(blocks, -1))
   # Nothing above the threshold: every head stays at s.
-  flat = select_pattern(jax.random.uniform(key, (1, heads, blocks, blocks)), 0.5, block_q=16,
+  flat = select_pattern(jax.random.uniform(key, (1, heads, 16, 16)), 0.5, block_q=16,
                         block_k=16)
   np.testing.assert_array_equal(flat.sparsity, 0.5)
   with pytest.raises(ValueError, match="must be in \\[0, 1\\)"):
     keep_counts(1.0, blocks)
+
+
+def test_at_sparsity_zero_every_head_keeps_every_block_and_levels_always_average_s():
+  assert keep_counts(0.0, 17, 1) == (17, 17, 17)  # no head can move denser, so none moves
+  assert keep_counts(0.9, 9, 1) == (2, 2, 2)  # at least one free block besides the text
+  for s in (0.1, 0.3, 0.5, 0.8):
+    for blocks in (5, 9, 17, 40):
+      sparser, base, denser = keep_counts(s, blocks, 1)
+      assert sparser <= base <= denser <= blocks and sparser + denser == 2 * base
