@@ -16,6 +16,7 @@ from configs.common import (data_config, mesh_config, parse_arg, sharding_config
 from dit.config_checks import validate_config
 from dit.flow_matching import flow_config
 from dit.model_config import model_config
+from dit.sparse_sampling import sparse_config
 from dit.train_step import optim_config
 
 
@@ -29,8 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.flow = flow_config(shift=3.0, shift_base_tokens=4096)
   config.optim = optim_config(lr=1e-4, warmup_steps=1000, decay_steps=200_000)
   # shift None: the training shift at the sampled resolution (dit.samplers.sampling_shift).
+  # sparse: e.g. --config.sample.sparse.attention=adaspa (dit/sparse_sampling.py).
   config.sample = dict(num_steps=50, sampler="euler", guidance_scale=5.0, shift=None,
-                       upscale=1)
+                       upscale=1, sparse=sparse_config())
   config.train = train_config(batch_size=64, num_steps=200_000, video_shape=(16, 64, 64))
   config.data = data_config("video_folder", root="", num_frames=16, size=(64, 64), stride=2)
   config.text = text_config(encoder="minilm", max_length=64)

@@ -104,6 +104,15 @@ class Stream(nnx.Module):
     return constrain(x, TOKENS)
 
 
+def joint_attention(q, k, v, options: dict, segment_ids, pattern, attend):
+  """q, k, v [B, L, H, Dh] -> [B, L, H, Dh]: `attend` if given, else the configured attention
+  (options from attention_options) with the segment ids and pattern."""
+  if attend is not None:
+    return attend(q, k, v)
+  return attention_lib.dot_product_attention(q, k, v, segment_ids=segment_ids, pattern=pattern,
+                                             **options)
+
+
 class SingleStreamBlock(nnx.Module):
   """The joint sequence [video | text] through one set of weights."""
 
@@ -111,15 +120,16 @@ class SingleStreamBlock(nnx.Module):
     self.attention_options = attention_options(config)
     self.stream = Stream(config, rngs=rngs)
 
-  def __call__(self, x, c, angles, segment_ids=None, pattern=None):
+  def __call__(self, x, c, angles, segment_ids=None, pattern=None, attend=None):
     """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D].
 
     pattern: the block-sparsity pattern of the attention (dit.sparsity), or None for dense.
+    attend: (q, k, v) -> out [B, L, H, Dh], replacing the configured attention (AdaSpa's
+    per-layer search and patterns, dit/adaptive_attention.py).
     """
     mod = self.stream.modulation_params(c)
     q, k, v = self.stream.attention_inputs(x, mod, angles)
-    attended = attention_lib.dot_product_attention(
-        q, k, v, segment_ids=segment_ids, pattern=pattern, **self.attention_options)
+    attended = joint_attention(q, k, v, self.attention_options, segment_ids, pattern, attend)
     return self.stream.finish(x, attended, mod)
 
 
@@ -131,15 +141,15 @@ class DualStreamBlock(nnx.Module):
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)
 
-  def __call__(self, video, text, c, angles, segment_ids=None, pattern=None):
-    """video [B, Lv, D], text [B, Lt, D]; angles, segment_ids and pattern cover [video | text]."""
+  def __call__(self, video, text, c, angles, segment_ids=None, pattern=None, attend=None):
+    """video [B, Lv, D], text [B, Lt, D]; angles, segment_ids, pattern and attend cover the
+    joint sequence [video | text]."""
     lv = video.shape[1]
     video_mod = self.video.modulation_params(c)
     text_mod = self.text.modulation_params(c)
     qkv_video = self.video.attention_inputs(video, video_mod, angles[:, :lv])
     qkv_text = self.text.attention_inputs(text, text_mod, angles[:, lv:])
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))
-    attended = attention_lib.dot_product_attention(
-        q, k, v, segment_ids=segment_ids, pattern=pattern, **self.attention_options)
+    attended = joint_attention(q, k, v, self.attention_options, segment_ids, pattern, attend)
     return (self.video.finish(video, attended[:, :lv], video_mod),
             self.text.finish(text, attended[:, lv:], text_mod))

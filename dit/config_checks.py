@@ -12,6 +12,7 @@ from sharding import sequence_parallel as sequence_parallel_lib
 from dit import remat as remat_lib
 from dit import rope
 from dit.samplers import SAMPLERS
+from dit.sparse_sampling import validate_sparse_config
 
 CONDITIONINGS = ("text", "label")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -121,7 +122,8 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_sample_config(config: ml_collections.ConfigDict) -> None:
-  """config.sample: a known sampler, at least one step, a positive shift if one is set."""
+  """config.sample: a known sampler, at least one step, a positive shift if one is set, and a
+  valid sparse-attention schedule (dit/sparse_sampling.py)."""
   errors = positive("sample", config, ("num_steps",))
   upscale = config.get("upscale", 1)
   if not isinstance(upscale, int) or upscale < 1:
@@ -130,6 +132,8 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
     errors.append(f"sample.sampler={config.sampler!r}; choose one of {list(SAMPLERS)}")
   if config.get("shift") is not None and not config.shift > 0:
     errors.append(f"sample.shift={config.shift} must be positive (or None: as in training)")
+  if config.get("sparse") is not None:
+    errors += validate_sparse_config(config.sparse)
   raise_if_any("sample", errors)
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dit import blocks as blocks_lib
-from dit import conditioning, sparsity
+from dit import adaptive_attention, conditioning
 from dit.config_checks import validate_model_config
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
@@ -40,21 +40,31 @@ def run_stacked(layers: nnx.Module, carry, apply: Callable, *, scan: bool, remat
   With scan, one lax.scan compiles the layer once; otherwise the layers are unrolled. The
   layer's input is named BLOCK_INPUT for the remat policies that save or offload it.
   """
+  return scan_stacked(layers, carry, None, lambda layer, carry, _: (apply(layer, carry), None),
+                      scan=scan, remat=remat)[0]
+
+
+def scan_stacked(layers: nnx.Module, carry, xs, apply: Callable, *, scan: bool, remat: str):
+  """run_stacked with per-layer inputs and outputs, as lax.scan: (carry, y) = apply(layer,
+  carry, x) for x in xs (a pytree with a leading layer axis, or None); returns (carry, ys)."""
   graphdef, state = nnx.split(layers)
   count = jax.tree.leaves(state)[0].shape[0]
 
-  def body(carry, layer_state):
-    carry = jax.tree.map(lambda x: checkpoint_name(x, BLOCK_INPUT), carry)
-    return apply(nnx.merge(graphdef, layer_state), carry), None
+  def body(carry, layer_and_x):
+    layer_state, x = layer_and_x
+    carry = jax.tree.map(lambda a: checkpoint_name(a, BLOCK_INPUT), carry)
+    return apply(nnx.merge(graphdef, layer_state), carry, x)
 
   policy = remat_policy(remat)
   if policy is not None:
     body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
   if scan:
-    return jax.lax.scan(body, carry, state)[0]
+    return jax.lax.scan(body, carry, (state, xs))
+  ys = []
   for i in range(count):
-    carry, _ = body(carry, jax.tree.map(lambda a, i=i: a[i], state))
-  return carry
+    carry, y = body(carry, jax.tree.map(lambda a, i=i: a[i], (state, xs)))
+    ys.append(y)
+  return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 
 
 class FinalLayer(nnx.Module):
@@ -72,6 +82,47 @@ class FinalLayer(nnx.Module):
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     shift, scale = jnp.split(self.modulation(jax.nn.silu(c)), 2, axis=-1)
     return self.proj(blocks_lib.modulate(blocks_lib.layer_norm(x), shift, scale))
+
+
+class _Layers:
+  """Runs the DiT's stacks of blocks for one call, threading AdaSpa's per-layer patterns
+  through the scan when the call's SparseStep is adaptive."""
+
+  def __init__(self, model: "DiT", sparse, num_video: int):
+    self.model, self.sparse, self.num_video = model, sparse, num_video
+    self.segment_ids = None
+    self.found = {}
+
+  def run(self, kind: str, carry, call: Callable):
+    """carry through the `kind` ("dual" or "single") blocks: call(block, carry, attend)."""
+    blocks = self.model.dual_blocks if kind == "dual" else self.model.single_blocks
+    if blocks is None:
+      return carry
+    cfg, sparse = self.model.config, self.sparse
+    options = dict(scan=cfg.scan_layers, remat=cfg.remat)
+    if sparse is None or not sparse.adaptive:
+      return run_stacked(blocks, carry, lambda block, carry: call(block, carry, None), **options)
+    given = None if sparse.mode == "fused_search" else sparse.patterns[kind]
+
+    def apply(block, carry, layer):
+      found = []
+
+      def attend(q, k, v):
+        out, patterns = adaptive_attention.layer_attention(
+            sparse, layer, q, k, v, segment_ids=self.segment_ids,
+            implementation=cfg.attention, num_video=self.num_video)
+        found.append(patterns)
+        return out
+
+      carry = call(block, carry, attend)
+      return carry, (None if sparse.mode == "sparse" else found[0])
+
+    carry, patterns = scan_stacked(blocks, carry, given, apply, **options)
+    self.found[kind] = given if sparse.mode == "sparse" else patterns
+    return carry
+
+  def result(self, velocity):
+    return velocity if self.sparse is None else (velocity, self.found)
 
 
 class DiT(nnx.Module):
@@ -110,26 +161,36 @@ class DiT(nnx.Module):
 
   def __call__(self, video: jax.Array, t: jax.Array, *, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, labels: jax.Array | None = None,
-               drop_cond: jax.Array | None = None) -> jax.Array:
+               drop_cond: jax.Array | None = None,
+               sparse: adaptive_attention.SparseStep | None = None):
     """Velocity float32 [B, T, H, W, C].
 
     video [B, T, H, W, C]; t [B] noise level in [0, 1]; text [B, N, text_dim] encoder states
     with text_mask bool [B, N] (True for real tokens), or labels int [B]; drop_cond bool [B]
     replaces a sample's condition by the null condition.
+
+    sparse: the attention mode of this call (dit/adaptive_attention.py: AdaSpa's searched and
+    cached per-layer patterns, or a pattern chosen at sampling time). With it the call returns
+    (velocity, patterns): the per-layer LayerPatterns by kind of block ({} unless adaptive).
     """
     cfg = self.config
     self._check_inputs(video, t, text, labels)
+    if sparse is not None:
+      adaptive_attention.check_supported(sparse, cfg)
     dtype = jnp.dtype(cfg.dtype)
     grid = patch_grid(video.shape, cfg.patch_size)
     x = self.patch_embed(patchify(video, cfg.patch_size).astype(dtype))  # [B, Lv, D]
     x = constrain(x, blocks_lib.TOKENS)
     c = self.time_embed(t)  # [B, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
+    layers = _Layers(self, sparse, num_video=x.shape[1])
 
     if not self.uses_text:
       c = c + self.label_embed(labels, drop_cond)
-      x = self._run_single(x, c, video_angles, None, sparsity.attention_pattern(cfg, grid, 0))
-      return self._velocity(x, c, grid)
+      pattern = adaptive_attention.static_pattern(sparse, cfg, grid, 0)
+      x = layers.run("single", x, lambda block, x, attend: block(x, c, video_angles, None,
+                                                                  pattern, attend))
+      return layers.result(self._velocity(x, c, grid))
 
     tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
     c = c + pooled
@@ -141,22 +202,15 @@ class DiT(nnx.Module):
       # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
       segment_ids = jnp.concatenate(
           [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
-    pattern = sparsity.attention_pattern(cfg, grid, tokens.shape[1])
-    if self.dual_blocks is not None:
-      x, tokens = run_stacked(
-          self.dual_blocks, (x, tokens),
-          lambda block, xs: block(xs[0], xs[1], c, angles, segment_ids, pattern),
-          scan=cfg.scan_layers, remat=cfg.remat)
+    layers.segment_ids = segment_ids
+    pattern = adaptive_attention.static_pattern(sparse, cfg, grid, tokens.shape[1])
+    x, tokens = layers.run(
+        "dual", (x, tokens),
+        lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend))
     joint = constrain(jnp.concatenate([x, tokens], axis=1), blocks_lib.TOKENS)
-    joint = self._run_single(joint, c, angles, segment_ids, pattern)
-    return self._velocity(joint[:, :x.shape[1]], c, grid)
-
-  def _run_single(self, x, c, angles, segment_ids, pattern):
-    if self.single_blocks is None:
-      return x
-    return run_stacked(self.single_blocks, x,
-                       lambda block, x: block(x, c, angles, segment_ids, pattern),
-                       scan=self.config.scan_layers, remat=self.config.remat)
+    joint = layers.run("single", joint, lambda block, x, attend: block(x, c, angles, segment_ids,
+                                                                        pattern, attend))
+    return layers.result(self._velocity(joint[:, :x.shape[1]], c, grid))
 
   def _velocity(self, x, c, grid):
     patches = self.final(x, c).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]

@@ -8,6 +8,7 @@ import ml_collections
 from absl import logging
 
 from dit.model_config import MODEL_SIZES, model_config
+from dit.sparse_sampling import sparse_config
 from dit.text_encoder import make_text_encoder
 
 
@@ -32,22 +33,30 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run wrote to its workdir.
 
-  Model fields added to the codebase after the run was trained take their defaults (e.g.
-  model.sparse_pattern="full"), so an older run still samples as it was trained.
+  Model and sample fields added to the codebase after the run was trained take their defaults
+  (e.g. model.sparse_pattern="full", sample.sparse), so an older run still samples as it was
+  trained.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a train.py run?")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  defaults = model_config(config.model.size) if config.model.get("size") in MODEL_SIZES else None
-  if defaults is not None:
-    missing = sorted(set(defaults) - set(config.model))
-    for field in missing:
-      config.model[field] = defaults[field]
-    if missing:
-      logging.info("model fields newer than the run, at their defaults: %s", missing)
+  if config.model.get("size") in MODEL_SIZES:
+    _fill_missing(config.model, model_config(config.model.size), "model")
+  if "sample" in config:
+    _fill_missing(config.sample, ml_collections.ConfigDict(dict(sparse=sparse_config())),
+                  "sample")
   return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                  section: str) -> None:
+  missing = sorted(set(defaults) - set(config))
+  for field in missing:
+    config[field] = defaults[field]
+  if missing:
+    logging.info("%s fields newer than the run, at their defaults: %s", section, missing)
 
 
 def make_text_encoder_for(config: ml_collections.ConfigDict):

@@ -24,57 +24,87 @@ def sigma_schedule(num_steps: int, shift: float = 1.0) -> jax.Array:
   return shift_timesteps(jnp.linspace(1.0, 0.0, num_steps + 1, dtype=jnp.float32), shift)
 
 
-def euler(velocity_fn: VelocityFn, x: jax.Array, sigmas: jax.Array) -> jax.Array:
-  """First order: x += (sigma_next - sigma) v(x, sigma). One evaluation per step."""
-
-  def step(i, x):
-    return x + (sigmas[i + 1] - sigmas[i]) * velocity_fn(x, sigmas[i])
-
-  return jax.lax.fori_loop(0, sigmas.shape[0] - 1, step, x)
+def euler_step(velocity_fn: VelocityFn, x: jax.Array, sigma, sigma_next) -> jax.Array:
+  """First order: x += (sigma_next - sigma) v(x, sigma). One evaluation."""
+  return x + (sigma_next - sigma) * velocity_fn(x, sigma)
 
 
-def heun(velocity_fn: VelocityFn, x: jax.Array, sigmas: jax.Array) -> jax.Array:
-  """Second order (trapezoidal predictor-corrector); the last step, to sigma = 0, is Euler.
+def heun_step(velocity_fn: VelocityFn, x: jax.Array, sigma, sigma_next,
+              v: jax.Array | None = None, next_velocity_fn: VelocityFn | None = None):
+  """Second order (trapezoidal predictor-corrector): two evaluations, the first of which may be
+  given as v; the second is next_velocity_fn's (default velocity_fn)."""
+  dt = sigma_next - sigma
+  v = velocity_fn(x, sigma) if v is None else v
+  v_next = (next_velocity_fn or velocity_fn)(x + dt * v, sigma_next)
+  return x + dt * (v + v_next) / 2
 
-  2 * steps - 1 evaluations.
-  """
 
-  def step(i, x):
-    dt = sigmas[i + 1] - sigmas[i]
-    v = velocity_fn(x, sigmas[i])
-    v_next = velocity_fn(x + dt * v, sigmas[i + 1])
-    return x + dt * (v + v_next) / 2
+def integrate(velocity_fn: VelocityFn, x: jax.Array, sigmas: jax.Array, method: str = "euler",
+              start: int = 0, stop: int | None = None) -> jax.Array:
+  """Steps start .. stop-1 (default: all) of `method` in a fori_loop; Heun's step to sigma = 0
+  is Euler (it would evaluate at sigma = 0), so Heun takes 2 * steps - 1 evaluations."""
+  check_method(method)
+  num_steps = sigmas.shape[0] - 1
+  stop = num_steps if stop is None else stop
+  if method == "euler":
+    return jax.lax.fori_loop(
+        start, stop, lambda i, x: euler_step(velocity_fn, x, sigmas[i], sigmas[i + 1]), x)
+  x = jax.lax.fori_loop(start, min(stop, num_steps - 1),
+                        lambda i, x: heun_step(velocity_fn, x, sigmas[i], sigmas[i + 1]), x)
+  if stop == num_steps and start < stop:
+    x = euler_step(velocity_fn, x, sigmas[-2], sigmas[-1])
+  return x
 
-  x = jax.lax.fori_loop(0, sigmas.shape[0] - 2, step, x)
-  return x + (sigmas[-1] - sigmas[-2]) * velocity_fn(x, sigmas[-2])
+
+def step_with_state(velocity_and_state: Callable, then: Callable, x: jax.Array,
+                    sigmas: jax.Array, step: int, method: str = "euler"):
+  """Step `step` (a Python int) of `method` whose first evaluation also gives a new state:
+  velocity_and_state(x, sigma) -> (v, state); then(state) is the velocity function of Heun's
+  second evaluation. -> (x, state). AdaSpa's search steps, dit/sparse_sampling.py."""
+  check_method(method)
+  v, state = velocity_and_state(x, sigmas[step])
+  if method == "euler" or step == sigmas.shape[0] - 2:
+    return x + (sigmas[step + 1] - sigmas[step]) * v, state
+  return heun_step(None, x, sigmas[step], sigmas[step + 1], v=v,
+                   next_velocity_fn=then(state)), state
+
+
+def check_method(method: str) -> None:
+  if method not in SAMPLERS:
+    raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)}")
 
 
 def solve(velocity_fn: VelocityFn, noise: jax.Array, sigmas: jax.Array,
           method: str = "euler") -> jax.Array:
-  if method not in SAMPLERS:
-    raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)}")
-  return {"euler": euler, "heun": heun}[method](velocity_fn, noise, sigmas)
+  return integrate(velocity_fn, noise, sigmas, method)
 
 
-def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float) -> VelocityFn:
+def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float,
+                    sparse=None) -> VelocityFn:
   """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both in one batch.
 
   cond holds the model's conditioning keywords (text, text_mask or labels) for B samples; the
   unconditional half uses the same inputs with drop_cond=True (null text or null label).
+  With `sparse` (a dit.adaptive_attention.SparseStep) the model runs in that attention mode
+  and the function returns (v, patterns), the patterns of the whole (doubled) batch.
   """
 
   # A Python 1.0 skips the unconditional half; a traced scale always computes both.
   unguided = isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0
+  extra = {} if sparse is None else {"sparse": sparse}
 
   def velocity(x, sigma):
     b = x.shape[0]
     if unguided:
-      return model(x, jnp.full((b,), sigma), **cond)
+      return model(x, jnp.full((b,), sigma), **cond, **extra)
     doubled = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
     drop = jnp.arange(2 * b) >= b
-    v = model(jnp.concatenate([x, x]), jnp.full((2 * b,), sigma), drop_cond=drop, **doubled)
+    out = model(jnp.concatenate([x, x]), jnp.full((2 * b,), sigma), drop_cond=drop, **doubled,
+                **extra)
+    v, patterns = (out, None) if sparse is None else out
     v_cond, v_uncond = v[:b], v[b:]
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
+    v = v_uncond + guidance_scale * (v_cond - v_uncond)
+    return v if sparse is None else (v, patterns)
 
   return velocity
 

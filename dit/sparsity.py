@@ -25,7 +25,14 @@ def attention_pattern(config: ml_collections.ConfigDict, grid: tuple[int, int, i
   None for "full"."""
   if config.sparse_pattern == "full":
     return None
-  return _pattern(config.sparse_pattern, tuple(config.sparse_window), config.sparse_block,
+  return pattern_of(config.sparse_pattern, config, grid, num_text)
+
+
+def pattern_of(kind: str, config: ml_collections.ConfigDict, grid: tuple[int, int, int],
+               num_text: int, block: int | None = None) -> PatternTables:
+  """The pattern `kind` (not "full") with the window and heads of model `config`; blocks of
+  `block` tokens (default model.sparse_block)."""
+  return _pattern(kind, tuple(config.sparse_window), block or config.sparse_block,
                   config.num_heads, tuple(grid), num_text)
 
 

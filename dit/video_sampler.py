@@ -13,6 +13,7 @@ from data import video_io
 from dit.config_checks import validate_sample_config
 from dit.patchify import patch_grid
 from dit.samplers import sample, sampling_shift
+from dit.sparse_sampling import sample_scheduled, search_report, search_steps
 
 
 class VideoSampler:
@@ -43,12 +44,18 @@ class VideoSampler:
     num_tokens = int(np.prod(patch_grid(self.shape, config.model.patch_size)))
     shift = sampling_shift(config, num_tokens)
     sample_cfg = config.sample
+    sparse = sample_cfg.get("sparse")
+    self.sparse = sparse if sparse is not None and sparse.attention != "none" else None
+    self.search_steps = ([] if self.sparse is None
+                         else search_steps(sample_cfg.num_steps, self.sparse))
+    options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
+                   guidance_scale=sample_cfg.guidance_scale, shift=shift)
 
     def generate(params, key):
       model = nnx.merge(graphdef, params, model_state)
-      return sample(model, key, self.shape, self.cond, num_steps=sample_cfg.num_steps,
-                    method=sample_cfg.sampler, guidance_scale=sample_cfg.guidance_scale,
-                    shift=shift)
+      if self.sparse is None:
+        return sample(model, key, self.shape, self.cond, **options), []
+      return sample_scheduled(model, key, self.shape, self.cond, config=self.sparse, **options)
 
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()
@@ -56,7 +63,14 @@ class VideoSampler:
 
   def generate(self, params: nnx.State, key: jax.Array) -> np.ndarray:
     """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
-    return np.asarray(self._generate(params, key))
+    return self.generate_with_report(params, key)[0]
+
+  def generate_with_report(self, params: nnx.State, key: jax.Array) -> tuple[np.ndarray, dict]:
+    """(videos, report): the report gives, for each AdaSpa search, the recall of attention mass
+    and the sparsity of every layer's pattern, and their means ({} without AdaSpa)."""
+    videos, searches = self._generate(params, key)
+    report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
+    return np.asarray(videos), report
 
   def write(self, params: nnx.State, out_dir: str, key: jax.Array, fps: int = 8) -> list[str]:
     """Writes <i>.mp4, <i>.gif, grid.png and prompts.txt to out_dir; returns the video paths."""

@@ -1,0 +1,125 @@
+"""AdaSpa inside the DiT: each layer's block-sparse pattern, searched online from its exact
+attention mass and reused across denoising steps (kernels/attention_search.py, kernels/adaspa.py).
+
+A model call runs every layer in one mode (static), set by a `SparseStep`:
+
+  dense          no pattern at all (the warm-up steps), whatever model.sparse_pattern says
+  static         a static pattern of dit.sparsity (e.g. "window"), chosen at sampling time
+  fused_search   dense attention that also gives its float32 lse, then the block masses: a new
+                 head-adaptive pattern per layer; the lse is cached
+  cached_search  the block masses with the cached lse (one QK^T, no dense pass): a new pattern,
+                 then sparse attention with it
+  sparse         the patterns of the last search
+
+The per-layer state (`LayerPatterns`) is stacked over layers like the blocks' parameters and
+threaded through their scan; a DiT called with a SparseStep returns it beside the velocity.
+With model.attention "xla" the search and sparse passes are the XLA references (fast on CPU);
+otherwise they are our Pallas kernels (block_sparse).
+"""
+import dataclasses
+
+import jax
+import numpy as np
+
+from dit import attention as attention_lib
+from dit import sparsity as static_patterns
+from kernels import adaspa
+from kernels import attention_search
+from kernels.block_tables import PatternTables
+
+ADAPTIVE_MODES = ("fused_search", "cached_search", "sparse")
+MODES = ("dense", "static") + ADAPTIVE_MODES
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerPatterns:
+  """One layer's AdaSpa state; the arrays carry a leading layer axis when stacked."""
+  tables: PatternTables  # [B, H, nQ, Kmax]: the pattern the sparse steps use
+  lse: jax.Array         # float32 [B, H, L]: log-sum-exp of the last fused (dense) search
+  recall: jax.Array      # float32 [B, H]: attention mass the pattern kept, at its search
+  sparsity: jax.Array    # float32 [B, H]: fraction of the video key blocks each head drops
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SparseStep:
+  """How a model call attends: the mode and settings are static, the patterns traced.
+
+  patterns: {"dual": LayerPatterns, "single": LayerPatterns} stacked over each kind of block;
+  needed by cached_search and sparse, ignored otherwise.
+  """
+  mode: str = dataclasses.field(metadata=dict(static=True))
+  sparsity: float = dataclasses.field(default=0.5, metadata=dict(static=True))
+  block: int = dataclasses.field(default=128, metadata=dict(static=True))
+  static_pattern: str = dataclasses.field(default="full", metadata=dict(static=True))
+  threshold: float = dataclasses.field(default=adaspa.RECALL_THRESHOLD,
+                                       metadata=dict(static=True))
+  patterns: dict | None = None
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"unknown attention mode {self.mode!r}; choose one of {list(MODES)}")
+    if self.mode in ("cached_search", "sparse") and self.patterns is None:
+      raise ValueError(f"mode {self.mode!r} reuses the patterns of a search: pass patterns")
+
+  @property
+  def adaptive(self) -> bool:
+    return self.mode in ADAPTIVE_MODES
+
+  def replace(self, **changes) -> "SparseStep":
+    return dataclasses.replace(self, **changes)
+
+
+def static_pattern(step: SparseStep, model_config, grid, num_text: int) -> PatternTables | None:
+  """The fixed pattern of a dense, static or (model-configured) call; None for dense."""
+  if step is None:
+    return static_patterns.attention_pattern(model_config, grid, num_text)
+  if step.mode == "static" and step.static_pattern != "full":
+    return static_patterns.pattern_of(step.static_pattern, model_config, grid, num_text,
+                                      block=step.block)
+  return None
+
+
+def forced_blocks(length: int, num_video: int, block: int) -> np.ndarray:
+  """bool [nK]: the key blocks holding a text token (always kept)."""
+  ends = (np.arange(-(-length // block)) + 1) * block
+  return ends > num_video
+
+
+def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, segment_ids,
+                    implementation: str, num_video: int):
+  """One layer's attention in an adaptive mode: q, k, v [B, L, H, D] -> (out, LayerPatterns)."""
+  length = q.shape[1]
+  reference = implementation == "xla"
+  search = dict(block_q=step.block, block_k=step.block, segment_ids=segment_ids)
+  if step.mode == "sparse":
+    return _sparse(q, k, v, layer.tables, segment_ids, reference), layer
+  if step.mode == "fused_search":
+    fused = (attention_search.fused_search_reference if reference
+             else attention_search.fused_search)
+    out, lse, masses = fused(q, k, v, **search)
+  else:  # cached_search
+    cached = (attention_search.cached_search_reference if reference
+              else attention_search.cached_search)
+    lse = layer.lse
+    masses = cached(q, k, lse, **search)
+  chosen = adaspa.select_pattern(masses, step.sparsity, block_q=step.block, block_k=step.block,
+                                 forced_blocks=forced_blocks(length, num_video, step.block),
+                                 threshold=step.threshold)
+  if step.mode == "cached_search":
+    out = _sparse(q, k, v, chosen.tables, segment_ids, reference)
+  return out.astype(q.dtype), LayerPatterns(chosen.tables, lse, chosen.recall, chosen.sparsity)
+
+
+def _sparse(q, k, v, tables, segment_ids, reference):
+  return attention_lib.dot_product_attention(
+      q, k, v, implementation="xla" if reference else "block_sparse", segment_ids=segment_ids,
+      pattern=tables)
+
+
+def check_supported(step: SparseStep, model_config) -> None:
+  """Errors, before tracing, for settings adaptive attention cannot run with."""
+  if step.adaptive and model_config.sequence_parallel != "none":
+    raise ValueError("AdaSpa sampling does not run under sequence parallelism yet: sample with "
+                     "model.sequence_parallel='none' (a mesh without a seq axis)")

@@ -1,0 +1,119 @@
+"""Sparse attention while sampling (dit/sparse_sampling.py, dit/adaptive_attention.py): the
+schedule of modes, AdaSpa's per-layer patterns threaded through the DiT, and sampling with them."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.quickstart import get_config
+from dit.adaptive_attention import SparseStep
+from dit.model import DiT
+from dit.samplers import sample
+from kernels.block_tables import tables_to_mask
+from dit.sparse_sampling import (Segment, sample_scheduled, schedule, search_report,
+                                 search_steps, sparse_config)
+
+
+def small_model(randomize, key, **overrides):
+  """The quick-start model at a quarter width: 2 dual and 2 single blocks, 144 tokens."""
+  config = get_config().model
+  config.update(hidden_size=64, **overrides)
+  model = DiT(config, rngs=nnx.Rngs(0))
+  randomize(model, jax.random.fold_in(key, 7))
+  return model
+
+
+def inputs(key, batch=2):
+  video = jax.random.normal(key, (batch, 4, 32, 32, 1))
+  text = jax.random.normal(jax.random.fold_in(key, 1), (batch, 16, 384))
+  text_mask = jnp.arange(16)[None] < jnp.array([[16], [9]])[:batch]
+  return video, dict(text=text, text_mask=text_mask)
+
+
+def layer_masks(patterns):
+  """bool [layers, B, H, nQ, nK] of stacked LayerPatterns (144 tokens in blocks of 16)."""
+  return tables_to_mask(patterns.tables.kv_indices, patterns.tables.kv_counts, 9)
+
+
+def test_the_default_schedule_warms_up_then_searches_at_10_and_30_of_50():
+  config = sparse_config(attention="adaspa")
+  assert schedule(50, config) == [Segment(0, 10, "dense", "dense"),
+                                  Segment(10, 30, "fused_search", "sparse"),
+                                  Segment(30, 50, "cached_search", "sparse")]
+  assert search_steps(25, config) == [5, 15]  # scaled to the step count
+  # A warm-up past the first search step still ends in a (fused) search.
+  assert search_steps(50, sparse_config(attention="adaspa", warmup=0.4)) == [20, 30]
+  assert schedule(4, sparse_config(attention="window", warmup=0.5)) == [
+      Segment(0, 2, "dense", "dense"), Segment(2, 4, "static", "static")]
+  assert schedule(4, sparse_config()) == []  # "none": the model as configured
+
+
+def test_a_fused_search_gives_dense_attention_and_a_pattern_per_layer(key, randomize):
+  model = small_model(randomize, key)
+  video, cond = inputs(key)
+  t = jnp.array([0.3, 0.8])
+  dense = model(video, t, **cond)
+  step = SparseStep(mode="fused_search", sparsity=0.5, block=16)
+  velocity, found = model(video, t, **cond, sparse=step)
+  # f32 to 1e-5 of the velocity's scale: the search's dense pass sums in blocks of 16 keys.
+  np.testing.assert_allclose(velocity, dense, atol=1e-5 * float(jnp.abs(dense).max()))
+  assert set(found) == {"dual", "single"}
+  dual = found["dual"]
+  assert dual.tables.kv_indices.shape[:4] == (2, 2, 4, 9)  # [layers, B, H, nQ=144/16]
+  assert dual.lse.shape == (2, 2, 4, 144) and dual.recall.shape == (2, 2, 4)
+  np.testing.assert_allclose(dual.sparsity.mean(axis=-1), 0.5, atol=1e-6)  # the average is s
+  assert bool(jnp.all(layer_masks(dual)[..., -1]))  # the text block: always kept
+  # The first layer sees the same inputs, so its lse-cached search picks the same patterns (the
+  # later layers see the sparse outputs of the earlier ones); the sparse mode with the patterns
+  # of a search gives what the search step gave.
+  cached_v, cached = model(video, t, **cond, sparse=step.replace(mode="cached_search",
+                                                                 patterns=found))
+  np.testing.assert_array_equal(cached["dual"].tables.kv_indices[0],
+                                found["dual"].tables.kv_indices[0])
+  sparse_v, _ = model(video, t, **cond, sparse=step.replace(mode="sparse", patterns=cached))
+  np.testing.assert_allclose(sparse_v, cached_v, atol=1e-6, rtol=1e-6)
+  assert float(jnp.abs(sparse_v - dense).max()) > 1e-4  # half the video blocks are dropped
+
+
+def test_the_patterns_change_what_layers_attend_to_per_head(key, randomize):
+  model = small_model(randomize, key)
+  video, cond = inputs(key)
+  _, found = model(video, jnp.array([0.5, 0.5]), **cond,
+                   sparse=SparseStep(mode="fused_search", sparsity=0.75, block=16))
+  masks = np.asarray(layer_masks(found["single"]))
+  assert not (masks == masks[:, :, :1]).all()  # heads differ
+  assert not (masks[0] == masks[1]).all()  # layers differ
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_at_sparsity_zero_adaspa_sampling_equals_dense_sampling(key, randomize, method):
+  model = small_model(randomize, key)
+  _, cond = inputs(key)
+  options = dict(num_steps=5, method=method, guidance_scale=3.0)
+  dense = sample(model, key, (2, 4, 32, 32, 1), cond, **options)
+  config = sparse_config(attention="adaspa", sparsity=0.0, block=16, searches=(1, 3),
+                         searches_of=5)
+  videos, searches = sample_scheduled(model, key, (2, 4, 32, 32, 1), cond, config=config,
+                                      **options)
+  np.testing.assert_allclose(videos, dense, atol=1e-5 * float(jnp.abs(dense).max()))
+  report = search_report(searches, search_steps(5, config))
+  assert [s["step"] for s in report["searches"]] == [1, 3]
+  assert report["sparsity"] == 0 and report["recall"] == pytest.approx(1, abs=1e-5)
+  assert len(report["searches"][0]["recall_per_layer"]) == 4
+
+
+def test_sparse_sampling_departs_from_dense_with_recall_below_one(key, randomize):
+  model = small_model(randomize, key)
+  _, cond = inputs(key)
+  options = dict(num_steps=4, method="euler", guidance_scale=3.0)
+  dense = sample(model, key, (2, 4, 32, 32, 1), cond, **options)
+  for attention in ("adaspa", "window"):
+    config = sparse_config(attention=attention, sparsity=0.75, block=16, searches=(1, 2),
+                           searches_of=4, warmup=0.25)
+    videos, searches = sample_scheduled(model, key, (2, 4, 32, 32, 1), cond, config=config,
+                                        **options)
+    assert float(jnp.abs(videos - dense).max()) > 1e-4
+    if attention == "adaspa":
+      report = search_report(searches, [1, 2])
+      assert 0 < report["recall"] < 1 and report["sparsity"] == pytest.approx(0.75)
