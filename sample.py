@@ -9,9 +9,18 @@ It writes <out>/<i>.mp4 and <out>/<i>.gif per video, grid.png (one row of frames
 prompts.txt. Without --prompt or --label it uses the config's train.sample_prompts or
 train.sample_labels. The EMA parameters are used unless --noema.
 
+Sparse attention after a warm-up of full attention (dit/sparse_sampling.py):
+
+  python sample.py --workdir=runs/quickstart --sparse_attention=adaspa --sparsity=0.8
+  python sample.py --workdir=runs/quickstart --sparse_attention=window
+
+AdaSpa also writes sparse_attention.json: the recall of attention mass and the sparsity of every
+layer's pattern at each search.
+
 It runs on the mesh of the training run's config, or on --mesh=seq=4,data=-1 (the parameters are
 restored straight into that mesh's shards); multi-host as train.py.
 """
+import json
 import os
 
 import jax
@@ -22,6 +31,7 @@ from dit import checkpoints
 from dit.config_checks import validate_sample_config
 from dit.runs import load_config, make_text_encoder_for
 from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
+from dit.sparse_sampling import SPARSE_ATTENTION
 from dit.video_sampler import VideoSampler
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -41,6 +51,15 @@ flags.DEFINE_integer("seed", 0, "Seed of the initial noise.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples/sample_<step>).")
 flags.DEFINE_integer("fps", 8, "Frames per second of the written videos.")
 flags.DEFINE_bool("ema", True, "Sample from the EMA parameters (--noema: the raw ones).")
+flags.DEFINE_enum("sparse_attention", None, list(SPARSE_ATTENTION),
+                  "Sparse attention after the warm-up: adaspa (patterns searched online per layer "
+                  "and head, reused across steps) or a static pattern; none: as trained (default: "
+                  "the config's sample.sparse.attention).")
+flags.DEFINE_float("sparsity", None, "AdaSpa's average fraction of video key blocks dropped, in "
+                   "[0, 1) (default: the config's sample.sparse.sparsity).")
+flags.DEFINE_float("sparse_warmup", None, "Fraction of the steps with full attention first.")
+flags.DEFINE_integer("sparse_block", None, "Block size of sparse patterns in tokens (0: "
+                     "model.sparse_block).")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -81,6 +100,10 @@ def main(argv):
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
     if value is not None:
       config.sample[field] = value
+  for field, value in (("attention", FLAGS.sparse_attention), ("sparsity", FLAGS.sparsity),
+                       ("warmup", FLAGS.sparse_warmup), ("block", FLAGS.sparse_block)):
+    if value is not None:
+      config.sample.sparse[field] = value
   validate_sample_config(config.sample)
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise app.UsageError(f"{workdir} has no checkpoints/: train first")
@@ -92,11 +115,18 @@ def main(argv):
                                                           step=step)
     sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
                            prompts=FLAGS.prompt, labels=FLAGS.label)
-    videos = sampler.generate(params, jax.random.key(FLAGS.seed))
+    videos, report = sampler.generate_with_report(params, jax.random.key(FLAGS.seed))
   if jax.process_index() > 0:
     return
   out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{step}")
   paths = sampler.write_videos(videos, out, fps=FLAGS.fps)
+  if report:
+    with open(os.path.join(out, "sparse_attention.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    for search in report["searches"]:
+      print(f"AdaSpa search at step {search['step']}: recall {search['recall']:.4f} at "
+            f"sparsity {search['sparsity']:.3f}; per layer "
+            + " ".join(f"{r:.3f}" for r in search["recall_per_layer"]))
   logging.info("wrote %d videos and grid.png to %s", len(paths) // 2, out)
   print(f"step {step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
 

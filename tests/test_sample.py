@@ -1,5 +1,6 @@
 """sample.py: videos from a run's workdir or one checkpoint, for prompts given on the command
 line, written as mp4, gif and a PNG frame grid."""
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,27 @@ def test_one_checkpoint_can_be_sampled_and_the_same_seed_gives_the_same_video(wo
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3: wrote 2 videos" in result.stdout  # the config's two sample prompts
   assert (iio.imread(tmp_path / "a" / "grid.png") == iio.imread(tmp_path / "b" / "grid.png")).all()
+
+
+def test_adaspa_and_static_patterns_are_sampling_options_and_adaspa_reports_recall(workdir,
+                                                                                 tmp_path):
+  # 16 video and 16 text tokens in blocks of 8: 2 video blocks, of which AdaSpa keeps 1.
+  result = sample(f"--workdir={workdir}", "--num_steps=4", "--sparse_attention=adaspa",
+                  "--sparsity=0.5", "--sparse_block=8", "--sparse_warmup=0.25",
+                  f"--out={tmp_path / 'adaspa'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "AdaSpa search at step 1: recall" in result.stdout
+  with open(tmp_path / "adaspa" / "sparse_attention.json") as f:
+    report = json.load(f)
+  assert [s["step"] for s in report["searches"]] == [1, 2]  # 10 and 30 of 50, at 4 steps
+  assert report["sparsity"] == 0.5 and 0 < report["recall"] <= 1
+  assert len(report["searches"][0]["recall_per_layer"]) == 2  # the tiny model's 2 blocks
+  result = sample(f"--workdir={workdir}", "--num_steps=2", "--sparse_attention=temporal",
+                  f"--out={tmp_path / 'temporal'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(tmp_path / "temporal" / "grid.png")
+  result = sample(f"--workdir={workdir}", "--sparse_attention=adaspa", "--sparsity=1.5")
+  assert result.returncode != 0 and "sample.sparse.sparsity=1.5 must be in [0, 1)" in result.stderr
 
 
 def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
