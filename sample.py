@@ -70,7 +70,8 @@ def parse_mesh(text: str) -> dict[str, int]:
   try:
     return dict(parse_arg(text, **{axis: 1 for axis in MESH_AXES}))
   except ValueError as e:
-    raise app.UsageError(f"--mesh={text}: {e}; write axis=size pairs such as seq=4,data=-1") from None
+    raise app.UsageError(f"--mesh={text}: {e}; write axis=size pairs such as "
+                         "seq=4,data=-1") from None
 
 
 def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:

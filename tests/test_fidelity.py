@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from eval import sparse_fidelity
 from eval.fidelity import psnr, ssim
 
 
@@ -35,3 +36,17 @@ def test_ssim_of_flat_frames_is_the_luminance_term_and_falls_with_noise():
 def test_videos_of_other_shapes_are_refused():
   with pytest.raises(ValueError, match="compare videos"):
     psnr(videos(), videos()[:, :2])
+
+
+def test_sparse_fidelity_is_perfect_at_sparsity_zero_and_drops_with_sparsity(tiny_run):
+  # The tiny run: 16 video and 16 text tokens; blocks of 8 give 2 video blocks.
+  settings = [dict(attention="adaspa", sparsity=s, block=8) for s in (0.0, 0.5)]
+  results = sparse_fidelity.compare(str(tiny_run), settings, num_seeds=1, num_steps=3)
+  exact, sparse = results["settings"]
+  assert results["num_videos"] == 2 and exact["search_steps"] == [1, 2]
+  assert exact["psnr"] > 80 and exact["ssim"] > 0.9999 and exact["recall"] > 0.9999
+  assert sparse["psnr"] < exact["psnr"] and sparse["recall"] < 1
+  assert sparse["sparsity_measured"] == 0.5 and len(sparse["recall_per_layer"]) == 2
+  assert "adaspa     0.50" in sparse_fidelity.table(results)
+  with pytest.raises(ValueError, match="sample.sparse.sparsity=1.0"):
+    sparse_fidelity.compare(str(tiny_run), [dict(attention="adaspa", sparsity=1.0)])

@@ -8,20 +8,13 @@ import sys
 import imageio.v3 as iio
 import pytest
 
-import train
-from configs.quickstart import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  config = get_config("tiny,text=hashed_words")
-  config.unlock()
-  config.train.sample_every = 0
-  train.train(config, str(workdir))
-  return workdir
+def workdir(tiny_run):
+  return tiny_run
 
 
 def sample(*args) -> subprocess.CompletedProcess:
