@@ -117,3 +117,24 @@ def test_sparse_sampling_departs_from_dense_with_recall_below_one(key, randomize
     if attention == "adaspa":
       report = search_report(searches, [1, 2])
       assert 0 < report["recall"] < 1 and report["sparsity"] == pytest.approx(0.75)
+
+
+def test_with_the_block_sparse_kernels_adaspa_gives_what_the_xla_references_give(key, randomize):
+  """model.attention "block_sparse": the Pallas search and sparse kernels (interpreted on CPU)."""
+  video, cond = inputs(key)
+  t = jnp.array([0.3, 0.8])
+  step = SparseStep(mode="fused_search", sparsity=0.5, block=16)
+  results = {}
+  for attention in ("xla", "block_sparse"):
+    model = small_model(randomize, key, attention=attention, depth=2, dual_stream_depth=1,
+                        num_heads=2)
+    v, found = model(video, t, **cond, sparse=step)
+    sparse_v, _ = model(video, t, **cond, sparse=step.replace(mode="cached_search",
+                                                               patterns=found))
+    results[attention] = v, sparse_v, found
+  (v, sparse_v, found), (kernel_v, kernel_sparse_v, kernel_found) = results.values()
+  scale = float(jnp.abs(v).max())
+  np.testing.assert_allclose(kernel_v, v, atol=1e-5 * scale)
+  np.testing.assert_allclose(kernel_sparse_v, sparse_v, atol=1e-5 * scale)
+  np.testing.assert_array_equal(kernel_found["single"].tables.kv_indices,
+                                found["single"].tables.kv_indices)

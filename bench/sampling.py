@@ -1,0 +1,187 @@
+"""End-to-end sampling benchmark: dense attention vs AdaSpa (dit/sparse_sampling.py), and the
+share of AdaSpa's time its searches take.
+
+    python bench/sampling.py      # on a GPU: randomly initialised XL, 32x64x64 latents = 32K
+                                  # tokens per video, 50 Euler steps with guidance (batch 2)
+    python bench/sampling.py --sparsity=0.5,0.8,0.9 --config.sample.num_steps=20
+
+Both variants sample from the same noise with the same model config: the dense one with
+model.attention (cuDNN on the GPU) at every step; AdaSpa with it for the warm-up steps, then our
+Pallas kernels (fused search, lse-cached search, block-sparse attention) by the schedule of
+config.sample.sparse. The search overhead is what the search steps cost beyond a sparse step
+(each single model call is timed alone), as a share of AdaSpa's sampling time. Results go to
+bench/results/sampling-<device>-<time>.json and .md with the device, versions and shapes.
+"""
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from dit import samplers  # noqa: E402
+from dit.config_checks import validate_config  # noqa: E402
+from dit.model import DiT  # noqa: E402
+from dit.patchify import patch_grid  # noqa: E402
+from dit.sparse_sampling import (sample_scheduled, schedule, search_report,  # noqa: E402
+                                 search_steps, sparse_step)
+
+ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+config_flags.DEFINE_config_file(
+    "config", str(CONFIGS / ("video_dit.py:size=XL" if ON_ACCELERATOR else "quickstart.py:tiny")),
+    "Experiment config: its model, sample settings and train.video_shape (overridden below on a "
+    "GPU) are benchmarked.", lock_config=False)
+flags.DEFINE_list("video_shape", ["32", "64", "64"] if ON_ACCELERATOR else [],
+                  "T,H,W of the sampled latents (default: the config's train.video_shape).")
+flags.DEFINE_list("sparsity", ["0.8", "0.9"], "AdaSpa sparsities to time.")
+flags.DEFINE_string("attention", "cudnn" if ON_ACCELERATOR else "xla",
+                    "model.attention: the dense steps' implementation (xla: AdaSpa's passes are "
+                    "the XLA references, for CPU).")
+flags.DEFINE_integer("repeats", 1, "timed runs of each variant after a compiling one (median)")
+flags.DEFINE_integer("call_repeats", 3, "timed runs of each single model call (median)")
+flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+FLAGS = flags.FLAGS
+
+
+def timed(fn, repeats: int) -> float:
+  """Median seconds of fn() after one untimed (compiling) call; fn returns arrays to wait on."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def random_cond(config, batch: int, rng: np.random.Generator) -> dict:
+  if config.model.conditioning != "text":
+    return {"labels": jnp.asarray(rng.integers(0, config.model.num_classes, batch))}
+  length = config.text.max_length
+  if config.model.text_vocab_size:
+    text = rng.integers(1, config.model.text_vocab_size, (batch, length))
+  else:
+    text = rng.standard_normal((batch, length, config.model.text_dim), dtype=np.float32)
+  return {"text": jnp.asarray(text), "text_mask": jnp.ones((batch, length), bool)}
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  config.model.attention = FLAGS.attention
+  if FLAGS.video_shape:
+    config.train.video_shape = tuple(int(n) for n in FLAGS.video_shape)
+  sparsities = [float(s) for s in FLAGS.sparsity]
+  for s in sparsities:
+    config.sample.sparse.update(attention="adaspa", sparsity=s)
+    validate_config(config)
+  sample_cfg = config.sample
+  shape = (1, *config.train.video_shape, config.model.in_channels)
+  video_tokens = int(np.prod(patch_grid(shape, config.model.patch_size)))
+  text_tokens = config.text.max_length if config.model.conditioning == "text" else 0
+  model = DiT(config.model, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  cond = random_cond(config, shape[0], np.random.default_rng(0))
+  key = jax.random.key(0)
+  options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
+                 guidance_scale=sample_cfg.guidance_scale,
+                 shift=sample_cfg.shift if sample_cfg.shift is not None else 1.0)
+
+  dense_fn = jax.jit(lambda params: samplers.sample(nnx.merge(graphdef, params), key, shape,
+                                                    cond, **options))
+  rows = [dict(variant="dense", sparsity=0.0, seconds=timed(lambda: dense_fn(params),
+                                                            FLAGS.repeats))]
+  dense_step = single_call_seconds(graphdef, params, shape, cond, config, "dense", None)
+  for s in sparsities:
+    sparse_cfg = config.sample.sparse.copy_and_resolve_references()
+    sparse_cfg.sparsity = s
+    adaspa_fn = jax.jit(lambda params, c=sparse_cfg: sample_scheduled(
+        nnx.merge(graphdef, params), key, shape, cond, config=c, **options))
+    seconds = timed(lambda: adaspa_fn(params), FLAGS.repeats)
+    _, searches = adaspa_fn(params)
+    report = search_report(jax.device_get(searches), search_steps(options["num_steps"],
+                                                                  sparse_cfg))
+    calls = {mode: single_call_seconds(graphdef, params, shape, cond, config, mode, sparse_cfg)
+             for mode in ("fused_search", "cached_search", "sparse")}
+    searches_run = [seg.first for seg in schedule(options["num_steps"], sparse_cfg)
+                    if seg.first.endswith("search")]
+    overhead = sum(calls[mode] - calls["sparse"] for mode in searches_run)
+    rows.append(dict(variant="adaspa", sparsity=s, seconds=seconds,
+                     speedup=rows[0]["seconds"] / seconds, search_overhead_s=overhead,
+                     search_overhead_share=overhead / seconds, recall=report.get("recall"),
+                     call_ms={"dense": 1e3 * dense_step} | {m: 1e3 * t for m, t in calls.items()}))
+  write_results(config, video_tokens, text_tokens, options, rows)
+
+
+def single_call_seconds(graphdef, params, shape, cond, config, mode, sparse_cfg) -> float:
+  """Seconds of one guided model evaluation in `mode` (a search's patterns feed the others)."""
+  settings = sparse_step(sparse_cfg or config.sample.sparse, config.model)
+  x = jax.random.normal(jax.random.key(1), shape)
+  guidance = config.sample.guidance_scale
+
+  def call(params, mode, patterns):
+    model = nnx.merge(graphdef, params)
+    return samplers.guided_velocity(model, cond, guidance,
+                                    settings.replace(mode=mode, patterns=patterns))(x, 0.5)
+
+  call = jax.jit(call, static_argnums=1)
+  patterns = None
+  if mode in ("cached_search", "sparse"):
+    _, patterns = call(params, "fused_search", None)
+  return timed(lambda: call(params, mode, patterns), FLAGS.call_repeats)
+
+
+def write_results(config, video_tokens, text_tokens, options, rows):
+  device = jax.devices()[0]
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  sparse = config.sample.sparse
+  meta = dict(device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
+              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
+              model=config.model.size, hidden=config.model.hidden_size,
+              depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
+              attention=config.model.attention, video_shape=list(config.train.video_shape),
+              video_tokens=video_tokens, text_tokens=text_tokens,
+              model_batch=1 if options["guidance_scale"] == 1 else 2, **options,
+              block=sparse.block or config.model.sparse_block, warmup=sparse.warmup,
+              searches=list(search_steps(options["num_steps"], sparse)),
+              repeats=FLAGS.repeats, time=stamp)
+  out = pathlib.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  base = out / f"sampling-{device.device_kind.replace(' ', '_')}-{stamp}"
+  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=rows), indent=1))
+  lines = ["| variant | sparsity | sampling s | speedup vs dense | search overhead | recall |",
+           "|---|---|---|---|---|---|"]
+  for row in rows:
+    if row["variant"] == "dense":
+      lines.append(f"| dense | 0 | {row['seconds']:.3f} | 1.00x | - | 1 |")
+    else:
+      lines.append(f"| adaspa | {row['sparsity']} | {row['seconds']:.3f} | "
+                   f"{row['speedup']:.2f}x | {100 * row['search_overhead_share']:.1f}% | "
+                   f"{row['recall']:.3f} |")
+  calls = ["", "Single guided model calls, ms:", ""] + [
+      f"- s={row['sparsity']}: " + ", ".join(f"{m} {t:.1f}" for m, t in row["call_ms"].items())
+      for row in rows[1:]]
+  table = "\n".join(lines + calls)
+  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
+  base.with_suffix(".md").write_text(f"# Sampling benchmark: dense vs AdaSpa\n\n{header}\n\n"
+                                     f"{table}\n")
+  print(table)
+  print(f"wrote {base}.json and .md")
+
+
+if __name__ == "__main__":
+  app.run(main)
