@@ -105,6 +105,9 @@ def main(argv):
                        ("warmup", FLAGS.sparse_warmup), ("block", FLAGS.sparse_block)):
     if value is not None:
       config.sample.sparse[field] = value
+  if config.sample.sparse.attention != "adaspa" and FLAGS.sparsity is not None:
+    logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
+                    FLAGS.sparsity)
   validate_sample_config(config.sample)
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise app.UsageError(f"{workdir} has no checkpoints/: train first")

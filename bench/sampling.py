@@ -57,15 +57,15 @@ flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "resu
 FLAGS = flags.FLAGS
 
 
-def timed(fn, repeats: int) -> float:
-  """Median seconds of fn() after one untimed (compiling) call; fn returns arrays to wait on."""
-  jax.block_until_ready(fn())
+def timed(fn, repeats: int):
+  """(median seconds of fn() after one untimed, compiling call; fn's last result)."""
+  result = jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn())
+    result = jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(times), result
 
 
 def random_cond(config, batch: int, rng: np.random.Generator) -> dict:
@@ -99,24 +99,25 @@ def main(argv):
   key = jax.random.key(0)
   options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
                  guidance_scale=sample_cfg.guidance_scale,
-                 shift=sample_cfg.shift if sample_cfg.shift is not None else 1.0)
+                 shift=samplers.sampling_shift(config, video_tokens))
 
   dense_fn = jax.jit(lambda params: samplers.sample(nnx.merge(graphdef, params), key, shape,
                                                     cond, **options))
-  rows = [dict(variant="dense", sparsity=0.0, seconds=timed(lambda: dense_fn(params),
-                                                            FLAGS.repeats))]
-  dense_step = single_call_seconds(graphdef, params, shape, cond, config, "dense", None)
+  rows = [dict(variant="dense", sparsity=0.0,
+               seconds=timed(lambda: dense_fn(params), FLAGS.repeats)[0])]
+  dense_step = ModelCalls(graphdef, params, shape, cond, config,
+                          config.sample.sparse).seconds("dense")
   for s in sparsities:
     sparse_cfg = config.sample.sparse.copy_and_resolve_references()
     sparse_cfg.sparsity = s
     adaspa_fn = jax.jit(lambda params, c=sparse_cfg: sample_scheduled(
         nnx.merge(graphdef, params), key, shape, cond, config=c, **options))
-    seconds = timed(lambda: adaspa_fn(params), FLAGS.repeats)
-    _, searches = adaspa_fn(params)
+    seconds, (_, searches) = timed(lambda: adaspa_fn(params), FLAGS.repeats)
     report = search_report(jax.device_get(searches), search_steps(options["num_steps"],
                                                                   sparse_cfg))
-    calls = {mode: single_call_seconds(graphdef, params, shape, cond, config, mode, sparse_cfg)
-             for mode in ("fused_search", "cached_search", "sparse")}
+    model_calls = ModelCalls(graphdef, params, shape, cond, config, sparse_cfg)
+    calls = {mode: model_calls.seconds(mode) for mode in ("fused_search", "cached_search",
+                                                          "sparse")}
     searches_run = [seg.first for seg in schedule(options["num_steps"], sparse_cfg)
                     if seg.first.endswith("search")]
     overhead = sum(calls[mode] - calls["sparse"] for mode in searches_run)
@@ -127,22 +128,29 @@ def main(argv):
   write_results(config, video_tokens, text_tokens, options, rows)
 
 
-def single_call_seconds(graphdef, params, shape, cond, config, mode, sparse_cfg) -> float:
-  """Seconds of one guided model evaluation in `mode` (a search's patterns feed the others)."""
-  settings = sparse_step(sparse_cfg or config.sample.sparse, config.model)
-  x = jax.random.normal(jax.random.key(1), shape)
-  guidance = config.sample.guidance_scale
+class ModelCalls:
+  """Times single guided model evaluations, one per mode; the patterns of one fused search feed
+  the modes that reuse them."""
 
-  def call(params, mode, patterns):
-    model = nnx.merge(graphdef, params)
-    return samplers.guided_velocity(model, cond, guidance,
-                                    settings.replace(mode=mode, patterns=patterns))(x, 0.5)
+  def __init__(self, graphdef, params, shape, cond, config, sparse_cfg):
+    self.params = params
+    self.settings = sparse_step(sparse_cfg, config.model)
+    x = jax.random.normal(jax.random.key(1), shape)
+    guidance = config.sample.guidance_scale
 
-  call = jax.jit(call, static_argnums=1)
-  patterns = None
-  if mode in ("cached_search", "sparse"):
-    _, patterns = call(params, "fused_search", None)
-  return timed(lambda: call(params, mode, patterns), FLAGS.call_repeats)
+    def call(params, mode, patterns):
+      model = nnx.merge(graphdef, params)
+      return samplers.guided_velocity(model, cond, guidance,
+                                      self.settings.replace(mode=mode, patterns=patterns))(x, 0.5)
+
+    self.call = jax.jit(call, static_argnums=1)
+    self.patterns = None
+
+  def seconds(self, mode: str) -> float:
+    if mode in ("cached_search", "sparse") and self.patterns is None:
+      _, self.patterns = self.call(self.params, "fused_search", None)
+    patterns = self.patterns if mode in ("cached_search", "sparse") else None
+    return timed(lambda: self.call(self.params, mode, patterns), FLAGS.call_repeats)[0]
 
 
 def write_results(config, video_tokens, text_tokens, options, rows):
@@ -155,7 +163,7 @@ def write_results(config, video_tokens, text_tokens, options, rows):
               depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
               attention=config.model.attention, video_shape=list(config.train.video_shape),
               video_tokens=video_tokens, text_tokens=text_tokens,
-              model_batch=1 if options["guidance_scale"] == 1 else 2, **options,
+              model_batch=1 if options["guidance_scale"] == 1 else 2, **options,  # 1 video
               block=sparse.block or config.model.sparse_block, warmup=sparse.warmup,
               searches=list(search_steps(options["num_steps"], sparse)),
               repeats=FLAGS.repeats, time=stamp)

@@ -13,8 +13,9 @@ A model call runs every layer in one mode (static), set by a `SparseStep`:
 
 The per-layer state (`LayerPatterns`) is stacked over layers like the blocks' parameters and
 threaded through their scan; a DiT called with a SparseStep returns it beside the velocity.
-With model.attention "xla" the search and sparse passes are the XLA references (fast on CPU);
-otherwise they are our Pallas kernels (block_sparse).
+With model.attention "xla" the search and sparse passes (and static patterns) are the XLA
+references (fast on CPU); otherwise they are our Pallas kernels (block_sparse). Text query
+blocks keep every key block and text key blocks are kept by every query block.
 """
 import dataclasses
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from dit import attention as attention_lib
 from dit import sparsity as static_patterns
+from dit.blocks import attention_options
 from kernels import adaspa
 from kernels import attention_search
 from kernels.block_tables import PatternTables
@@ -57,12 +59,6 @@ class SparseStep:
                                        metadata=dict(static=True))
   patterns: dict | None = None
 
-  def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f"unknown attention mode {self.mode!r}; choose one of {list(MODES)}")
-    if self.mode in ("cached_search", "sparse") and self.patterns is None:
-      raise ValueError(f"mode {self.mode!r} reuses the patterns of a search: pass patterns")
-
   @property
   def adaptive(self) -> bool:
     return self.mode in ADAPTIVE_MODES
@@ -71,20 +67,40 @@ class SparseStep:
     return dataclasses.replace(self, **changes)
 
 
-def static_pattern(step: SparseStep, model_config, grid, num_text: int) -> PatternTables | None:
-  """The fixed pattern of a dense, static or (model-configured) call; None for dense."""
-  if step is None:
-    return static_patterns.attention_pattern(model_config, grid, num_text)
-  if step.mode == "static" and step.static_pattern != "full":
-    return static_patterns.pattern_of(step.static_pattern, model_config, grid, num_text,
-                                      block=step.block)
-  return None
+def sparse_implementation(model_config) -> str:
+  """What runs the patterns: the XLA reference under model.attention "xla" (fast on CPU),
+  otherwise our Pallas kernels (cuDNN and others take no pattern)."""
+  return "xla" if model_config.attention == "xla" else "block_sparse"
 
 
 def forced_blocks(length: int, num_video: int, block: int) -> np.ndarray:
-  """bool [nK]: the key blocks holding a text token (always kept)."""
-  ends = (np.arange(-(-length // block)) + 1) * block
+  """bool [nK]: the blocks of the joint sequence that hold a text token (kept as keys, dense as
+  queries)."""
+  ends = np.minimum((np.arange(-(-length // block)) + 1) * block, length)
   return ends > num_video
+
+
+def make_attend(step: SparseStep, model_config, grid, num_text: int, num_video: int):
+  """The blocks' attention for a call in mode step.mode: (q, k, v, segment_ids, layer) ->
+  (out, LayerPatterns or None), layer the layer's slice of step.patterns."""
+  if step.mode not in MODES:
+    raise ValueError(f"unknown attention mode {step.mode!r}; choose one of {list(MODES)}")
+  if step.mode in ("cached_search", "sparse") and step.patterns is None:
+    raise ValueError(f"mode {step.mode!r} reuses the patterns of a search: pass patterns")
+  options = attention_options(model_config)
+  if step.mode == "dense":
+    return lambda q, k, v, segment_ids, layer: (attention_lib.dot_product_attention(
+        q, k, v, segment_ids=segment_ids, **options), None)
+  if step.mode == "static":
+    pattern = static_patterns.pattern_of(step.static_pattern, model_config, grid, num_text,
+                                         block=step.block)
+    options["implementation"] = sparse_implementation(model_config)
+    return lambda q, k, v, segment_ids, layer: (attention_lib.dot_product_attention(
+        q, k, v, segment_ids=segment_ids, pattern=pattern, **options), None)
+  implementation = sparse_implementation(model_config)
+  return lambda q, k, v, segment_ids, layer: layer_attention(
+      step, layer, q, k, v, segment_ids=segment_ids, implementation=implementation,
+      num_video=num_video)
 
 
 def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, segment_ids,
@@ -104,8 +120,9 @@ def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, s
               else attention_search.cached_search)
     lse = layer.lse
     masses = cached(q, k, lse, **search)
+  text_blocks = forced_blocks(length, num_video, step.block)
   chosen = adaspa.select_pattern(masses, step.sparsity, block_q=step.block, block_k=step.block,
-                                 forced_blocks=forced_blocks(length, num_video, step.block),
+                                 forced_blocks=text_blocks, dense_rows=text_blocks,
                                  threshold=step.threshold)
   if step.mode == "cached_search":
     out = _sparse(q, k, v, chosen.tables, segment_ids, reference)
@@ -118,8 +135,21 @@ def _sparse(q, k, v, tables, segment_ids, reference):
       pattern=tables)
 
 
-def check_supported(step: SparseStep, model_config) -> None:
-  """Errors, before tracing, for settings adaptive attention cannot run with."""
-  if step.adaptive and model_config.sequence_parallel != "none":
-    raise ValueError("AdaSpa sampling does not run under sequence parallelism yet: sample with "
-                     "model.sequence_parallel='none' (a mesh without a seq axis)")
+def check_supported(step: SparseStep, model_config, num_video: int, num_text: int) -> None:
+  """Errors for settings the step's mode cannot run with, before any tracing or sampling."""
+  if step.mode == "dense":
+    return
+  implementation = sparse_implementation(model_config)
+  if model_config.sequence_parallel not in ("none", "ulysses") or (
+      step.adaptive and model_config.sequence_parallel != "none"):
+    raise ValueError(f"{'AdaSpa' if step.adaptive else 'a static pattern'} does not run under "
+                     f"model.sequence_parallel={model_config.sequence_parallel!r} yet: sample on "
+                     "a mesh without a seq axis (--mesh=data=-1)")
+  if implementation == "block_sparse" and step.block < 16:
+    raise ValueError(f"sample.sparse.block={step.block}: the Pallas kernels take blocks of 16 "
+                     "tokens or more (blocks of 8 run with model.attention='xla' only)")
+  length = num_video + num_text
+  if step.adaptive and forced_blocks(length, num_video, step.block).all():
+    raise ValueError(f"sample.sparse.block={step.block} puts every one of the {length} tokens "
+                     f"({num_video} video) in a block with text: nothing is left to select; set "
+                     "a smaller sample.sparse.block")

@@ -105,10 +105,10 @@ class Stream(nnx.Module):
 
 
 def joint_attention(q, k, v, options: dict, segment_ids, pattern, attend):
-  """q, k, v [B, L, H, Dh] -> [B, L, H, Dh]: `attend` if given, else the configured attention
-  (options from attention_options) with the segment ids and pattern."""
+  """q, k, v [B, L, H, Dh] -> [B, L, H, Dh]: attend(q, k, v, segment_ids) if given, else the
+  configured attention (options from attention_options) with the segment ids and pattern."""
   if attend is not None:
-    return attend(q, k, v)
+    return attend(q, k, v, segment_ids)
   return attention_lib.dot_product_attention(q, k, v, segment_ids=segment_ids, pattern=pattern,
                                              **options)
 
@@ -124,8 +124,8 @@ class SingleStreamBlock(nnx.Module):
     """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D].
 
     pattern: the block-sparsity pattern of the attention (dit.sparsity), or None for dense.
-    attend: (q, k, v) -> out [B, L, H, Dh], replacing the configured attention (AdaSpa's
-    per-layer search and patterns, dit/adaptive_attention.py).
+    attend: (q, k, v, segment_ids) -> out [B, L, H, Dh], replacing the configured attention
+    (a sampling-time mode of dit/adaptive_attention.py, e.g. AdaSpa's per-layer patterns).
     """
     mod = self.stream.modulation_params(c)
     q, k, v = self.stream.attention_inputs(x, mod, angles)

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dit import blocks as blocks_lib
-from dit import adaptive_attention, conditioning
+from dit import adaptive_attention, conditioning, sparsity
 from dit.config_checks import validate_model_config
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
@@ -85,12 +85,16 @@ class FinalLayer(nnx.Module):
 
 
 class _Layers:
-  """Runs the DiT's stacks of blocks for one call, threading AdaSpa's per-layer patterns
-  through the scan when the call's SparseStep is adaptive."""
+  """Runs the DiT's stacks of blocks for one call. Under a SparseStep every block attends
+  through the step's mode, and AdaSpa's per-layer patterns are threaded through the scan."""
 
-  def __init__(self, model: "DiT", sparse, num_video: int):
-    self.model, self.sparse, self.num_video = model, sparse, num_video
-    self.segment_ids = None
+  def __init__(self, model: "DiT", sparse, grid, num_video: int, num_text: int):
+    self.model, self.sparse = model, sparse
+    self.attend = None
+    if sparse is not None:
+      adaptive_attention.check_supported(sparse, model.config, num_video, num_text)
+      self.attend = adaptive_attention.make_attend(sparse, model.config, grid, num_text,
+                                                   num_video)
     self.found = {}
 
   def run(self, kind: str, carry, call: Callable):
@@ -101,16 +105,17 @@ class _Layers:
     cfg, sparse = self.model.config, self.sparse
     options = dict(scan=cfg.scan_layers, remat=cfg.remat)
     if sparse is None or not sparse.adaptive:
-      return run_stacked(blocks, carry, lambda block, carry: call(block, carry, None), **options)
+      attend = None if self.attend is None else (
+          lambda q, k, v, segment_ids: self.attend(q, k, v, segment_ids, None)[0])
+      return run_stacked(blocks, carry, lambda block, carry: call(block, carry, attend),
+                         **options)
     given = None if sparse.mode == "fused_search" else sparse.patterns[kind]
 
     def apply(block, carry, layer):
       found = []
 
-      def attend(q, k, v):
-        out, patterns = adaptive_attention.layer_attention(
-            sparse, layer, q, k, v, segment_ids=self.segment_ids,
-            implementation=cfg.attention, num_video=self.num_video)
+      def attend(q, k, v, segment_ids):
+        out, patterns = self.attend(q, k, v, segment_ids, layer)
         found.append(patterns)
         return out
 
@@ -175,19 +180,17 @@ class DiT(nnx.Module):
     """
     cfg = self.config
     self._check_inputs(video, t, text, labels)
-    if sparse is not None:
-      adaptive_attention.check_supported(sparse, cfg)
     dtype = jnp.dtype(cfg.dtype)
     grid = patch_grid(video.shape, cfg.patch_size)
     x = self.patch_embed(patchify(video, cfg.patch_size).astype(dtype))  # [B, Lv, D]
     x = constrain(x, blocks_lib.TOKENS)
     c = self.time_embed(t)  # [B, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
-    layers = _Layers(self, sparse, num_video=x.shape[1])
 
     if not self.uses_text:
       c = c + self.label_embed(labels, drop_cond)
-      pattern = adaptive_attention.static_pattern(sparse, cfg, grid, 0)
+      layers = _Layers(self, sparse, grid, x.shape[1], 0)
+      pattern = sparsity.attention_pattern(cfg, grid, 0)
       x = layers.run("single", x, lambda block, x, attend: block(x, c, video_angles, None,
                                                                   pattern, attend))
       return layers.result(self._velocity(x, c, grid))
@@ -202,8 +205,8 @@ class DiT(nnx.Module):
       # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
       segment_ids = jnp.concatenate(
           [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
-    layers.segment_ids = segment_ids
-    pattern = adaptive_attention.static_pattern(sparse, cfg, grid, tokens.shape[1])
+    layers = _Layers(self, sparse, grid, x.shape[1], tokens.shape[1])
+    pattern = sparsity.attention_pattern(cfg, grid, tokens.shape[1])
     x, tokens = layers.run(
         "dual", (x, tokens),
         lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend))

@@ -52,11 +52,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
                   section: str) -> None:
+  """Adds the fields of `defaults` that `config` lacks, into nested sections too."""
   missing = sorted(set(defaults) - set(config))
   for field in missing:
     config[field] = defaults[field]
   if missing:
     logging.info("%s fields newer than the run, at their defaults: %s", section, missing)
+  for field in set(defaults) - set(missing):
+    if isinstance(defaults[field], ml_collections.ConfigDict) and isinstance(
+        config[field], ml_collections.ConfigDict):
+      _fill_missing(config[field], defaults[field], f"{section}.{field}")
 
 
 def make_text_encoder_for(config: ml_collections.ConfigDict):

@@ -29,20 +29,24 @@ def euler_step(velocity_fn: VelocityFn, x: jax.Array, sigma, sigma_next) -> jax.
   return x + (sigma_next - sigma) * velocity_fn(x, sigma)
 
 
-def heun_step(velocity_fn: VelocityFn, x: jax.Array, sigma, sigma_next,
-              v: jax.Array | None = None, next_velocity_fn: VelocityFn | None = None):
-  """Second order (trapezoidal predictor-corrector): two evaluations, the first of which may be
-  given as v; the second is next_velocity_fn's (default velocity_fn)."""
+def heun_step(velocity_fn: VelocityFn, x: jax.Array, sigma, sigma_next) -> jax.Array:
+  """Second order (trapezoidal predictor-corrector). Two evaluations."""
+  return heun_correct(velocity_fn, x, velocity_fn(x, sigma), sigma, sigma_next)
+
+
+def heun_correct(velocity_fn: VelocityFn, x: jax.Array, v: jax.Array, sigma,
+                 sigma_next) -> jax.Array:
+  """Heun's step from x whose velocity at sigma is v: velocity_fn evaluates the corrector at
+  the Euler prediction."""
   dt = sigma_next - sigma
-  v = velocity_fn(x, sigma) if v is None else v
-  v_next = (next_velocity_fn or velocity_fn)(x + dt * v, sigma_next)
+  v_next = velocity_fn(x + dt * v, sigma_next)
   return x + dt * (v + v_next) / 2
 
 
 def integrate(velocity_fn: VelocityFn, x: jax.Array, sigmas: jax.Array, method: str = "euler",
               start: int = 0, stop: int | None = None) -> jax.Array:
   """Steps start .. stop-1 (default: all) of `method` in a fori_loop; Heun's step to sigma = 0
-  is Euler (it would evaluate at sigma = 0), so Heun takes 2 * steps - 1 evaluations."""
+  is Euler (it would evaluate at sigma = 0), so all Heun steps take 2 * steps - 1 evaluations."""
   check_method(method)
   num_steps = sigmas.shape[0] - 1
   stop = num_steps if stop is None else stop
@@ -65,8 +69,7 @@ def step_with_state(velocity_and_state: Callable, then: Callable, x: jax.Array,
   v, state = velocity_and_state(x, sigmas[step])
   if method == "euler" or step == sigmas.shape[0] - 2:
     return x + (sigmas[step + 1] - sigmas[step]) * v, state
-  return heun_step(None, x, sigmas[step], sigmas[step + 1], v=v,
-                   next_velocity_fn=then(state)), state
+  return heun_correct(then(state), x, v, sigmas[step], sigmas[step + 1]), state
 
 
 def check_method(method: str) -> None:

@@ -13,11 +13,14 @@ config.sample.sparse (`sparse_config`) picks it:
              fused search (dense pass, lse cached); later ones are lse-cached searches. Every
              other step reuses the patterns of the last search.
   block      block size of the patterns in tokens (0: model.sparse_block).
+  recall_threshold  AdaSpa's hierarchy: heads keeping more of their mass at s than this move
+             sparser, as many of the lowest denser (kernels/adaspa.py).
 
 Each segment of steps with one mode runs in its own fori_loop; a search step is unrolled, since
 it changes the patterns the next steps read.
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from dit import samplers
-from dit.adaptive_attention import SparseStep
+from dit.adaptive_attention import SparseStep, check_supported
 from dit.sparsity import PATTERNS
 
 SPARSE_ATTENTION = ("none", "adaspa") + tuple(p for p in PATTERNS if p != "full")
@@ -74,22 +77,30 @@ class Segment:
 
 
 def schedule(num_steps: int, config: ml_collections.ConfigDict) -> list[Segment]:
-  """The segments of a sampling run of num_steps steps (none for attention "none")."""
+  """The segments of a sampling run of num_steps steps (none for attention "none").
+
+  Steps scale with halves rounded up; a later search on the last step would find a pattern no
+  step reuses, so there is none there.
+  """
   if config.attention == "none":
     return []
-  warm = min(num_steps, round(config.warmup * num_steps))
+  warm = min(num_steps, _round(config.warmup * num_steps))
   segments = [Segment(0, warm, "dense", "dense")] if warm else []
+  if warm == num_steps:
+    return segments
   if config.attention != "adaspa":
-    return segments + ([Segment(warm, num_steps, "static", "static")] if warm < num_steps
-                       else [])
-  scaled = {round(s * num_steps / config.searches_of) for s in config.searches}
-  searches = sorted({warm} | {s for s in scaled if warm < s < num_steps}) if warm < num_steps \
-      else []
+    return segments + [Segment(warm, num_steps, "static", "static")]
+  scaled = {_round(s * num_steps / config.searches_of) for s in config.searches}
+  searches = [warm] + sorted(s for s in scaled if warm < s < num_steps - 1)
   for j, start in enumerate(searches):
     stop = searches[j + 1] if j + 1 < len(searches) else num_steps
     segments.append(Segment(start, stop, "fused_search" if j == 0 else "cached_search",
                             "sparse"))
   return segments
+
+
+def _round(x: float) -> int:
+  return math.floor(x + 0.5)
 
 
 def search_steps(num_steps: int, config: ml_collections.ConfigDict) -> list[int]:
@@ -102,6 +113,16 @@ def sparse_step(config: ml_collections.ConfigDict, model_config) -> SparseStep:
   return SparseStep(mode="dense", sparsity=float(config.sparsity),
                     block=int(config.block or model_config.sparse_block),
                     static_pattern=pattern, threshold=float(config.recall_threshold))
+
+
+def check_schedule(config: ml_collections.ConfigDict, model_config, num_video: int,
+                   num_text: int) -> None:
+  """Errors for a schedule the model cannot run, before any sampling (see check_supported)."""
+  if config.attention == "none":
+    return
+  mode = "fused_search" if config.attention == "adaspa" else "static"
+  check_supported(sparse_step(config, model_config).replace(mode=mode), model_config, num_video,
+                  num_text)
 
 
 def sample_scheduled(model, key: jax.Array, shape: tuple[int, ...], cond: dict, *,
@@ -142,8 +163,11 @@ def _layer_stats(patterns: dict) -> dict:
 
 
 def search_report(searches: list[dict], steps: list[int]) -> dict:
-  """Per search step: the mean recall and sparsity of each layer (over samples and heads) and
-  overall; plain Python numbers for JSON."""
+  """Per search step: the mean recall and sparsity of each layer (over the heads and the samples
+  of the model's batch, both halves of a guided one) and overall; plain Python numbers for JSON.
+  The recall is the share of the video queries' attention mass the patterns keep (text queries
+  keep everything), as measured by the search: with the lse cached at the fused search, a later
+  search's is an estimate."""
   report = {"searches": []}
   for step, stats in zip(steps, searches):
     recall, sparsity = (np.asarray(stats[f], np.float64) for f in ("recall", "sparsity"))

@@ -13,7 +13,8 @@ from data import video_io
 from dit.config_checks import validate_sample_config
 from dit.patchify import patch_grid
 from dit.samplers import sample, sampling_shift
-from dit.sparse_sampling import sample_scheduled, search_report, search_steps
+from dit.sparse_sampling import (check_schedule, sample_scheduled, search_report,
+                                 search_steps)
 
 
 class VideoSampler:
@@ -46,8 +47,11 @@ class VideoSampler:
     sample_cfg = config.sample
     sparse = sample_cfg.get("sparse")
     self.sparse = sparse if sparse is not None and sparse.attention != "none" else None
-    self.search_steps = ([] if self.sparse is None
-                         else search_steps(sample_cfg.num_steps, self.sparse))
+    self.search_steps = []
+    if self.sparse is not None:  # errors now, not at the first sample hours into training
+      num_text = self.cond["text"].shape[1] if "text" in self.cond else 0
+      check_schedule(self.sparse, config.model, num_tokens, num_text)
+      self.search_steps = search_steps(sample_cfg.num_steps, self.sparse)
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
                    guidance_scale=sample_cfg.guidance_scale, shift=shift)
 

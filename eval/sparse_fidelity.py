@@ -6,7 +6,8 @@ dense sampling from the same noise, and AdaSpa's recall of attention mass per la
 
 For each setting it samples the config's train.sample_prompts once per seed, with the run's
 sample settings (steps, sampler, guidance, sample.sparse's warm-up and search steps), and writes
-<workdir>/eval/sparse_fidelity.json and a table.
+<workdir>/eval/sparse_fidelity.json and a table. The baseline samples the model as configured:
+dense, unless it was trained with a static model.sparse_pattern (AdaSpa's warm-up is dense).
 """
 import copy
 import json
@@ -26,6 +27,7 @@ from dit.video_sampler import VideoSampler
 from eval.fidelity import psnr, ssim
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
+
 
 def compare(workdir: str, settings: list[dict], num_seeds: int = 2,
             num_steps: int | None = None) -> dict:

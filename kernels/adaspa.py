@@ -5,7 +5,8 @@ measures the masses), k set by a sparsity s (the fraction of key blocks dropped)
 one whose recall (kept mass / total mass) at s exceeds 0.8 is easy and moves to sparsity
 (1 + s) / 2; as many of the lowest-recall heads move to (3s - 1) / 2, so the average sparsity
 stays s. Text blocks (forced) are always kept, on top of the sparsity, which counts the free
-(video) blocks only. The result feeds the block_sparse kernel until the
+(video) blocks only; text query blocks keep every block (text reads the whole video, as in the
+static patterns of kernels/video_patterns.py). The result feeds the block_sparse kernel until the
 next search.
 """
 import dataclasses
@@ -61,19 +62,24 @@ def hierarchy_ranks(recall: jax.Array, threshold: float = RECALL_THRESHOLD) -> j
 
 def select_pattern(masses: jax.Array, sparsity: float, *, block_q: int, block_k: int,
                    forced_blocks: np.ndarray | None = None,
+                   dense_rows: np.ndarray | None = None,
                    threshold: float = RECALL_THRESHOLD) -> AdaptivePattern:
   """masses float32 [B, H, nQ, nK] -> the head-adaptive pattern at average sparsity `sparsity`.
 
   forced_blocks: bool [nK], key blocks every row keeps (the text blocks).
+  dense_rows: bool [nQ], query blocks that keep every key block (the text queries, which read
+  the whole video); the recall and the hierarchy count the other rows only.
   """
   num_q, num_kv = masses.shape[-2:]
   forced = np.zeros(num_kv, bool) if forced_blocks is None else np.asarray(forced_blocks, bool)
+  dense = np.zeros(num_q, bool) if dense_rows is None else np.asarray(dense_rows, bool)
   num_forced = int(forced.sum())
   sparser, base, denser = keep_counts(sparsity, num_kv, num_forced)
   score = jnp.where(forced, jnp.inf, masses)
   _, order = jax.lax.top_k(score, denser)  # [B, H, nQ, denser], most mass first
-  kept = jnp.take_along_axis(masses, order, axis=-1)
-  total = masses.sum(axis=(-2, -1))
+  selected_rows = jnp.asarray(~dense)[:, None]  # [nQ, 1]
+  kept = jnp.where(selected_rows, jnp.take_along_axis(masses, order, axis=-1), 0)
+  total = jnp.where(selected_rows, masses, 0).sum(axis=(-2, -1))
 
   def recall_of(counts):  # counts [B, H]: each row keeps its first `counts` blocks of `order`
     listed = jnp.arange(denser) < counts[..., None, None]
@@ -85,7 +91,9 @@ def select_pattern(masses: jax.Array, sparsity: float, *, block_q: int, block_k:
   keep = jnp.arange(denser) < counts[..., None, None]  # [B, H, 1, denser]
   mask = jnp.put_along_axis(jnp.zeros(masses.shape, bool), order,
                             jnp.broadcast_to(keep, order.shape), axis=-1, inplace=False)
-  tables = PatternTables.from_mask(mask, block_q=block_q, block_k=block_k, max_blocks=denser,
+  mask = mask | jnp.asarray(dense)[:, None]
+  tables = PatternTables.from_mask(mask, block_q=block_q, block_k=block_k,
+                                   max_blocks=num_kv if dense.any() else denser,
                                    max_q_blocks=num_q)
   dropped = 1.0 - (counts - num_forced).astype(jnp.float32) / (num_kv - num_forced)
   return AdaptivePattern(tables, dropped, recall_of(counts))

@@ -74,7 +74,8 @@ def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
   masses = masses.at[:, 0].add(peaked[0]).at[:, 3].add(peaked[0])
   forced = np.zeros(blocks, bool)
   forced[-1] = True  # a text block: kept by every row of every head
-  pattern = select_pattern(masses, 0.5, block_q=16, block_k=16, forced_blocks=forced)
+  pattern = select_pattern(masses, 0.5, block_q=16, block_k=16, forced_blocks=forced,
+                           dense_rows=forced)  # the text query block reads everything
   assert keep_counts(0.5, blocks, 1) == (5, 9, 13)  # 4, 8, 12 of the free blocks, + 1
   sparsity = np.asarray(pattern.sparsity)
   for b in range(2):
@@ -82,9 +83,12 @@ def test_heads_move_along_the_hierarchy_and_the_average_sparsity_stays_s(key):
     assert sorted(sparsity[b]) == [0.25, 0.25, 0.5, 0.5, 0.75, 0.75]  # two at (3s - 1) / 2
     assert sparsity[b].mean() == pytest.approx(0.5)
   mask = np.asarray(pattern.tables.to_mask())
-  assert mask[..., -1].all()
-  np.testing.assert_array_equal(mask.sum(-1), 1 + np.round((1 - sparsity) * 16)[..., None]
-                                .repeat(blocks, -1))
+  assert mask[..., -1].all() and mask[..., -1, :].all()
+  np.testing.assert_array_equal(mask[..., :-1, :].sum(-1), 1 + np.round((1 - sparsity) * 16)
+                                [..., None].repeat(blocks - 1, -1))
+  # The recall counts the selected (video) rows only.
+  np.testing.assert_allclose(pattern.recall, pattern_recall(masses[..., :-1, :],
+                                                            mask[..., :-1, :]), rtol=1e-5)
   # Nothing above the threshold: every head stays at s.
   flat = select_pattern(jax.random.uniform(key, (1, heads, 16, 16)), 0.5, block_q=16,
                         block_k=16)

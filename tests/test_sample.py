@@ -76,9 +76,9 @@ def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
 
 
 def test_a_run_older_than_the_newest_model_fields_still_samples(workdir, tmp_path):
-  """A config.json written before model.sparse_pattern and friends existed: those take their
-  defaults (no sparsity, no sequence parallelism), and the run samples as trained."""
-  import json  # pylint: disable=g-import-not-at-top
+  """A config.json written before model.sparse_pattern and friends and sample.sparse existed:
+  those take their defaults (no sparsity, no sequence parallelism), and the run samples as
+  trained, or with AdaSpa."""
   import shutil  # pylint: disable=g-import-not-at-top
   old = tmp_path / "old_run"
   shutil.copytree(workdir, old)
@@ -86,9 +86,13 @@ def test_a_run_older_than_the_newest_model_fields_still_samples(workdir, tmp_pat
   for field in ("sparse_pattern", "sparse_window", "sparse_block", "sequence_parallel",
                 "ulysses_degree"):
     del config["model"][field]
-  del config["mesh"], config["sharding"]
+  del config["mesh"], config["sharding"], config["sample"]["sparse"]
   (old / "config.json").write_text(json.dumps(config))
   result = sample(f"--workdir={old}", "--prompt=the digit 2 moves up", "--num_steps=2",
                   f"--out={tmp_path / 'out'}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / "out" / "grid.png").exists()
+  result = sample(f"--workdir={old}", "--num_steps=3", "--sparse_attention=adaspa",
+                  "--sparse_block=8", f"--out={tmp_path / 'adaspa'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / "adaspa" / "sparse_attention.json").exists()

@@ -7,12 +7,12 @@ import pytest
 from flax import nnx
 
 from configs.quickstart import get_config
-from dit.adaptive_attention import SparseStep
+from dit.adaptive_attention import SparseStep, forced_blocks
 from dit.model import DiT
 from dit.samplers import sample
 from kernels.block_tables import tables_to_mask
-from dit.sparse_sampling import (Segment, sample_scheduled, schedule, search_report,
-                                 search_steps, sparse_config)
+from dit.sparse_sampling import (Segment, check_schedule, sample_scheduled, schedule,
+                                 search_report, search_steps, sparse_config)
 
 
 def small_model(randomize, key, **overrides):
@@ -47,6 +47,9 @@ def test_the_default_schedule_warms_up_then_searches_at_10_and_30_of_50():
   assert schedule(4, sparse_config(attention="window", warmup=0.5)) == [
       Segment(0, 2, "dense", "dense"), Segment(2, 4, "static", "static")]
   assert schedule(4, sparse_config()) == []  # "none": the model as configured
+  # Halves round up; no later search on the last step (its pattern would serve no step).
+  assert search_steps(25, sparse_config(attention="adaspa", searches=(25, 49))) == [5, 13]
+  assert search_steps(3, sparse_config(attention="adaspa")) == [1]
 
 
 def test_a_fused_search_gives_dense_attention_and_a_pattern_per_layer(key, randomize):
@@ -138,3 +141,19 @@ def test_with_the_block_sparse_kernels_adaspa_gives_what_the_xla_references_give
   np.testing.assert_allclose(kernel_sparse_v, sparse_v, atol=1e-5 * scale)
   np.testing.assert_array_equal(kernel_found["single"].tables.kv_indices,
                                 found["single"].tables.kv_indices)
+
+
+def test_text_blocks_are_those_holding_a_text_token_and_bad_settings_fail_up_front():
+  assert not forced_blocks(100, 100, 16).any()  # no text: a short last block is still video
+  np.testing.assert_array_equal(np.flatnonzero(forced_blocks(140, 130, 16)), [8])
+  model = get_config().model
+  with pytest.raises(ValueError, match="nothing is left to select"):
+    # The tiny run's 16 video and 16 text tokens in one block of model.sparse_block=128.
+    check_schedule(sparse_config(attention="adaspa"), model, num_video=16, num_text=16)
+  model.attention = "block_sparse"
+  with pytest.raises(ValueError, match="Pallas kernels take blocks of 16"):
+    check_schedule(sparse_config(attention="adaspa", block=8), model, 128, 16)
+  model.sequence_parallel = "ring"
+  with pytest.raises(ValueError, match="does not run under model.sequence_parallel='ring'"):
+    check_schedule(sparse_config(attention="window", block=16), model, 128, 16)
+  check_schedule(sparse_config(), model, 128, 16)  # "none": anything goes
