@@ -110,7 +110,7 @@ def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, s
   reference = implementation == "xla"
   search = dict(block_q=step.block, block_k=step.block, segment_ids=segment_ids)
   if step.mode == "sparse":
-    return _sparse(q, k, v, layer.tables, segment_ids, reference), layer
+    return _sparse(q, k, v, layer.tables, segment_ids, implementation), layer
   if step.mode == "fused_search":
     fused = (attention_search.fused_search_reference if reference
              else attention_search.fused_search)
@@ -125,14 +125,13 @@ def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, s
                                  forced_blocks=text_blocks, dense_rows=text_blocks,
                                  threshold=step.threshold)
   if step.mode == "cached_search":
-    out = _sparse(q, k, v, chosen.tables, segment_ids, reference)
+    out = _sparse(q, k, v, chosen.tables, segment_ids, implementation)
   return out.astype(q.dtype), LayerPatterns(chosen.tables, lse, chosen.recall, chosen.sparsity)
 
 
-def _sparse(q, k, v, tables, segment_ids, reference):
-  return attention_lib.dot_product_attention(
-      q, k, v, implementation="xla" if reference else "block_sparse", segment_ids=segment_ids,
-      pattern=tables)
+def _sparse(q, k, v, tables, segment_ids, implementation):
+  return attention_lib.dot_product_attention(q, k, v, implementation=implementation,
+                                             segment_ids=segment_ids, pattern=tables)
 
 
 def check_supported(step: SparseStep, model_config, num_video: int, num_text: int) -> None:
