@@ -131,7 +131,10 @@ def sample_scheduled(model, key: jax.Array, shape: tuple[int, ...], cond: dict, 
   """Videos float32 `shape` from noise made from `key` (as samplers.sample), attention following
   the schedule of sample.sparse `config`; -> (videos, searches): for each search step, the
   recall and sparsity of every layer's pattern, float32 [layers, B', H] (B' the model's batch,
-  doubled by guidance)."""
+  doubled by guidance); attention "none" is samplers.sample, with no searches."""
+  if config.attention == "none":
+    return samplers.sample(model, key, shape, cond, num_steps=num_steps, method=method,
+                           guidance_scale=guidance_scale, shift=shift), []
   sigmas = samplers.sigma_schedule(num_steps, shift)
   x = jax.random.normal(key, shape, jnp.float32)
   settings = sparse_step(config, model.config)

@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec as P
 from data import video_io
 from dit.config_checks import validate_sample_config
 from dit.patchify import patch_grid
-from dit.samplers import sample, sampling_shift
+from dit.samplers import sampling_shift
 from dit.sparse_sampling import (check_schedule, sample_scheduled, search_report,
-                                 search_steps)
+                                 search_steps, sparse_config)
 
 
 class VideoSampler:
@@ -45,21 +45,17 @@ class VideoSampler:
     num_tokens = int(np.prod(patch_grid(self.shape, config.model.patch_size)))
     shift = sampling_shift(config, num_tokens)
     sample_cfg = config.sample
-    sparse = sample_cfg.get("sparse")
-    self.sparse = sparse if sparse is not None and sparse.attention != "none" else None
-    self.search_steps = []
-    if self.sparse is not None:  # errors now, not at the first sample hours into training
-      num_text = self.cond["text"].shape[1] if "text" in self.cond else 0
-      check_schedule(self.sparse, config.model, num_tokens, num_text)
-      self.search_steps = search_steps(sample_cfg.num_steps, self.sparse)
+    sparse = sample_cfg.get("sparse") or sparse_config()  # runs older than sample.sparse: none
+    # Errors now, not at the first sample hours into training.
+    check_schedule(sparse, config.model, num_tokens,
+                   self.cond["text"].shape[1] if "text" in self.cond else 0)
+    self.search_steps = search_steps(sample_cfg.num_steps, sparse)
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
                    guidance_scale=sample_cfg.guidance_scale, shift=shift)
 
     def generate(params, key):
       model = nnx.merge(graphdef, params, model_state)
-      if self.sparse is None:
-        return sample(model, key, self.shape, self.cond, **options), []
-      return sample_scheduled(model, key, self.shape, self.cond, config=self.sparse, **options)
+      return sample_scheduled(model, key, self.shape, self.cond, config=sparse, **options)
 
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()
