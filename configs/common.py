@@ -62,6 +62,25 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+  """config.eval: what python -m eval computes (eval/evaluate.py)."""
+  config = ml_collections.ConfigDict(dict(
+      num_videos=256,          # generated videos, compared with as many real ones
+      batch_size=32,           # videos sampled per call of the compiled sampler
+      seed=0,                  # the sampling noise and the draw of real videos
+      # fvd: I3D (Kinetics-400) Frechet distance; fid: InceptionV3 over frames (needs
+      # inception_weights); digits: the quick-start classifier's accuracies and distances
+      # (moving_digits only). A metric that cannot run is skipped and says why.
+      metrics=("fvd", "fid", "digits"),
+      fvd_frames=16,           # clip length for I3D: longer videos are cut, shorter repeat frames
+      inception_weights="",    # FID's InceptionV3 weights (.pth, .safetensors, .npz); "": no FID
+      feature_batch_size=8,    # videos (I3D) or 8x frames (Inception) per feature batch
+      classifier_steps=1000,   # training steps of the digit classifier (cached in the workdir)
+  ))
+  config.update(overrides)
+  return config
+
+
 def mesh_config(**sizes) -> ml_collections.ConfigDict:
   """config.mesh: devices per mesh axis (sharding/mesh.py); -1 takes the devices left over.
 

@@ -13,8 +13,8 @@ Variants, as `--config=configs/quickstart.py:steps=300,text=hashed_words`:
 """
 import ml_collections
 
-from configs.common import (data_config, mesh_config, parse_arg, sharding_config,
-                            text_config, train_config)
+from configs.common import (data_config, eval_config, mesh_config, parse_arg,
+                            sharding_config, text_config, train_config)
 from dit.config_checks import validate_config
 from dit.flow_matching import flow_config
 from dit.model_config import model_config
@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     config.text = text_config(encoder="hashed_words", max_length=16, vocab_size=1024)
     config.model.update(text_vocab_size=1024, text_dim=64)
+  # python -m eval: FVD, and the digit classifier's accuracy of the prompted digit and motion
+  config.eval = eval_config(num_videos=256, batch_size=64)
 
   config.mesh = mesh_config()  # every device data parallel; e.g. --config.mesh.seq=4
   config.sharding = sharding_config()
@@ -70,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.kwargs.update(num_examples=64, num_frames=2, size=16, digit_scale=1)
     config.optim.update(warmup_steps=2, decay_steps=6)
     config.sample.update(num_steps=3)
+    config.eval.update(num_videos=8, batch_size=8, classifier_steps=60)
   validate_config(config)
   config.lock()
   return config

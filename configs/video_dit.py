@@ -11,8 +11,8 @@ space until the causal VAE lands (then: latents with model.in_channels=16).
 """
 import ml_collections
 
-from configs.common import (data_config, mesh_config, parse_arg, sharding_config,
-                            text_config, train_config)
+from configs.common import (data_config, eval_config, mesh_config, parse_arg,
+                            sharding_config, text_config, train_config)
 from dit.config_checks import validate_config
 from dit.flow_matching import flow_config
 from dit.model_config import model_config
@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = train_config(batch_size=64, num_steps=200_000, video_shape=(16, 64, 64))
   config.data = data_config("video_folder", root="", num_frames=16, size=(64, 64), stride=2)
   config.text = text_config(encoder="minilm", max_length=64)
+  config.eval = eval_config(num_videos=2048, batch_size=16)  # FVD's usual 2048 videos
 
   config.mesh = mesh_config()  # every device data parallel; e.g. --config.mesh.fsdp=8
   config.sharding = sharding_config()

@@ -57,6 +57,25 @@ def caption(digits, directions) -> str:
   return " and ".join(describe(d, m) for d, m in zip(digits, directions))
 
 
+def parse_caption(text: str) -> list[tuple[int, int]]:
+  """The (digit, direction index) pairs a caption names, in order: the inverse of caption().
+
+  Raises ValueError for text that is not a moving-digits caption.
+  """
+  pairs = []
+  for part in text.strip().split("the digit ")[1:]:
+    digit, _, motion = part.partition(" moves ")
+    motion = motion.strip()
+    motion = motion[:-len(" and")] if motion.endswith(" and") else motion
+    names = [name for _, name in DIRECTIONS]
+    if not digit.isdigit() or len(digit) != 1 or motion not in names:
+      raise ValueError(f"{text!r} is not a moving-digits caption like {describe(3, 4)!r}")
+    pairs.append((int(digit), names.index(motion)))
+  if not pairs or caption(*zip(*pairs)) != text.strip():
+    raise ValueError(f"{text!r} is not a moving-digits caption like {describe(3, 4)!r}")
+  return pairs
+
+
 class MovingDigits:
   """A random-access source of moving-digit videos.
 

@@ -29,18 +29,14 @@ class VideoSampler:
                prompts=None, labels=None):
     validate_sample_config(config.sample)
     self.config = config
+    self.text_encoder = text_encoder
     if config.model.conditioning == "text":
-      self.prompts = list(prompts or config.train.sample_prompts)
-      if not self.prompts:
+      prompts = list(prompts or config.train.sample_prompts)
+      if not prompts:
         raise ValueError("no prompts: pass --prompt or set train.sample_prompts")
-      self.cond = {k: jnp.asarray(v) for k, v in text_encoder(self.prompts).items()}
     else:
-      labels = list(labels or config.train.sample_labels)
-      if not labels or not all(0 <= l < config.model.num_classes for l in labels):
-        raise ValueError(f"labels {labels} must be given and lie in [0, "
-                         f"model.num_classes={config.model.num_classes})")
-      self.prompts = [f"label {l}" for l in labels]
-      self.cond = {"labels": jnp.asarray(labels, jnp.int32)}
+      prompts = list(labels or config.train.sample_labels)
+    self.prompts, self.cond = self.condition(prompts)
     self.shape = (len(self.prompts), *config.train.video_shape, config.model.in_channels)
     num_tokens = int(np.prod(patch_grid(self.shape, config.model.patch_size)))
     shift = sampling_shift(config, num_tokens)
@@ -53,22 +49,39 @@ class VideoSampler:
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
                    guidance_scale=sample_cfg.guidance_scale, shift=shift)
 
-    def generate(params, key):
+    def generate(params, key, cond):
       model = nnx.merge(graphdef, params, model_state)
-      return sample_scheduled(model, key, self.shape, self.cond, config=sparse, **options)
+      return sample_scheduled(model, key, self.shape, cond, config=sparse, **options)
 
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()
     self._generate = jax.jit(generate, out_shardings=None if mesh.empty else P())
 
-  def generate(self, params: nnx.State, key: jax.Array) -> np.ndarray:
-    """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
-    return self.generate_with_report(params, key)[0]
+  def condition(self, prompts) -> tuple[list[str], dict]:
+    """(names, cond) for captions (text models) or class labels (label models): what generate
+    takes as `cond` to sample other prompts than the sampler's own, as many of them."""
+    if self.config.model.conditioning == "text":
+      prompts = [str(p) for p in prompts]
+      return prompts, {k: jnp.asarray(v) for k, v in self.text_encoder(prompts).items()}
+    labels = [int(l) for l in prompts]
+    num_classes = self.config.model.num_classes
+    if not labels or not all(0 <= l < num_classes for l in labels):
+      raise ValueError(f"labels {labels} must be given and lie in [0, "
+                       f"model.num_classes={num_classes})")
+    return [f"label {l}" for l in labels], {"labels": jnp.asarray(labels, jnp.int32)}
 
-  def generate_with_report(self, params: nnx.State, key: jax.Array) -> tuple[np.ndarray, dict]:
+  def generate(self, params: nnx.State, key: jax.Array, cond: dict | None = None) -> np.ndarray:
+    """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
+    return self.generate_with_report(params, key, cond)[0]
+
+  def generate_with_report(self, params: nnx.State, key: jax.Array,
+                           cond: dict | None = None) -> tuple[np.ndarray, dict]:
     """(videos, report): the report gives, for each AdaSpa search, the recall of attention mass
-    and the sparsity of every layer's pattern, and their means ({} without AdaSpa)."""
-    videos, searches = self._generate(params, key)
+    and the sparsity of every layer's pattern, and their means ({} without AdaSpa).
+
+    cond (from condition()) samples other prompts than the sampler's own, as many of them,
+    with the same compiled sampler."""
+    videos, searches = self._generate(params, key, self.cond if cond is None else cond)
     report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
     return np.asarray(videos), report
 

@@ -1,0 +1,59 @@
+"""python -m eval: FVD, FID and the quick-start metrics of a run's samples against real videos.
+
+  python -m eval --workdir=runs/quickstart                     # sample from the latest checkpoint
+  python -m eval --config=configs/quickstart.py --workdir=runs/quickstart \
+      --config.eval.num_videos=512 --metrics=fvd,digits
+  python -m eval --workdir=runs/quickstart --videos=runs/quickstart/samples/sample_1400
+  python -m eval --workdir=runs/x --videos=generated/ --reference_videos=originals/  # + PSNR/SSIM
+
+It samples eval.num_videos videos (EMA parameters, the config's sample settings) for the
+captions of as many real videos drawn from the config's dataset, or reads them from --videos,
+then writes <workdir>/eval/metrics_<step>.json (an earlier file of that name is kept as
+metrics_<step>.<n>.json) and prints a table. The config is --config if given, else the run's
+config.json; eval settings are config.eval (configs/common.py:eval_config).
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from dit.runs import load_config
+from eval import evaluate
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (default: the "
+                                "workdir's config.json); its eval section sets the metrics.")
+flags.DEFINE_string("workdir", None, "The train.py run: its checkpoints are sampled, and the "
+                    "results and the digit classifier's cache go to <workdir>/eval/.")
+flags.DEFINE_integer("step", None, "Checkpoint step to sample (default: the latest).")
+flags.DEFINE_string("videos", None, "A folder of generated videos (e.g. sample.py's output) to "
+                    "evaluate instead of sampling.")
+flags.DEFINE_string("reference_videos", None, "A folder of real videos paired by name with "
+                    "--videos: the real set, and PSNR/SSIM of each pair.")
+flags.DEFINE_integer("num_videos", None, "Overrides eval.num_videos.")
+flags.DEFINE_list("metrics", None, "Overrides eval.metrics, e.g. fvd,digits.")
+flags.DEFINE_string("out", None, "The results JSON (default: <workdir>/eval/metrics_<step>.json).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdir:
+    raise app.UsageError("pass --workdir=<train.py run> (results go to <workdir>/eval/)")
+  config = FLAGS.config
+  if config is None:
+    config = load_config(FLAGS.workdir)
+  config.unlock()
+  if "eval" not in config:
+    config.eval = evaluate.eval_settings(config)
+  if FLAGS.num_videos is not None:
+    config.eval.num_videos = FLAGS.num_videos
+  if FLAGS.metrics is not None:
+    config.eval.metrics = tuple(FLAGS.metrics)
+  results = evaluate.run(config, FLAGS.workdir, step=FLAGS.step, videos_dir=FLAGS.videos,
+                reference_dir=FLAGS.reference_videos, out=FLAGS.out)
+  print(evaluate.table(results))
+  print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
+        f"wrote {results['path']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

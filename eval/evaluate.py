@@ -1,0 +1,209 @@
+"""What python -m eval computes: generated videos against real ones from the config's dataset.
+
+  FVD      Fréchet distance of I3D (Kinetics-400) logits of 16-frame clips at 224x224
+  FID      Fréchet distance of InceptionV3 pool features of every frame at 299x299
+  digits   the quick-start classifier: accuracy of the prompted digit and direction of motion,
+           Fréchet and kernel distances of its features (moving_digits only)
+  PSNR, SSIM  when the generated and reference videos are paired (--reference_videos)
+
+evaluate() checks everything a metric needs (weights, data, captions) before sampling, so a
+missing file fails in seconds; a metric of eval.metrics that cannot run on this data is skipped
+and the results say why.
+"""
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs.common import eval_config
+from dit import checkpoints
+from dit.runs import make_text_encoder_for
+from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
+from dit.video_sampler import VideoSampler
+from eval import videos
+from sharding.logical import use_mesh
+from sharding.mesh import make_mesh
+
+METRICS = ("fvd", "fid", "digits")
+GOALS = {"digit_accuracy": ">= 0.90", "direction_accuracy": ">= 0.80"}
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.eval, with the defaults of eval_config for fields a run's config predates."""
+  settings = eval_config()
+  settings.update(dict(config.get("eval") or {}))
+  unknown = [m for m in settings.metrics if m not in METRICS]
+  problems = []
+  if unknown:
+    problems.append(f"eval.metrics has unknown {unknown}; choose from {list(METRICS)}")
+  if settings.num_videos < 2:
+    problems.append(f"eval.num_videos must be at least 2, got {settings.num_videos}")
+  if settings.batch_size < 1 or settings.feature_batch_size < 1:
+    problems.append("eval.batch_size and eval.feature_batch_size must be positive")
+  if settings.fvd_frames < 9:
+    problems.append(f"eval.fvd_frames must be at least 9 (I3D's shortest clip), got "
+                    f"{settings.fvd_frames}")
+  if problems:
+    raise ValueError("; ".join(problems))
+  return settings
+
+
+def plan(config: ml_collections.ConfigDict, settings, captions_known: bool) -> tuple[dict, dict]:
+  """(metric -> what it needs, loaded up front; metric -> why it is skipped)."""
+  from eval import digit_classifier, i3d  # noqa: PLC0415
+
+  ready, skipped = {}, {}
+  if "fvd" in settings.metrics:
+    ready["fvd"] = i3d.weights_path()  # raises, saying what to install
+  if "fid" in settings.metrics:
+    if settings.inception_weights:
+      from eval.inception_weights import read_state_dict  # noqa: PLC0415
+      path = os.path.expanduser(settings.inception_weights)
+      read_state_dict(path)  # a bad path or file fails now, not after sampling
+      ready["fid"] = path
+    else:
+      skipped["fid"] = ("no InceptionV3 weights: set --config.eval.inception_weights to "
+                        "pytorch-fid's pt_inception-2015-12-05 .pth (or .safetensors/.npz)")
+  if "digits" in settings.metrics:
+    try:
+      digit_classifier.check_data(config.data)
+    except ValueError as e:
+      skipped["digits"] = str(e)
+    else:
+      if captions_known:
+        ready["digits"] = True
+      else:
+        skipped["digits"] = ("the generated videos have no captions (prompts.txt or "
+                             "<name>.txt) to score against")
+  return ready, skipped
+
+
+def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.ndarray,
+                    captions, real: np.ndarray, log=print) -> tuple[dict, dict]:
+  """(metrics, seconds per metric) of generated vs real videos [N, T, H, W, C] in [-1, 1]."""
+  from eval.frechet import frechet_distance  # noqa: PLC0415
+
+  metrics, seconds = {}, {}
+  if "digits" in ready:
+    from eval import digit_classifier  # noqa: PLC0415
+    start = time.perf_counter()
+    model, meta = digit_classifier.trained_classifier(
+        workdir, config.data, real.shape[1], real.shape[-1], log=log,
+        steps=settings.classifier_steps)
+    metrics.update(digit_classifier.digit_metrics(model, generated, captions, real))
+    metrics["classifier_held_out_digit_accuracy"] = meta["held_out_digit_accuracy"]
+    metrics["classifier_held_out_direction_accuracy"] = meta["held_out_direction_accuracy"]
+    seconds["digits"] = time.perf_counter() - start
+  if "fvd" in ready:
+    from eval import i3d  # noqa: PLC0415
+    start = time.perf_counter()
+    network = i3d.fvd_network(settings.feature_batch_size, ready["fvd"])
+    clips = lambda v: i3d.fit_frames(v, settings.fvd_frames)
+    metrics["fvd"] = frechet_distance(network(clips(generated)), network(clips(real)))
+    seconds["fvd"] = time.perf_counter() - start
+  if "fid" in ready:
+    from eval.inception import fid_features  # noqa: PLC0415
+    from eval.inception_weights import load_inception  # noqa: PLC0415
+    start = time.perf_counter()
+    model = load_inception(ready["fid"])
+    frames = lambda v: v.reshape(-1, *v.shape[2:])  # every frame: [N * T, H, W, C]
+    batch = 8 * settings.feature_batch_size
+    metrics["fid"] = frechet_distance(fid_features(model, frames(generated), batch),
+                                      fid_features(model, frames(real), batch))
+    seconds["fid"] = time.perf_counter() - start
+  return metrics, seconds
+
+
+def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
+        log=print) -> dict:
+  """Evaluates and writes the results JSON; returns the results."""
+  start = time.perf_counter()
+  settings = eval_settings(config)
+  shape = tuple(config.train.video_shape)
+  channels = config.model.in_channels
+  if videos_dir is None and not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ to sample: train first, or pass "
+                            "--videos=<folder of generated videos>")
+  if reference_dir and not videos_dir:
+    raise ValueError("--reference_videos pairs with --videos; pass both")
+  generated = captions = None
+  if videos_dir:
+    generated, captions = videos.folder_videos(videos_dir, shape, channels,
+                                               settings.num_videos)
+  ready, skipped = plan(config, settings,
+                        captions_known=videos_dir is None or captions is not None)
+  num = len(generated) if generated is not None else settings.num_videos
+  if num < 2:
+    raise ValueError(f"{videos_dir} holds {num} video; the distances need at least 2")
+  if reference_dir:
+    real, _ = videos.folder_videos(reference_dir, shape, channels, num)
+    if len(real) != num:
+      raise ValueError(f"--reference_videos has {len(real)} videos, --videos {num}")
+  else:
+    real, real_captions = videos.real_videos(config, num, settings.seed)
+  timings = {}
+  if generated is None:
+    t = time.perf_counter()
+    mesh = make_mesh(mesh_sizes(config))
+    with use_mesh(mesh, sharding_rules(config)):
+      graphdef, abstract, _ = train_state_layout(config, mesh)
+      params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=True,
+                                                            step=step)
+      batch = min(settings.batch_size, num)
+      sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
+                             prompts=real_captions[:batch])
+      captions = real_captions
+      generated = videos.sampled_videos(sampler, params, captions, batch, settings.seed)
+    timings["sampling"] = time.perf_counter() - t
+    log(f"sampled {num} videos from step {step} in {timings['sampling']:.0f} s")
+  metrics, seconds = compute_metrics(ready, settings, workdir, config, generated, captions,
+                                     real, log=log)
+  timings.update(seconds)
+  if reference_dir:
+    metrics.update(paired_metrics(generated, real))
+  timings["total"] = time.perf_counter() - start
+  results = dict(
+      workdir=os.path.abspath(workdir), step=step, videos=videos_dir and os.path.abspath(
+          videos_dir), reference=os.path.abspath(reference_dir) if reference_dir
+      else f"{config.data.name} (seed {settings.seed})", num_videos=num,
+      video_shape=list(generated.shape[1:]), fvd_frames=settings.fvd_frames,
+      metrics=metrics, skipped=skipped,
+      seconds={k: round(v, 1) for k, v in timings.items()},
+      devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  out = out or os.path.join(workdir, "eval", f"metrics_{step if step is not None else 'videos'}"
+                            ".json")
+  _write_keeping_old(out, results)
+  results["path"] = out
+  return results
+
+
+def _write_keeping_old(path: str, results: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if os.path.exists(path):
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}.{n}{ext}"):
+      n += 1
+    os.rename(path, f"{stem}.{n}{ext}")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1, default=float)
+
+
+def paired_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
+  from eval.fidelity import psnr, ssim  # noqa: PLC0415
+  return dict(psnr=psnr(generated, reference), ssim=ssim(generated, reference))
+
+
+def table(results: dict) -> str:
+  """The metrics as an aligned text table, with the quick-start goals beside them."""
+  rows = [("metric", "value", "goal")]
+  for name, value in results["metrics"].items():
+    rows.append((name, f"{value:.4f}" if isinstance(value, float) else str(value),
+                 GOALS.get(name, "")))
+  for name, why in results.get("skipped", {}).items():
+    rows.append((name, "skipped", why[:60] + ("..." if len(why) > 60 else "")))
+  widths = [max(len(r[i]) for r in rows) for i in range(3)]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
