@@ -189,6 +189,7 @@ def trained_classifier(workdir: str, data: ml_collections.ConfigDict, num_frames
                        in_channels: int, log=print, **train_options) -> tuple[DigitClassifier, dict]:
   """The workdir's cached classifier for this data config, trained first when missing."""
   check_data(data)
+  log = log or (lambda message: None)
   directory = cache_dir(workdir, data)
   if os.path.exists(os.path.join(directory, "meta.json")):
     return load(directory, num_frames, in_channels)

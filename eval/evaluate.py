@@ -119,8 +119,10 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
 
 def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
         log=print) -> dict:
-  """Evaluates and writes the results JSON; returns the results."""
+  """Evaluates and writes the results JSON; returns the results. log (None: quiet) gets
+  progress messages."""
   start = time.perf_counter()
+  log = log or (lambda message: None)
   settings = eval_settings(config)
   shape = tuple(config.train.video_shape)
   channels = config.model.in_channels

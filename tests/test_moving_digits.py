@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from data import moving_digits
 from data.moving_digits import DIRECTIONS, MovingDigits, _digit_images
 
 
@@ -68,3 +69,15 @@ def test_styles_per_digit_keeps_that_many_images_of_every_digit():
   np.testing.assert_array_equal(images[labels == 4][0], all_images[all_labels == 4][0])
   example = MovingDigits(styles_per_digit=3, seed=0)[0]
   assert example["caption"].startswith(f"the digit {example['label']} moves")
+
+
+def test_parse_caption_inverts_caption_and_rejects_other_text():
+  source = MovingDigits(num_examples=20, max_digits=2, size=48, seed=3)
+  for index in range(20):
+    text = source[index]["caption"]
+    pairs = moving_digits.parse_caption(text)
+    assert moving_digits.caption(*zip(*pairs)) == text
+    assert pairs[0][0] == source[index]["label"]
+  for bad in ("a cat runs", "the digit 12 moves up", "the digit 3 moves sideways", ""):
+    with pytest.raises(ValueError, match="not a moving-digits caption"):
+      moving_digits.parse_caption(bad)
