@@ -217,3 +217,29 @@ def digit_metrics(model: DigitClassifier, generated: np.ndarray, captions,
                                                  & (out["direction"] == directions))),
       digit_frechet_distance=frechet_distance(out["features"], real_out["features"]),
       digit_kernel_distance=kid, digit_kernel_distance_std=kid_std)
+
+
+def main(argv):
+  from absl import app, flags  # noqa: PLC0415
+  from dit.runs import load_config  # noqa: PLC0415
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = flags.FLAGS.workdir
+  config = load_config(workdir)
+  shape = config.train.video_shape
+  model, meta = trained_classifier(workdir, config.data, shape[0], config.model.in_channels,
+                                   steps=flags.FLAGS.steps)
+  print(f"digit classifier in {cache_dir(workdir, config.data)}: held-out accuracy digit "
+        f"{meta['held_out_digit_accuracy']:.3f}, direction "
+        f"{meta['held_out_direction_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  # Defined only when run as a script, so importing this module next to other flags is safe.
+  flags.DEFINE_string("workdir", None, "The train.py run whose dataset (config.json) the "
+                      "classifier learns; it is cached in <workdir>/eval/.", required=True)
+  flags.DEFINE_integer("steps", 1000, "Training steps (when no cached classifier exists).")
+  app.run(main)

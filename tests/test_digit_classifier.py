@@ -1,4 +1,7 @@
 """eval/digit_classifier.py: the quick-start classifier of digit and direction of motion."""
+import json
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -70,3 +73,20 @@ def test_other_data_or_several_digits_are_refused_with_what_to_do():
     digit_classifier.check_data(data_config("moving_digits", max_digits=2))
   with pytest.raises(ValueError, match="several"):
     digit_classifier.labels_of(["the digit 1 moves up and the digit 2 moves down"])
+
+
+def test_one_command_trains_and_caches_it_for_a_run(tiny_run, tmp_path):
+  import shutil  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run, workdir, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "-m", "eval.digit_classifier", f"--workdir={workdir}",
+                         "--steps=20"], capture_output=True, text=True, timeout=300, cwd=root)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "held-out accuracy" in done.stdout
+  (cached,) = os.listdir(workdir / "eval" / "digit_classifier")
+  assert json.load(open(workdir / "eval" / "digit_classifier" / cached / "meta.json"))[
+      "steps"] == 20
