@@ -145,7 +145,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
     if len(real) != num:
       raise ValueError(f"--reference_videos has {len(real)} videos, --videos {num}")
   else:
-    real, real_captions = videos.real_videos(config, num, settings.seed)
+    real, real_captions, real_labels = videos.real_videos(config, num, settings.seed)
   timings = {}
   if generated is None:
     t = time.perf_counter()
@@ -155,10 +155,12 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
       params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=True,
                                                             step=step)
       batch = min(settings.batch_size, num)
+      # The real videos' captions, or their labels for a label-conditioned model.
+      prompts = real_captions if config.model.conditioning == "text" else real_labels
       sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
-                             prompts=real_captions[:batch])
+                             prompts=prompts[:batch], labels=prompts[:batch])
       captions = real_captions
-      generated = videos.sampled_videos(sampler, params, captions, batch, settings.seed)
+      generated = videos.sampled_videos(sampler, params, prompts, batch, settings.seed)
     timings["sampling"] = time.perf_counter() - t
     log(f"sampled {num} videos from step {step} in {timings['sampling']:.0f} s")
   metrics, seconds = compute_metrics(ready, settings, workdir, config, generated, captions,

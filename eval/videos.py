@@ -21,8 +21,9 @@ REAL_SEED_OFFSET = 1_000_003  # real draws apart from the training run's (seed 0
 
 
 def real_videos(config: ml_collections.ConfigDict, count: int,
-                seed: int) -> tuple[np.ndarray, list[str]]:
-  """count videos of the config's dataset and their captions, drawn fresh for the seed."""
+                seed: int) -> tuple[np.ndarray, list[str], list[int]]:
+  """count videos of the config's dataset, their captions and labels, drawn fresh for the
+  seed."""
   data = config.data
   kwargs = dict(data.kwargs)
   if "num_examples" in kwargs:
@@ -33,8 +34,8 @@ def real_videos(config: ml_collections.ConfigDict, count: int,
                      f"{count}: lower eval.num_videos")
   items = [source[i] for i in tqdm(range(count), desc="real videos", leave=False,
                                    disable=count < 1000)]
-  return np.stack([i["video"] for i in items]).astype(np.float32), [str(i["caption"])
-                                                                     for i in items]
+  return (np.stack([i["video"] for i in items]).astype(np.float32),
+          [str(i["caption"]) for i in items], [int(i["label"]) for i in items])
 
 
 def folder_videos(folder: str, shape: tuple[int, int, int],
@@ -85,14 +86,15 @@ def _prompts_txt(path: str) -> dict[str, str]:
   return {m.group(1): m.group(2) for m in lines if m}
 
 
-def sampled_videos(sampler, params, captions: list, batch_size: int,
+def sampled_videos(sampler, params, prompts: list, batch_size: int,
                    seed: int) -> np.ndarray:
-  """Videos of a VideoSampler built for batch_size prompts, one per caption (or label), in
-  batches of that size with the same compiled sampler; the last batch is padded."""
+  """Videos of a VideoSampler built for batch_size prompts, one per prompt (a caption, or a
+  label for label-conditioned models), in batches of that size with the same compiled sampler;
+  the last batch is padded."""
   out = []
-  for index, start in enumerate(tqdm(range(0, len(captions), batch_size), desc="sampling",
+  for index, start in enumerate(tqdm(range(0, len(prompts), batch_size), desc="sampling",
                                      unit="batch")):
-    chunk = list(captions[start:start + batch_size])
+    chunk = list(prompts[start:start + batch_size])
     real = len(chunk)
     chunk += chunk[-1:] * (batch_size - real)
     _, cond = sampler.condition(chunk)

@@ -34,6 +34,19 @@ def test_it_samples_a_checkpoint_and_scores_the_prompted_digits(tiny_run, tmp_pa
   assert os.listdir(os.path.join(tiny_run, "eval", "digit_classifier"))
 
 
+def test_a_label_conditioned_run_is_sampled_for_the_real_videos_labels(tmp_path):
+  import train  # noqa: PLC0415  (defines flags: only here)
+  from configs.video_dit import get_config  # noqa: PLC0415
+
+  config = get_config("runlocal,cond=label")
+  config.unlock()
+  config.train.update(num_steps=2, checkpoint_every=2, sample_every=0)
+  train.train(config, str(tmp_path))
+  config.eval.update(metrics=("digits",), num_videos=4, batch_size=4, classifier_steps=5)
+  results = evaluate.run(config, str(tmp_path), out=str(tmp_path / "m.json"), log=None)
+  assert results["step"] == 2 and np.isfinite(results["metrics"]["digit_accuracy"])
+
+
 def write_folder(folder, videos, captions):
   os.makedirs(folder, exist_ok=True)
   for i, video in enumerate(video_io.to_uint8(videos)):
@@ -45,7 +58,7 @@ def write_folder(folder, videos, captions):
 def test_a_folder_of_videos_is_read_with_its_prompts_and_paired_with_references(tiny_run,
                                                                               tmp_path):
   config = tiny_config(tiny_run, metrics=("digits",), num_videos=5)
-  real, captions = video_sets.real_videos(config, 5, seed=3)
+  real, captions, _ = video_sets.real_videos(config, 5, seed=3)
   write_folder(tmp_path / "generated", real, captions)
   write_folder(tmp_path / "reference", real, captions)
   read, read_captions = video_sets.folder_videos(str(tmp_path / "generated"), (2, 16, 16), 1)
@@ -60,7 +73,7 @@ def test_a_folder_of_videos_is_read_with_its_prompts_and_paired_with_references(
 
 def test_a_folder_without_captions_skips_the_digit_metrics_and_says_why(tiny_run, tmp_path):
   config = tiny_config(tiny_run, metrics=("digits",))
-  real, captions = video_sets.real_videos(config, 3, seed=4)
+  real, captions, _ = video_sets.real_videos(config, 3, seed=4)
   write_folder(tmp_path / "generated", real, captions)
   os.remove(tmp_path / "generated" / "prompts.txt")
   results = evaluate.run(config, str(tiny_run), videos_dir=str(tmp_path / "generated"),
