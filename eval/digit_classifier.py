@@ -11,6 +11,7 @@ prompted direction, and its 128-wide features give Fréchet and kernel distances
 The cache is <workdir>/eval/digit_classifier/<data hash>/{params.npz, meta.json}: one per data
 config (video shape, canvas, digits), so a changed dataset never reuses a stale classifier.
 """
+import functools
 import hashlib
 import json
 import os
@@ -143,11 +144,16 @@ def train(data: ml_collections.ConfigDict, *, steps: int = 600, batch_size: int 
   return model, meta
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef: nnx.GraphDef, params: nnx.State, videos: jax.Array) -> dict:
+  return nnx.merge(graphdef, params)(videos)
+
+
 def predict(model: DigitClassifier, videos: np.ndarray, batch_size: int = 256) -> dict:
   """Class predictions and features of videos [N, T, H, W, C] in [-1, 1], as numpy."""
   graphdef, params = nnx.split(model)
-  apply = jax.jit(lambda params, x: nnx.merge(graphdef, params)(x))
-  outs = [jax.device_get(apply(params, jnp.asarray(videos[i:i + batch_size], jnp.float32)))
+  outs = [jax.device_get(_apply(graphdef, params,
+                                jnp.asarray(videos[i:i + batch_size], jnp.float32)))
           for i in range(0, len(videos), batch_size)]
   out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   return dict(digit=out["digit"].argmax(-1), direction=out["direction"].argmax(-1),

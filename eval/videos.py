@@ -61,8 +61,7 @@ def folder_videos(folder: str, shape: tuple[int, int, int],
   t, h, w = shape
   videos, captions = [], []
   for stem in tqdm(order, desc="reading videos", leave=False):
-    name = min(stems[stem], key=lambda n: _PREFERRED.index(os.path.splitext(n)[1].lower())
-               if os.path.splitext(n)[1].lower() in _PREFERRED else len(_PREFERRED))
+    name = min(stems[stem], key=_format_rank)
     frames = video_io.read_video_frames(os.path.join(folder, name), num_frames=t, start=0)
     frames = video_io.resize_and_center_crop(frames, (h, w))  # uint8 [T, h, w, 3]
     video = frames.astype(np.float32) / 127.5 - 1.0
@@ -76,6 +75,11 @@ def folder_videos(folder: str, shape: tuple[int, int, int],
     else:
       captions.append(None)
   return np.stack(videos), (captions if all(c is not None for c in captions) else None)
+
+
+def _format_rank(name: str) -> int:
+  ext = os.path.splitext(name)[1].lower()
+  return _PREFERRED.index(ext) if ext in _PREFERRED else len(_PREFERRED)
 
 
 def _prompts_txt(path: str) -> dict[str, str]:
