@@ -14,12 +14,13 @@ Kinetics logits (averaged over time), as in the FVD reference.
 import importlib.util
 import os
 import pickle
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from eval.batching import padded_batches
 
 NUM_CLASSES = 400
 FRAME_SIZE = 224
@@ -233,17 +234,6 @@ def fvd_preprocess(videos: jax.Array) -> jax.Array:
   return jnp.clip(jnp.broadcast_to(videos, (b, t, FRAME_SIZE, FRAME_SIZE, 3)), -1.0, 1.0)
 
 
-def batches(array: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-  """Consecutive slices of batch_size (the last padded by repeating its final item), so one
-  compiled shape serves them all; yields (batch, number of real items)."""
-  for start in range(0, len(array), batch_size):
-    chunk = array[start:start + batch_size]
-    real = len(chunk)
-    if real < batch_size:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, axis=0)])
-    yield chunk, real
-
-
 class FeatureNetwork:
   """A network applied under jit in fixed-size batches: __call__(inputs [N, ...]) -> [N, D]."""
 
@@ -264,8 +254,9 @@ class FeatureNetwork:
     inputs = np.asarray(inputs, np.float32)
     out = []
     total = -(-len(inputs) // self.batch_size)
-    for chunk, real in tqdm(batches(inputs, self.batch_size), total=total, desc=self.desc,
-                            unit="batch", disable=not progress or total < 2, leave=False):
+    for chunk, real in tqdm(padded_batches(inputs, self.batch_size), total=total,
+                            desc=self.desc, unit="batch", disable=not progress or total < 2,
+                            leave=False):
       out.append(np.asarray(self._apply(chunk))[:real])
     return np.concatenate(out).astype(np.float32)
 

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eval.batching import padded_batches
+
 FID_SIZE = 299  # the input side FID features are defined at
 MIN_SIZE = 75  # the smallest side the stride-2 stages leave a non-empty map for
 FEATURES = 2048
@@ -247,12 +249,10 @@ def fid_features(model: InceptionV3, frames, batch_size: int = 64, *, progress: 
   out = np.empty((n, FEATURES), np.float32)
   with tqdm(total=n, unit="frame", desc="inception", dynamic_ncols=True,
             disable=not progress or n <= batch_size) as bar:
-    for start in range(0, n, batch_size):
-      batch = frames[start:start + batch_size].astype(np.float32)
+    for start, (batch, count) in zip(range(0, n, batch_size),
+                                     padded_batches(frames, batch_size)):
+      batch = batch.astype(np.float32)
       batch = np.broadcast_to(batch, (*batch.shape[:3], 3))  # grayscale -> 3 equal channels
-      count = len(batch)
-      if count < batch_size and n > batch_size:  # same shape as the others: no recompile
-        batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, 0)])
       features = _pool_features(graphdef, state, batch, image_size)
       out[start:start + count] = np.asarray(features[:count])
       bar.update(count)
