@@ -81,7 +81,12 @@ class VideoSampler:
 
     cond (from condition()) samples other prompts than the sampler's own, as many of them,
     with the same compiled sampler."""
-    videos, searches = self._generate(params, key, self.cond if cond is None else cond)
+    cond = self.cond if cond is None else cond
+    count = len(next(iter(cond.values())))
+    if count != self.shape[0]:
+      raise ValueError(f"this sampler draws {self.shape[0]} videos at a time; cond holds "
+                       f"{count} prompts (pad or split them)")
+    videos, searches = self._generate(params, key, cond)
     report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
     return np.asarray(videos), report
 

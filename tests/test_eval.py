@@ -104,3 +104,33 @@ def test_the_command_writes_json_prints_a_table_and_keeps_earlier_results(tiny_r
   assert earlier["metrics"]["fvd"] > 0 and earlier["fvd_frames"] == 16
   latest = json.load(open(os.path.join(tiny_run, "eval", "metrics_6.json")))
   assert "fvd" not in latest["metrics"] and "digit_accuracy" in latest["metrics"]
+
+
+def test_a_video_sampler_draws_other_prompts_with_its_compiled_sampler(tiny_run):
+  import jax  # noqa: PLC0415
+
+  from dit import checkpoints  # noqa: PLC0415
+  from dit.runs import make_text_encoder_for  # noqa: PLC0415
+  from dit.sharded import sharding_rules, train_state_layout  # noqa: PLC0415
+  from dit.video_sampler import VideoSampler  # noqa: PLC0415
+  from sharding.logical import use_mesh  # noqa: PLC0415
+  from sharding.mesh import make_mesh  # noqa: PLC0415
+
+  config = load_config(str(tiny_run))
+  mesh = make_mesh({"data": 1, "fsdp": 1, "seq": 1, "tensor": 1}, devices=jax.devices()[:1])
+  with use_mesh(mesh, sharding_rules(config)):
+    graphdef, abstract, _ = train_state_layout(config, mesh)
+    params, model_state, _ = checkpoints.restore_params(str(tiny_run), abstract)
+    own = ["the digit 1 moves up", "the digit 2 moves down"]
+    sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
+                           prompts=own)
+    key = jax.random.key(0)
+    names, cond = sampler.condition(own)
+    assert names == own
+    np.testing.assert_array_equal(sampler.generate(params, key, cond),
+                                  sampler.generate(params, key))
+    _, other = sampler.condition(["the digit 7 moves to the left", "the digit 0 moves up"])
+    assert not np.allclose(sampler.generate(params, key, other), sampler.generate(params, key))
+    _, three = sampler.condition(own + own[:1])
+    with pytest.raises(ValueError, match="2 videos at a time"):
+      sampler.generate(params, key, three)
