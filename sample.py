@@ -9,7 +9,7 @@ It writes <out>/<i>.mp4 and <out>/<i>.gif per video, grid.png (one row of frames
 prompts.txt. Without --prompt or --label it uses the config's train.sample_prompts or
 train.sample_labels. The EMA parameters are used unless --noema.
 
-Sparse attention after a warm-up of full attention (dit/sparse_sampling.py):
+Sparse attention after a warm-up of full attention (diffusion/sparse_sampling.py):
 
   python sample.py --workdir=runs/quickstart --sparse_attention=adaspa --sparsity=0.8
   python sample.py --workdir=runs/quickstart --sparse_attention=window
@@ -27,15 +27,13 @@ import jax
 from absl import app, flags, logging
 
 from configs.common import parse_arg
-from dit import checkpoints
-from dit.config_checks import validate_sample_config
-from dit.runs import load_config, make_text_encoder_for
-from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
-from dit.sparse_sampling import SPARSE_ATTENTION
-from dit.video_sampler import VideoSampler
+from diffusion.sparse_sampling import SPARSE_ATTENTION
+from rundir.config_file import load_config
+from rundir.logs import quiet_library_logs
+from rundir.open_run import open_run
+from rundir.videos import write_videos
 from sharding import distributed
-from sharding.logical import use_mesh
-from sharding.mesh import MESH_AXES, make_mesh
+from sharding.mesh import MESH_AXES
 
 flags.DEFINE_string("workdir", None, "The train.py run to sample from (its latest checkpoint).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint folder, <workdir>/checkpoints/<step>; "
@@ -93,6 +91,7 @@ def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int |
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
   distributed.initialize_from_flags()  # before anything touches a device
   FLAGS = flags.FLAGS
   workdir, step = resolve_run(FLAGS.workdir, FLAGS.checkpoint)
@@ -108,22 +107,15 @@ def main(argv):
   if config.sample.sparse.attention != "adaspa" and FLAGS.sparsity is not None:
     logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
                     FLAGS.sparsity)
-  validate_sample_config(config.sample)
-  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-    raise app.UsageError(f"{workdir} has no checkpoints/: train first")
-
-  mesh = make_mesh(parse_mesh(FLAGS.mesh) if FLAGS.mesh else mesh_sizes(config))
-  with use_mesh(mesh, sharding_rules(config)):
-    graphdef, abstract, _ = train_state_layout(config, mesh)
-    params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=FLAGS.ema,
-                                                          step=step)
-    sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
-                           prompts=FLAGS.prompt, labels=FLAGS.label)
-    videos, report = sampler.generate_with_report(params, jax.random.key(FLAGS.seed))
+  mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
+  with open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config) as run:
+    sampler = run.sampler(prompts=FLAGS.prompt, labels=FLAGS.label)
+    videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed))
   if jax.process_index() > 0:
     return
-  out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{step}")
-  paths = sampler.write_videos(videos, out, fps=FLAGS.fps)
+  out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{run.step}")
+  paths = write_videos(videos, sampler.prompts, out, fps=FLAGS.fps,
+                       upscale=config.sample.upscale)
   if report:
     with open(os.path.join(out, "sparse_attention.json"), "w") as f:
       json.dump(report, f, indent=1)
@@ -131,8 +123,7 @@ def main(argv):
       print(f"AdaSpa search at step {search['step']}: recall {search['recall']:.4f} at "
             f"sparsity {search['sparsity']:.3f}; per layer "
             + " ".join(f"{r:.3f}" for r in search["recall_per_layer"]))
-  logging.info("wrote %d videos and grid.png to %s", len(paths) // 2, out)
-  print(f"step {step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
+  print(f"step {run.step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
 
 
 if __name__ == "__main__":

@@ -31,20 +31,25 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs.checks import validate_config
 from data.pipeline import make_dataset, make_iterator, model_inputs
 from data.sources import make_source
-from dit import checkpoints
-from dit.config_checks import validate_config
-from dit.metric_writers import MetricWriter
-from dit.patchify import patch_grid
-from dit.runs import make_text_encoder_for, write_config
-from dit.sharded import (check_fits_mesh, global_batch, init_sharded_train_state,
-                         jit_train_step, mesh_sizes, sharding_rules, train_state_layout)
-from dit.train_step import learning_rate_schedule, make_optimizer, make_train_step
-from dit.video_sampler import VideoSampler
+from diffusion.video_sampler import VideoSampler
+from dit.config import DiTConfig
+from dit.patchify import num_video_tokens
+from rundir.config_file import write_config
+from rundir.logs import quiet_library_logs
+from rundir.metric_writers import MetricWriter
+from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
+from text_encoders.encoders import text_encoder_for
+from training import checkpoints
+from training.layout import (check_fits_mesh, global_batch, init_sharded_train_state,
+                             jit_train_step, train_state_layout)
+from training.optimizer import learning_rate_schedule, make_optimizer
+from training.train_step import make_train_step
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
                                 "configs/quickstart.py or configs/video_dit.py:size=B.",
@@ -107,30 +112,32 @@ def all_finite(tree) -> bool:
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains to config.train.num_steps (resuming from workdir) on the mesh config.mesh
   describes, and returns the TrainState (its arrays sharded over that mesh)."""
-  validate_config(config)
-  mesh = make_mesh(mesh_sizes(config))
+  model = validate_config(config)
+  mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
-  with use_mesh(mesh, sharding_rules(config)):
-    return _train(config, workdir, mesh)
+  with use_mesh(mesh, config.sharding.rules):
+    return _train(config, model, workdir, mesh)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh):
+def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
+           mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
   os.makedirs(workdir, exist_ok=True)
   if lead:
     write_config(config, workdir)
-  text_encoder = make_text_encoder_for(config)
+  text_encoder = text_encoder_for(config)
   source, data_iterator = make_data(config, text_encoder)
 
   optimizer = make_optimizer(config.optim)
-  graphdef, abstract, shardings = train_state_layout(config, mesh)
+  graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
+                                                     config.sharding.rules)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   if manager.latest_step() is not None:  # restored straight into this mesh's shards
     state, rng = checkpoints.restore(manager, abstract, data_iterator)
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
-    state = init_sharded_train_state(config, shardings)
+    state = init_sharded_train_state(model, config.optim, config.seed, shardings)
 
   train_step = jit_train_step(make_train_step(
       graphdef, optimizer, config.flow, config.model.patch_size,
@@ -140,8 +147,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   if config.train.sample_every:
     sampler = VideoSampler(graphdef, state.model_state, config, text_encoder)
 
-  tokens_per_step = config.train.batch_size * int(np.prod(
-      patch_grid((1, *config.train.video_shape, 1), config.model.patch_size)))
+  tokens_per_step = config.train.batch_size * num_video_tokens(config.train.video_shape,
+                                                                model.patch_size)
   writer = MetricWriter(workdir) if lead else None
   train_cfg = config.train
   start = int(state.step)
@@ -181,7 +188,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                                     or done == train_cfg.num_steps):
           videos = sampler.generate(state.ema_params, jax.random.key(config.seed))  # all processes
           if lead:
-            sampler.write_videos(videos, os.path.join(workdir, "samples", f"step_{done}"))
+            write_videos(videos, sampler.prompts,
+                         os.path.join(workdir, "samples", f"step_{done}"),
+                         upscale=config.sample.upscale)
         if termination.requested:
           print(f"stopped by SIGTERM after step {done}, checkpoint saved; run again to resume",
                 flush=True)
@@ -224,8 +233,7 @@ def _progress_bar(start: int, total: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
-    logging.set_verbosity(logging.WARNING)
+  quiet_library_logs()
   distributed.initialize_from_flags()
   try:
     train(FLAGS.config, FLAGS.workdir)

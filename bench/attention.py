@@ -1,8 +1,8 @@
 """Block-sparse attention benchmark: checks correctness, then times side by side cuDNN attention,
 XLA attention and our Pallas kernel at several densities, forward and forward+backward.
 
-    python bench/attention.py                      # on a GPU: B=1, H=24, D=128, L=16K/32K/64K
-    python bench/attention.py --lengths=4096 --densities=1.0,0.1 --kernel_configs=128:64:4:3
+    python -m bench.attention                      # on a GPU: B=1, H=24, D=128, L=16K/32K/64K
+    python -m bench.attention --lengths=4096 --densities=1.0,0.1 --kernel_configs=128:64:4:3
 
 Patterns are random with the same number of key blocks in every row (density x nK, at least
 one), fresh per head, defined on 128-token blocks. A kernel config
@@ -22,20 +22,17 @@ import json
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kernels.block_sparse_attention import sparse_attention  # noqa: E402
-from kernels.block_tables import PatternTables  # noqa: E402
-from kernels.reference import block_sparse_attention_reference  # noqa: E402
+from kernels.block_sparse_attention import sparse_attention
+from kernels.block_tables import PatternTables
+from kernels.reference import block_sparse_attention_reference
 
 ON_GPU = jax.default_backend() == "gpu"
 PATTERN_BLOCK = 128

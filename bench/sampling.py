@@ -1,9 +1,9 @@
-"""End-to-end sampling benchmark: dense attention vs AdaSpa (dit/sparse_sampling.py), and the
+"""End-to-end sampling benchmark: dense attention vs AdaSpa (diffusion/sparse_sampling.py), and the
 share of AdaSpa's time its searches take.
 
-    python bench/sampling.py      # on a GPU: randomly initialised XL, 32x64x64 latents = 32K
+    python -m bench.sampling      # on a GPU: randomly initialised XL, 32x64x64 latents = 32K
                                   # tokens per video, 50 Euler steps with guidance (batch 2)
-    python bench/sampling.py --sparsity=0.5,0.8,0.9 --config.sample.num_steps=20
+    python -m bench.sampling --sparsity=0.5,0.8,0.9 --config.sample.num_steps=20
 
 Both variants sample from the same noise with the same model config: the dense one with
 model.attention (cuDNN on the GPU) at every step; AdaSpa with it for the warm-up steps, then our
@@ -18,25 +18,25 @@ import json
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from dit import samplers  # noqa: E402
-from dit.config_checks import validate_config  # noqa: E402
-from dit.model import DiT  # noqa: E402
-from dit.patchify import patch_grid  # noqa: E402
-from dit.sparse_sampling import (sample_scheduled, schedule, search_report,  # noqa: E402
-                                 search_steps, sparse_step)
+from configs.checks import validate_config, validate_sample_config
+from data.random_batch import random_batch
+from diffusion import samplers
+from diffusion.flow_matching import condition_inputs
+from diffusion.sparse_sampling import (sample_scheduled, schedule, search_report, search_steps,
+                                       sparse_step)
+from dit.model import DiT
+from dit.patchify import num_video_tokens
+from rundir.logs import quiet_library_logs
 
 ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -68,34 +68,27 @@ def timed(fn, repeats: int):
   return statistics.median(times), result
 
 
-def random_cond(config, batch: int, rng: np.random.Generator) -> dict:
-  if config.model.conditioning != "text":
-    return {"labels": jnp.asarray(rng.integers(0, config.model.num_classes, batch))}
-  length = config.text.max_length
-  if config.model.text_vocab_size:
-    text = rng.integers(1, config.model.text_vocab_size, (batch, length))
-  else:
-    text = rng.standard_normal((batch, length, config.model.text_dim), dtype=np.float32)
-  return {"text": jnp.asarray(text), "text_mask": jnp.ones((batch, length), bool)}
-
-
 def main(argv):
   del argv
+  quiet_library_logs()
   config = FLAGS.config
   config.model.attention = FLAGS.attention
   if FLAGS.video_shape:
     config.train.video_shape = tuple(int(n) for n in FLAGS.video_shape)
   sparsities = [float(s) for s in FLAGS.sparsity]
-  for s in sparsities:
-    config.sample.sparse.update(attention="adaspa", sparsity=s)
-    validate_config(config)
+  config.sample.sparse.attention = "adaspa"
+  model_config = validate_config(config)
+  for s in sparsities:  # each sparsity checked before any work
+    config.sample.sparse.sparsity = s
+    validate_sample_config(config.sample)
   sample_cfg = config.sample
   shape = (1, *config.train.video_shape, config.model.in_channels)
-  video_tokens = int(np.prod(patch_grid(shape, config.model.patch_size)))
+  video_tokens = num_video_tokens(config.train.video_shape, config.model.patch_size)
   text_tokens = config.text.max_length if config.model.conditioning == "text" else 0
-  model = DiT(config.model, rngs=nnx.Rngs(0))
+  model = DiT(model_config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  cond = random_cond(config, shape[0], np.random.default_rng(0))
+  cond = {name: jnp.asarray(value) for name, value in condition_inputs(
+      random_batch(config, seed=0, batch_size=shape[0])).items() if name != "video"}
   key = jax.random.key(0)
   options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
                  guidance_scale=sample_cfg.guidance_scale,
@@ -140,8 +133,9 @@ class ModelCalls:
 
     def call(params, mode, patterns):
       model = nnx.merge(graphdef, params)
-      return samplers.guided_velocity(model, cond, guidance,
-                                      self.settings.replace(mode=mode, patterns=patterns))(x, 0.5)
+      step = self.settings.replace(mode=mode, patterns=patterns)
+      return samplers.guided(lambda x, t, drop, cond: model.with_attention(
+          step, x, t, drop_cond=drop, **cond), cond, guidance)(x, 0.5)
 
     self.call = jax.jit(call, static_argnums=1)
     self.patterns = None

@@ -1,14 +1,14 @@
 """Training-step benchmark: step time, tokens/s and model FLOPs utilisation (MFU) of an experiment
 config on the mesh it describes, with random inputs of the config's shapes.
 
-    python bench/train_step.py       # on a GPU: the XL model, 16x64x64 videos = 16K tokens each
-    python bench/train_step.py --config=configs/video_dit.py:size=XL \\
+    python -m bench.train_step       # on a GPU: the XL model, 16x64x64 videos = 16K tokens each
+    python -m bench.train_step --config=configs/video_dit.py:size=XL \\
         --config.train.batch_size=2 --config.model.remat=block --config.mesh.fsdp=-1 \\
         --config.mesh.data=1
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/train_step.py \\
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bench.train_step \\
         --config.mesh.seq=4 --config.model.sequence_parallel=usp
 
-FLOPs are counted analytically (dit/flops.py: every matmul, attention over the pairs its
+FLOPs are counted analytically (training/flops.py: every matmul, attention over the pairs its
 pattern visits, 3x the forward for a step); MFU divides the model FLOP/s per device by the
 device's dense bfloat16 peak (none on CPU). The data pipeline is not timed. Results go to
 bench/results/train_step-<device>-<time>.json and .md with the device, versions and shapes.
@@ -19,25 +19,25 @@ import json
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dit.config_checks import validate_config  # noqa: E402
-from dit.flops import peak_flops, train_step_flops  # noqa: E402
-from dit.patchify import patch_grid  # noqa: E402
-from dit.sharded import (check_fits_mesh, global_batch, init_sharded_train_state,  # noqa: E402
-                         jit_train_step, mesh_sizes, sharding_rules, train_state_layout)
-from dit.train_step import make_optimizer, make_train_step  # noqa: E402
-from sharding.logical import use_mesh  # noqa: E402
-from sharding.mesh import make_mesh  # noqa: E402
+from configs.checks import validate_config
+from data.random_batch import random_batch
+from dit.patchify import num_video_tokens
+from rundir.logs import quiet_library_logs
+from sharding.logical import use_mesh
+from sharding.mesh import make_mesh
+from training.flops import peak_flops, train_step_flops
+from training.layout import (check_fits_mesh, global_batch, init_sharded_train_state,
+                             jit_train_step, train_state_layout)
+from training.optimizer import make_optimizer
+from training.train_step import make_train_step
 
 ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -52,38 +52,21 @@ flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "resu
 FLAGS = flags.FLAGS
 
 
-def random_batch(config, rng: np.random.Generator) -> dict:
-  """Inputs of the config's shapes for the whole (single-process) batch."""
-  batch_size = config.train.batch_size // jax.process_count()
-  video = rng.uniform(-1, 1, (batch_size, *config.train.video_shape, config.model.in_channels))
-  batch = {"video": video.astype(np.float32)}
-  if config.model.conditioning == "text":
-    length = config.text.max_length
-    if config.model.text_vocab_size:
-      batch["text"] = rng.integers(1, config.model.text_vocab_size, (batch_size, length))
-    else:
-      batch["text"] = rng.standard_normal((batch_size, length, config.model.text_dim),
-                                          dtype=np.float32)
-    batch["text_mask"] = np.ones((batch_size, length), bool)
-  else:
-    batch["label"] = rng.integers(0, config.model.num_classes, (batch_size,))
-  return batch
-
-
 def main(argv):
   del argv
+  quiet_library_logs()
   config = FLAGS.config
-  validate_config(config)
-  mesh = make_mesh(mesh_sizes(config))
+  model = validate_config(config)
+  mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
-  rng = np.random.default_rng(0)
-  with use_mesh(mesh, sharding_rules(config)):
-    graphdef, _, shardings = train_state_layout(config, mesh)
-    state = init_sharded_train_state(config, shardings)
+  rules = config.sharding.rules
+  with use_mesh(mesh, rules):
+    graphdef, _, shardings = train_state_layout(model, config.optim, mesh, rules)
+    state = init_sharded_train_state(model, config.optim, config.seed, shardings)
     step = jit_train_step(make_train_step(graphdef, make_optimizer(config.optim), config.flow,
-                                          config.model.patch_size,
-                                          grad_accum=config.train.grad_accum), shardings, mesh)
-    batch = global_batch(random_batch(config, rng), mesh)
+                                          model.patch_size, grad_accum=config.train.grad_accum),
+                          shardings, mesh)
+    batch = global_batch(random_batch(config, seed=0), mesh)
     key = jax.random.key(0)
     times = []
     for i in range(FLAGS.warmup + FLAGS.steps):
@@ -96,10 +79,9 @@ def main(argv):
     raise RuntimeError(f"the benchmark step gave a non-finite loss {loss}")
 
   seconds = statistics.median(times)
-  video_tokens = int(np.prod(patch_grid((1, *config.train.video_shape, 1),
-                                        config.model.patch_size)))
-  text_length = config.text.max_length if config.model.conditioning == "text" else 0
-  flops = train_step_flops(config.model, config.train.video_shape, config.train.batch_size,
+  video_tokens = num_video_tokens(config.train.video_shape, model.patch_size)
+  text_length = config.text.max_length if model.uses_text else 0
+  flops = train_step_flops(model, config.train.video_shape, config.train.batch_size,
                            text_length)
   device = jax.devices()[0]
   per_device = flops / seconds / jax.device_count()

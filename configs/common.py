@@ -1,7 +1,45 @@
-"""Helpers shared by the experiment files in configs/ (big_vision style)."""
+"""Every section of an experiment config with its defaults, and the helpers the experiment files
+in configs/ share (big_vision style). It imports only ml_collections: a config file is read
+without loading JAX. The sections are checked once per entry point, after the command line's
+overrides, by configs/checks.py.
+"""
 import ml_collections
 
-from sharding.logical import DEFAULT_RULES
+# Parameter axes: "embed" (model width) is what FSDP shards; "mlp" and "heads" are the tensor-
+# parallel axes; the rest are small or read whole. Activation axes: the batch over data x fsdp,
+# the token sequence over seq.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("patch", None),
+    ("text_embed", None),
+    ("vocab", None),
+    ("classes", None),
+    ("freq", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", "seq"),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+)
+
+CONDITIONINGS = ("text", "label")  # model.conditioning (checked with the model: dit/config.py)
+
+# The named model sizes: only what differs between them; the rest are `model_config`'s defaults.
+MODEL_SIZES: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, depth=4, num_heads=4, dual_stream_depth=2),
+    "S": dict(hidden_size=384, depth=12, num_heads=6, dual_stream_depth=4),
+    "B": dict(hidden_size=768, depth=12, num_heads=12, dual_stream_depth=4),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16, dual_stream_depth=8),
+    "XL": dict(hidden_size=1152, depth=28, num_heads=16, dual_stream_depth=8),
+    # 7B (Seaweed-7B's scale): head dim 128, SwiGLU width 8192, the first 9 of 32 blocks
+    # dual-stream.
+    "7B": dict(hidden_size=3072, depth=32, num_heads=24, dual_stream_depth=9,
+               text_dim=4096),
+}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -31,13 +69,110 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
+  """config.model: the DiT of a named size (MODEL_SIZES), with `overrides` applied (an unknown
+  field is an error). dit.config.DiTConfig.from_dict(config.model) builds the network's config."""
+  if size not in MODEL_SIZES:
+    raise ValueError(f"unknown model size {size!r}; choose one of {list(MODEL_SIZES)}")
+  config = ml_collections.ConfigDict(dict(
+      size=size,
+      patch_size=(1, 2, 2),       # (pt, ph, pw) over latent (T, H, W)
+      in_channels=16,             # latent channels (3 for pixel-space models)
+      mlp_ratio=4.0,              # SwiGLU width = 2/3 * mlp_ratio * hidden, rounded up to 64
+      conditioning="text",        # "text": hybrid-stream text tokens; "label": class labels
+      text_dim=384,               # width of the text encoder's token states
+      text_vocab_size=0,          # > 0: text is token ids embedded by a learned [vocab, text_dim]
+                                  # table (text_encoders: hashed_words), not states
+      num_classes=10,             # for conditioning="label"; index num_classes is the null label
+      attention="xla",            # name of an implementation in dit.attention
+      sparse_pattern="full",      # static block-sparsity pattern (dit.sparsity.PATTERNS); any
+                                  # pattern but "full" needs attention "xla" or "block_sparse"
+      sparse_window=(1, 4, 4),    # "window": half-widths (dt, dh, dw) in patches
+      sparse_block=128,           # block size of the pattern (query and key blocks)
+      sequence_parallel="none",   # "ulysses", "ring" or "usp" (Ulysses x ring): attention with
+                                  # the sequence split over the mesh's "seq" axis
+                                  # (sharding/sequence_parallel.py)
+      ulysses_degree=0,           # usp: Ulysses group size, ring degree = seq / it; 0: the largest
+                                  # that divides model.num_heads and the seq degree
+      remat="none",               # name in dit.remat.REMAT_POLICIES
+      scan_layers=True,           # lax.scan over blocks: compile one block, not `depth`
+      dtype="bfloat16",           # compute dtype
+      param_dtype="float32",
+      rope_theta=10_000.0,
+  ))
+  config.update(MODEL_SIZES[size])
+  config.lock()  # a misspelt field is an error, not a silently new field
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+def flow_config(**overrides) -> ml_collections.ConfigDict:
+  """config.flow: the flow-matching objective (diffusion/flow_matching.py)."""
+  config = ml_collections.ConfigDict(dict(
+      logit_mean=0.0,         # logit-normal timestep sampling: t = sigmoid(mean + std * N(0,1))
+      logit_std=1.0,
+      shift=1.0,              # timestep shift at `shift_base_tokens` video tokens
+      shift_base_tokens=0,    # 0: the shift is the same at every resolution
+      cond_dropout=0.1,       # probability a sample's condition is replaced by the null one
+  ))
+  config.lock()
+  config.update(overrides)
+  return config
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """config.optim: AdamW with linear warmup and cosine decay, global-norm clipping
+  (training/optimizer.py)."""
+  config = ml_collections.ConfigDict(dict(
+      lr=1e-4, warmup_steps=1000, decay_steps=100_000, final_lr_ratio=0.1,
+      b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
+  ))
+  config.lock()
+  config.update(overrides)
+  return config
+
+
+def sparse_config(**overrides) -> ml_collections.ConfigDict:
+  """config.sample.sparse: attention modes over the denoising steps
+  (diffusion/sparse_sampling.py)."""
+  config = ml_collections.ConfigDict(dict(
+      attention="none",      # "none" | "adaspa" | a static pattern (window, temporal, ...)
+      sparsity=0.5,          # AdaSpa: average fraction of video key blocks dropped
+      warmup=0.2,            # fraction of the steps with full attention first
+      searches=(10, 30),     # AdaSpa's search steps out of `searches_of`, scaled to the steps
+      searches_of=50,
+      block=0,               # pattern block size in tokens (0: model.sparse_block)
+      recall_threshold=0.8,  # heads keeping more mass than this move sparser (kernels/adaspa.py)
+  ))
+  config.lock()
+  config.update(overrides)
+  return config
+
+
+def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.ConfigDict:
+  """config.sample: how sample.py, python -m eval and train.py's samples draw videos; `sparse`
+  overrides fields of sparse_config."""
+  config = ml_collections.ConfigDict(dict(
+      num_steps=50,
+      sampler="euler",        # euler | heun
+      guidance_scale=5.0,     # classifier-free guidance; 1 turns it off
+      shift=None,             # None: the training shift at the sampled resolution
+      upscale=1,              # videos written this many times larger (nearest neighbour)
+      sparse=sparse_config(**(sparse or {})),
+  ))
+  config.lock()
+  config.update(overrides)
+  return config
+
+
 def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigDict:
   """config.data: a source from data.sources.SOURCES by name, and its keyword arguments."""
   return ml_collections.ConfigDict(dict(name=name, kwargs=kwargs, num_threads=2))
 
 
 def text_config(**overrides) -> ml_collections.ConfigDict:
-  """config.text: the caption encoder (dit.text_encoder) for conditioning="text"."""
+  """config.text: the caption encoder (text_encoders/) for conditioning="text"."""
   config = ml_collections.ConfigDict(dict(encoder="minilm", max_length=16, vocab_size=4096))
   config.update(overrides)
   return config

@@ -13,13 +13,9 @@ Variants, as `--config=configs/quickstart.py:steps=300,text=hashed_words`:
 """
 import ml_collections
 
-from configs.common import (data_config, eval_config, mesh_config, parse_arg,
-                            sharding_config, text_config, train_config)
-from dit.config_checks import validate_config
-from dit.flow_matching import flow_config
-from dit.model_config import model_config
-from dit.sparse_sampling import sparse_config
-from dit.train_step import optim_config
+from configs.common import (data_config, eval_config, flow_config, mesh_config, model_config,
+                            optim_config, parse_arg, sample_config, sharding_config,
+                            text_config, train_config)
 
 PROMPTS = (
     "the digit 0 moves to the right",
@@ -44,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               final_lr_ratio=0.05, weight_decay=0.0)
   # Videos written 2x larger, to be seen; sparse attention (off by default) in blocks of 16 of
   # the 144 tokens: 8 video blocks (2 rows of patches of a frame each) and 1 of text.
-  config.sample = dict(num_steps=25, sampler="heun", guidance_scale=3.0, shift=None,
-                       upscale=2, sparse=sparse_config(block=16))
+  config.sample = sample_config(num_steps=25, sampler="heun", guidance_scale=3.0, upscale=2,
+                                sparse=dict(block=16))
   config.train = train_config(
       batch_size=32, num_steps=arg.steps, video_shape=(4, 32, 32), ema_decay=0.995,
       log_every=25, checkpoint_every=250, keep_checkpoints=2, sample_every=500,
@@ -73,6 +69,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.update(warmup_steps=2, decay_steps=6)
     config.sample.update(num_steps=3)
     config.eval.update(num_videos=8, batch_size=8, classifier_steps=60)
-  validate_config(config)
-  config.lock()
+  config.lock()  # overriding a field that does not exist is an error
   return config

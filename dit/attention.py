@@ -8,8 +8,9 @@ mask (the reference) and "block_sparse" skips the unlisted blocks (the fast path
 same result. Other implementations (splash, sequence-parallel wrappers) register themselves with
 `register_attention` from their own modules.
 """
+import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,34 @@ class AttentionFn(Protocol):
                kv_segment_ids: jax.Array | None = None,
                scale: float | None = None,
                pattern: PatternTables | None = None) -> jax.Array:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionContext:
+  """What a block's attention knows of the call it is in: the network's config and the joint
+  sequence [video | text]: a video of `grid` (nT, nH, nW) patches = num_video tokens, then
+  num_text text tokens."""
+  config: Any  # dit.config.DiTConfig
+  grid: tuple[int, int, int]
+  num_video: int
+  num_text: int
+
+
+class LayerAttention(Protocol):
+  """Attention that replaces the configured one in every block of one call, with state per
+  layer, built outside the network (AdaSpa's searched patterns: diffusion/sparse_attention.py).
+  DiT.with_attention threads it through the block scan."""
+
+  def layer_inputs(self, kind: str) -> Any:
+    """This call's per-layer inputs for the blocks of `kind` ("dual" or "single"), stacked on a
+    leading layer axis (a pytree), or None."""
+    ...
+
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *,
+               segment_ids: jax.Array | None, context: AttentionContext,
+               layer_input: Any) -> tuple[jax.Array, Any]:
+    """q, k, v [B, L, H, D] -> (out [B, L, H, D], this layer's output state or None)."""
     ...
 
 
@@ -74,10 +103,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     return _sequence_parallel(q, k, v, implementation, sequence_parallel, segment_ids=segment_ids,
                               kv_segment_ids=kv_segment_ids, scale=scale, pattern=pattern,
                               ulysses_degree=ulysses_degree)
-  kwargs = dict(segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale)
-  if pattern is not None:  # implementations that predate patterns need not take the argument
-    kwargs["pattern"] = pattern
-  return get_attention(implementation)(q, k, v, **kwargs)
+  return get_attention(implementation)(q, k, v, segment_ids=segment_ids,
+                                       kv_segment_ids=kv_segment_ids, scale=scale,
+                                       pattern=pattern)
 
 
 def _sequence_parallel(q, k, v, implementation, kind, *, pattern, **kwargs):
@@ -118,9 +146,11 @@ def xla_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
 
 
 @register_attention("cudnn")
-def cudnn_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
+def cudnn_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
+                    pattern=None):
   """cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16) through jax.nn; padding by
-  segment ids is turned into a mask."""
+  segment ids is turned into a mask. Dense only: the config checks give it no pattern."""
+  del pattern
   mask = None if segment_ids is None else segment_mask(segment_ids, kv_segment_ids)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
 

@@ -6,11 +6,10 @@ Modulation weights are zero at init, so every block is the identity until traine
 """
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from dit import attention as attention_lib
-from dit.model_config import mlp_hidden_size
+from dit.config import DiTConfig
 from dit.rope import apply_rope
 from sharding.logical import annotate, constrain
 
@@ -28,13 +27,13 @@ def dense(in_features: int, out_features: int, axes: tuple[str, str], *, kernel_
                     bias_init=annotate(bias_init, axes[1]), **kwargs)
 
 
-def attention_options(config: ml_collections.ConfigDict) -> dict:
+def attention_options(config: DiTConfig) -> dict:
   """The keywords of dit.attention.dot_product_attention that the model config sets."""
   return dict(implementation=config.attention, sequence_parallel=config.sequence_parallel,
               ulysses_degree=config.ulysses_degree)
 
 
-def linear_kwargs(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dict:
+def linear_kwargs(config: DiTConfig, rngs: nnx.Rngs) -> dict:
   return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
               rngs=rngs)
 
@@ -69,7 +68,7 @@ class SwiGLU(nnx.Module):
 class Stream(nnx.Module):
   """One stream's weights for one block: modulation, qkv, QK norms, output projection, MLP."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     dim, heads = config.hidden_size, config.num_heads
     kwargs = linear_kwargs(config, rngs)
     self.num_heads = heads
@@ -80,7 +79,7 @@ class Stream(nnx.Module):
     self.q_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, scale_init=norm_scale, **kwargs)
     self.k_norm = nnx.RMSNorm(dim // heads, epsilon=1e-6, scale_init=norm_scale, **kwargs)
     self.out = dense(dim, dim, ("heads", "embed"), **kwargs)
-    self.mlp = SwiGLU(dim, mlp_hidden_size(config), **kwargs)
+    self.mlp = SwiGLU(dim, config.mlp_hidden_size, **kwargs)
 
   def modulation_params(self, c: jax.Array) -> list[jax.Array]:
     """c [B, D] -> six [B, D]: attention shift, scale, gate; MLP shift, scale, gate."""
@@ -116,7 +115,7 @@ def joint_attention(q, k, v, options: dict, segment_ids, pattern, attend):
 class SingleStreamBlock(nnx.Module):
   """The joint sequence [video | text] through one set of weights."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     self.attention_options = attention_options(config)
     self.stream = Stream(config, rngs=rngs)
 
@@ -125,7 +124,7 @@ class SingleStreamBlock(nnx.Module):
 
     pattern: the block-sparsity pattern of the attention (dit.sparsity), or None for dense.
     attend: (q, k, v, segment_ids) -> out [B, L, H, Dh], replacing the configured attention
-    (a sampling-time mode of dit/adaptive_attention.py, e.g. AdaSpa's per-layer patterns).
+    (a layer's slice of a dit.attention.LayerAttention, e.g. AdaSpa's per-layer patterns).
     """
     mod = self.stream.modulation_params(c)
     q, k, v = self.stream.attention_inputs(x, mod, angles)
@@ -136,7 +135,7 @@ class SingleStreamBlock(nnx.Module):
 class DualStreamBlock(nnx.Module):
   """Separate weights for video and text tokens, one attention over both."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     self.attention_options = attention_options(config)
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)

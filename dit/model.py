@@ -4,19 +4,24 @@ Video [B, T, H, W, C] (an image is T=1) and timestep t [B] in [0, 1] in, velocit
 shape as the video out (float32). Conditioning is text tokens (hybrid stream) or class labels.
 Blocks of each kind are stored stacked along a leading layer axis (created with nnx.vmap), so
 scanning over layers and unrolling them share one parameter layout and one checkpoint format.
+
+`DiT(config)(video, t, ...)` returns the velocity, always. `DiT.with_attention(attention, ...)`
+runs every block's attention through an object built outside the network (AdaSpa's per-layer
+patterns, diffusion/sparse_attention.py) and returns (velocity, per-layer outputs).
 """
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dit import blocks as blocks_lib
-from dit import adaptive_attention, conditioning, sparsity
-from dit.config_checks import validate_model_config
+from dit import conditioning, sparsity
+from dit.attention import AttentionContext, LayerAttention
+from dit.config import DiTConfig
 from dit.patchify import patch_grid, patch_positions, patchify, unpatchify
 from dit.remat import BLOCK_INPUT, remat_policy
 from dit.rope import rope_angles, rope_axes_dims
@@ -70,7 +75,7 @@ def scan_stacked(layers: nnx.Module, carry, xs, apply: Callable, *, scan: bool, 
 class FinalLayer(nnx.Module):
   """adaLN (shift, scale) then a zero-initialised projection to patch values."""
 
-  def __init__(self, config: ml_collections.ConfigDict, patch_dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, config: DiTConfig, patch_dim: int, *, rngs: nnx.Rngs):
     # float32: the velocity is not rounded to the compute dtype on its way out.
     kwargs = blocks_lib.linear_kwargs(config, rngs) | dict(dtype=jnp.float32)
     dim = config.hidden_size
@@ -84,116 +89,74 @@ class FinalLayer(nnx.Module):
     return self.proj(blocks_lib.modulate(blocks_lib.layer_norm(x), shift, scale))
 
 
-class _Layers:
-  """Runs the DiT's stacks of blocks for one call. Under a SparseStep every block attends
-  through the step's mode, and AdaSpa's per-layer patterns are threaded through the scan."""
-
-  def __init__(self, model: "DiT", sparse, grid, num_video: int, num_text: int):
-    self.model, self.sparse = model, sparse
-    self.attend = None
-    if sparse is not None:
-      adaptive_attention.check_supported(sparse, model.config, num_video, num_text)
-      self.attend = adaptive_attention.make_attend(sparse, model.config, grid, num_text,
-                                                   num_video)
-    self.found = {}
-
-  def run(self, kind: str, carry, call: Callable):
-    """carry through the `kind` ("dual" or "single") blocks: call(block, carry, attend)."""
-    blocks = self.model.dual_blocks if kind == "dual" else self.model.single_blocks
-    if blocks is None:
-      return carry
-    cfg, sparse = self.model.config, self.sparse
-    options = dict(scan=cfg.scan_layers, remat=cfg.remat)
-    if sparse is None or not sparse.adaptive:
-      attend = None if self.attend is None else (
-          lambda q, k, v, segment_ids: self.attend(q, k, v, segment_ids, None)[0])
-      return run_stacked(blocks, carry, lambda block, carry: call(block, carry, attend),
-                         **options)
-    given = None if sparse.mode == "fused_search" else sparse.patterns[kind]
-
-    def apply(block, carry, layer):
-      found = []
-
-      def attend(q, k, v, segment_ids):
-        out, patterns = self.attend(q, k, v, segment_ids, layer)
-        found.append(patterns)
-        return out
-
-      carry = call(block, carry, attend)
-      return carry, (None if sparse.mode == "sparse" else found[0])
-
-    carry, patterns = scan_stacked(blocks, carry, given, apply, **options)
-    self.found[kind] = given if sparse.mode == "sparse" else patterns
-    return carry
-
-  def result(self, velocity):
-    return velocity if self.sparse is None else (velocity, self.found)
-
-
 class DiT(nnx.Module):
-  """Seaweed-style hybrid-stream video DiT, configured by a model ConfigDict (dit.model_config).
+  """Seaweed-style hybrid-stream video DiT, built from a DiTConfig (dit/config.py).
 
   With conditioning="label" there are no text tokens, and every block is single-stream.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    validate_model_config(config)
-    self.config = ml_collections.FrozenConfigDict(config)
-    dim = config.hidden_size
-    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+  def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dim, num_dual = config.hidden_size, config.num_dual
+    param_dtype = jnp.dtype(config.param_dtype)
     self.patch_dim = int(np.prod(config.patch_size)) * config.in_channels
-    self.head_dim = dim // config.num_heads
-    self.rope_dims = rope_axes_dims(self.head_dim)
-    self.uses_text = config.conditioning == "text"
-    self.num_dual = config.dual_stream_depth if self.uses_text else 0
+    self.rope_dims = rope_axes_dims(config.head_dim)
 
     kwargs = blocks_lib.linear_kwargs(config, rngs)
     self.patch_embed = blocks_lib.dense(self.patch_dim, dim, ("patch", "embed"), **kwargs)
     self.time_embed = conditioning.TimestepEmbedder(dim, param_dtype=param_dtype, rngs=rngs)
-    if self.uses_text:
-      self.text_embed = conditioning.TextEmbedder(config.text_dim, dim, dtype=dtype,
+    if config.uses_text:
+      self.text_embed = conditioning.TextEmbedder(config.text_dim, dim,
+                                                  dtype=jnp.dtype(config.dtype),
                                                   param_dtype=param_dtype, rngs=rngs,
                                                   vocab_size=config.text_vocab_size)
     else:
       self.label_embed = conditioning.LabelEmbedder(config.num_classes, dim,
                                                     param_dtype=param_dtype, rngs=rngs)
     self.dual_blocks = (stacked(lambda r: blocks_lib.DualStreamBlock(config, rngs=r),
-                                self.num_dual, rngs) if self.num_dual else None)
-    num_single = config.depth - self.num_dual
+                                num_dual, rngs) if num_dual else None)
+    num_single = config.depth - num_dual
     self.single_blocks = (stacked(lambda r: blocks_lib.SingleStreamBlock(config, rngs=r),
                                   num_single, rngs) if num_single else None)
     self.final = FinalLayer(config, self.patch_dim, rngs=rngs)
 
   def __call__(self, video: jax.Array, t: jax.Array, *, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, labels: jax.Array | None = None,
-               drop_cond: jax.Array | None = None,
-               sparse: adaptive_attention.SparseStep | None = None):
+               drop_cond: jax.Array | None = None) -> jax.Array:
     """Velocity float32 [B, T, H, W, C].
 
     video [B, T, H, W, C]; t [B] noise level in [0, 1]; text [B, N, text_dim] encoder states
     with text_mask bool [B, N] (True for real tokens), or labels int [B]; drop_cond bool [B]
     replaces a sample's condition by the null condition.
-
-    sparse: the attention mode of this call (dit/adaptive_attention.py: AdaSpa's searched and
-    cached per-layer patterns, or a pattern chosen at sampling time). With it the call returns
-    (velocity, patterns): the per-layer LayerPatterns by kind of block ({} unless adaptive).
     """
+    return self._forward(video, t, text, text_mask, labels, drop_cond, None)[0]
+
+  def with_attention(self, attention: LayerAttention, video: jax.Array, t: jax.Array, *,
+                     text: jax.Array | None = None, text_mask: jax.Array | None = None,
+                     labels: jax.Array | None = None, drop_cond: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, Any]]:
+    """As __call__, every block attending through `attention` (dit.attention.LayerAttention)
+    instead of model.attention; -> (velocity, {"dual": outputs, "single": outputs}): each kind
+    of block's per-layer outputs of `attention`, stacked over its layers."""
+    return self._forward(video, t, text, text_mask, labels, drop_cond, attention)
+
+  def _forward(self, video, t, text, text_mask, labels, drop_cond, attention):
     cfg = self.config
     self._check_inputs(video, t, text, labels)
-    dtype = jnp.dtype(cfg.dtype)
     grid = patch_grid(video.shape, cfg.patch_size)
-    x = self.patch_embed(patchify(video, cfg.patch_size).astype(dtype))  # [B, Lv, D]
-    x = constrain(x, blocks_lib.TOKENS)
+    x = self.patch_embed(patchify(video, cfg.patch_size).astype(jnp.dtype(cfg.dtype)))
+    x = constrain(x, blocks_lib.TOKENS)  # [B, Lv, D]
     c = self.time_embed(t)  # [B, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
+    outputs = {}
 
-    if not self.uses_text:
+    if not cfg.uses_text:
       c = c + self.label_embed(labels, drop_cond)
-      layers = _Layers(self, sparse, grid, x.shape[1], 0)
+      context = AttentionContext(cfg, grid, x.shape[1], 0)
       pattern = sparsity.attention_pattern(cfg, grid, 0)
-      x = layers.run("single", x, lambda block, x, attend: block(x, c, video_angles, None,
-                                                                  pattern, attend))
-      return layers.result(self._velocity(x, c, grid))
+      x = self._blocks("single", x, attention, context, outputs,
+                       lambda block, x, attend: block(x, c, video_angles, None, pattern, attend))
+      return self._velocity(x, c, grid), outputs
 
     tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
     c = c + pooled
@@ -205,35 +168,64 @@ class DiT(nnx.Module):
       # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
       segment_ids = jnp.concatenate(
           [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
-    layers = _Layers(self, sparse, grid, x.shape[1], tokens.shape[1])
+    context = AttentionContext(cfg, grid, x.shape[1], tokens.shape[1])
     pattern = sparsity.attention_pattern(cfg, grid, tokens.shape[1])
-    x, tokens = layers.run(
-        "dual", (x, tokens),
+    x, tokens = self._blocks(
+        "dual", (x, tokens), attention, context, outputs,
         lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend))
     joint = constrain(jnp.concatenate([x, tokens], axis=1), blocks_lib.TOKENS)
-    joint = layers.run("single", joint, lambda block, x, attend: block(x, c, angles, segment_ids,
-                                                                        pattern, attend))
-    return layers.result(self._velocity(joint[:, :x.shape[1]], c, grid))
+    joint = self._blocks("single", joint, attention, context, outputs,
+                         lambda block, x, attend: block(x, c, angles, segment_ids, pattern,
+                                                        attend))
+    return self._velocity(joint[:, :x.shape[1]], c, grid), outputs
+
+  def _blocks(self, kind: str, carry, attention: LayerAttention | None,
+              context: AttentionContext, outputs: dict, call: Callable):
+    """carry through the `kind` ("dual" or "single") blocks: call(block, carry, attend), attend
+    None (the configured attention) or this layer's slice of `attention`; the layers' outputs
+    of `attention` go to outputs[kind]."""
+    blocks = self.dual_blocks if kind == "dual" else self.single_blocks
+    if blocks is None:
+      return carry
+    options = dict(scan=self.config.scan_layers, remat=self.config.remat)
+    if attention is None:
+      return run_stacked(blocks, carry, lambda block, carry: call(block, carry, None), **options)
+
+    def apply(block, carry, layer_input):
+      found = []
+
+      def attend(q, k, v, segment_ids):
+        out, layer_output = attention(q, k, v, segment_ids=segment_ids, context=context,
+                                      layer_input=layer_input)
+        found.append(layer_output)
+        return out
+
+      return call(block, carry, attend), found[0]
+
+    carry, outputs[kind] = scan_stacked(blocks, carry, attention.layer_inputs(kind), apply,
+                                        **options)
+    return carry
 
   def _velocity(self, x, c, grid):
     patches = self.final(x, c).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]
     return unpatchify(patches, grid, self.config.patch_size)
 
   def _check_inputs(self, video, t, text, labels):
+    """The inputs' shapes against the config: errors at trace time, before any compute."""
     cfg = self.config
     if video.ndim != 5 or video.shape[-1] != cfg.in_channels:
       raise ValueError(f"expected video [B, T, H, W, {cfg.in_channels}] (model.in_channels), "
                        f"got shape {video.shape}")
     if t.shape != video.shape[:1]:
       raise ValueError(f"expected t of shape [B]={video.shape[:1]}, got {t.shape}")
-    if self.uses_text and cfg.text_vocab_size:
+    if cfg.uses_text and cfg.text_vocab_size:
       if text is None or text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
         got = None if text is None else (text.shape, text.dtype)
         raise ValueError(f"model.text_vocab_size={cfg.text_vocab_size} needs text as token "
                          f"ids int [B, N], got {got}")
-    elif self.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
+    elif cfg.uses_text and (text is None or text.ndim != 3 or text.shape[-1] != cfg.text_dim):
       raise ValueError("model.conditioning='text' needs text [B, N, model.text_dim="
                        f"{cfg.text_dim}] encoder states, got "
                        f"{None if text is None else text.shape}")
-    if not self.uses_text and labels is None:
+    if not cfg.uses_text and labels is None:
       raise ValueError("model.conditioning='label' needs labels int [B]")

@@ -29,6 +29,11 @@ def patch_grid(video_shape: Sequence[int], patch_size: Sequence[int]) -> Grid:
   return t // pt, h // ph, w // pw
 
 
+def num_video_tokens(frames: Sequence[int], patch_size: Sequence[int]) -> int:
+  """Tokens of one video of `frames` (T, H, W) in patches of patch_size: nT * nH * nW."""
+  return int(np.prod(patch_grid((1, *frames, 1), patch_size)))
+
+
 def patchify(video: jax.Array, patch_size: Sequence[int]) -> jax.Array:
   """[B, T, H, W, C] -> [B, nT*nH*nW, pt*ph*pw*C]."""
   nt, nh, nw = patch_grid(video.shape, patch_size)

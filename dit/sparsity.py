@@ -1,4 +1,4 @@
-"""The DiT's static attention pattern, from config.model: which key blocks each query block of
+"""The DiT's static attention pattern, from its config (DiTConfig or config.model): which key blocks each query block of
 the [video | text] sequence attends to (kernels/video_patterns.py builds the masks).
 
   full              every block (no pattern)
@@ -11,15 +11,13 @@ Text blocks are always kept. The same pattern serves every layer and every denoi
 """
 import functools
 
-import ml_collections
-
 from kernels import video_patterns
 from kernels.block_tables import PatternTables
 
 PATTERNS = ("full", "window", "temporal", "spatial", "spatial_temporal")
 
 
-def attention_pattern(config: ml_collections.ConfigDict, grid: tuple[int, int, int],
+def attention_pattern(config, grid: tuple[int, int, int],
                       num_text: int) -> PatternTables | None:
   """PatternTables [1, 1 or H, nQ, Kmax] for a video of `grid` patches and num_text text tokens;
   None for "full"."""
@@ -28,7 +26,7 @@ def attention_pattern(config: ml_collections.ConfigDict, grid: tuple[int, int, i
   return pattern_of(config.sparse_pattern, config, grid, num_text)
 
 
-def pattern_of(kind: str, config: ml_collections.ConfigDict, grid: tuple[int, int, int],
+def pattern_of(kind: str, config, grid: tuple[int, int, int],
                num_text: int, block: int | None = None) -> PatternTables:
   """The pattern `kind` (not "full") with the window and heads of model `config`; blocks of
   `block` tokens (default model.sparse_block)."""

@@ -15,8 +15,9 @@ config.json; eval settings are config.eval (configs/common.py:eval_config).
 from absl import app, flags
 from ml_collections import config_flags
 
-from dit.runs import load_config
 from eval import evaluate
+from rundir.config_file import load_config
+from rundir.logs import quiet_library_logs
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (default: the "
                                 "workdir's config.json); its eval section sets the metrics.")
@@ -38,12 +39,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("pass --workdir=<train.py run> (results go to <workdir>/eval/)")
+  quiet_library_logs()
   config = FLAGS.config
   if config is None:
     config = load_config(FLAGS.workdir)
   config.unlock()
-  if "eval" not in config:
-    config.eval = evaluate.eval_settings(config)
   if FLAGS.num_videos is not None:
     config.eval.num_videos = FLAGS.num_videos
   if FLAGS.metrics is not None:

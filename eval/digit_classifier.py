@@ -227,10 +227,12 @@ def digit_metrics(model: DigitClassifier, generated: np.ndarray, captions,
 
 def main(argv):
   from absl import app, flags  # noqa: PLC0415
-  from dit.runs import load_config  # noqa: PLC0415
+  from rundir.config_file import load_config  # noqa: PLC0415
+  from rundir.logs import quiet_library_logs  # noqa: PLC0415
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
   workdir = flags.FLAGS.workdir
   config = load_config(workdir)
   shape = config.train.video_shape

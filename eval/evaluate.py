@@ -18,37 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs.common import eval_config
-from dit import checkpoints
-from dit.runs import make_text_encoder_for
-from dit.sharded import mesh_sizes, sharding_rules, train_state_layout
-from dit.video_sampler import VideoSampler
-from eval import videos
-from sharding.logical import use_mesh
-from sharding.mesh import make_mesh
-
 METRICS = ("fvd", "fid", "digits")
-GOALS = {"digit_accuracy": ">= 0.90", "direction_accuracy": ">= 0.80"}
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.eval, with the defaults of eval_config for fields a run's config predates."""
-  settings = eval_config()
-  settings.update(dict(config.get("eval") or {}))
-  unknown = [m for m in settings.metrics if m not in METRICS]
-  problems = []
-  if unknown:
-    problems.append(f"eval.metrics has unknown {unknown}; choose from {list(METRICS)}")
-  if settings.num_videos < 2:
-    problems.append(f"eval.num_videos must be at least 2, got {settings.num_videos}")
-  if settings.batch_size < 1 or settings.feature_batch_size < 1:
-    problems.append("eval.batch_size and eval.feature_batch_size must be positive")
-  if settings.fvd_frames < 9:
-    problems.append(f"eval.fvd_frames must be at least 9 (I3D's shortest clip), got "
-                    f"{settings.fvd_frames}")
-  if problems:
-    raise ValueError("; ".join(problems))
-  return settings
 
 
 def plan(config: ml_collections.ConfigDict, settings, captions_known: bool) -> tuple[dict, dict]:
@@ -119,18 +89,23 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
 
 def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
         log=print) -> dict:
-  """Evaluates and writes the results JSON; returns the results. log (None: quiet) gets
-  progress messages."""
+  """Evaluates and writes the results JSON; returns the results. config: the run's (or another)
+  experiment config, checked here first; log (None: quiet) gets progress messages."""
+  from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
+  from eval import videos  # noqa: PLC0415
+  from rundir.open_run import open_run  # noqa: PLC0415
+
   start = time.perf_counter()
   log = log or (lambda message: None)
-  settings = eval_settings(config)
-  shape = tuple(config.train.video_shape)
-  channels = config.model.in_channels
-  if videos_dir is None and not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-    raise FileNotFoundError(f"{workdir} has no checkpoints/ to sample: train first, or pass "
-                            "--videos=<folder of generated videos>")
   if reference_dir and not videos_dir:
     raise ValueError("--reference_videos pairs with --videos; pass both")
+  # The config is checked once: by open_run when a checkpoint is sampled, else here.
+  opened = None if videos_dir else open_run(workdir, step=step, config=config)
+  if opened is None:
+    validate_config(config)
+  settings = config.eval
+  shape = tuple(config.train.video_shape)
+  channels = config.model.in_channels
   generated = captions = None
   if videos_dir:
     generated, captions = videos.folder_videos(videos_dir, shape, channels,
@@ -147,20 +122,16 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   else:
     real, real_captions, real_labels = videos.real_videos(config, num, settings.seed)
   timings = {}
-  if generated is None:
+  if opened is not None:
     t = time.perf_counter()
-    mesh = make_mesh(mesh_sizes(config))
-    with use_mesh(mesh, sharding_rules(config)):
-      graphdef, abstract, _ = train_state_layout(config, mesh)
-      params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=True,
-                                                            step=step)
+    step = opened.step
+    with opened:
       batch = min(settings.batch_size, num)
       # The real videos' captions, or their labels for a label-conditioned model.
       prompts = real_captions if config.model.conditioning == "text" else real_labels
-      sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
-                             prompts=prompts[:batch], labels=prompts[:batch])
+      sampler = opened.sampler(prompts=prompts[:batch], labels=prompts[:batch])
       captions = real_captions
-      generated = videos.sampled_videos(sampler, params, prompts, batch, settings.seed)
+      generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed)
     timings["sampling"] = time.perf_counter() - t
     log(f"sampled {num} videos from step {step} in {timings['sampling']:.0f} s")
   metrics, seconds = compute_metrics(ready, settings, workdir, config, generated, captions,
@@ -202,12 +173,11 @@ def paired_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def table(results: dict) -> str:
-  """The metrics as an aligned text table, with the quick-start goals beside them."""
-  rows = [("metric", "value", "goal")]
+  """The metrics as an aligned text table; a skipped metric gives its reason."""
+  rows = [("metric", "value")]
   for name, value in results["metrics"].items():
-    rows.append((name, f"{value:.4f}" if isinstance(value, float) else str(value),
-                 GOALS.get(name, "")))
-  for name, why in results.get("skipped", {}).items():
-    rows.append((name, "skipped", why[:60] + ("..." if len(why) > 60 else "")))
-  widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows.append((name, f"{value:.4f}" if isinstance(value, float) else str(value)))
+  for name, why in results["skipped"].items():
+    rows.append((name, "skipped: " + why[:60] + ("..." if len(why) > 60 else "")))
+  widths = [max(len(r[i]) for r in rows) for i in range(2)]
   return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -18,14 +18,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dit import checkpoints
-from dit.config_checks import validate_sample_config
-from dit.runs import load_config, make_text_encoder_for
-from dit.sharded import sharding_rules, train_state_layout
-from dit.sparse_sampling import SPARSE_ATTENTION
-from dit.video_sampler import VideoSampler
+from configs.checks import validate_sample_config
+from diffusion.sparse_sampling import SPARSE_ATTENTION
 from eval.fidelity import psnr, ssim
-from sharding.logical import use_mesh
+from rundir.config_file import load_config
+from rundir.logs import quiet_library_logs
+from rundir.open_run import open_run
 from sharding.mesh import make_mesh
 
 
@@ -36,32 +34,29 @@ def compare(workdir: str, settings: list[dict], num_seeds: int = 2,
   if num_steps:
     config.sample.num_steps = num_steps
   config.sample.sparse.attention = "none"
+  variants = []
   for setting in settings:  # bad settings fail here, before any sampling
-    variant = copy.deepcopy(config.sample)
-    variant.sparse.update(setting)
-    validate_sample_config(variant)
+    variant = copy.deepcopy(config)
+    variant.sample.sparse.update(setting)
+    validate_sample_config(variant.sample)
+    variants.append(variant)
   mesh = make_mesh({"data": 1, "fsdp": 1, "seq": 1, "tensor": 1}, devices=jax.devices()[:1])
-  with use_mesh(mesh, sharding_rules(config)):
-    graphdef, abstract, _ = train_state_layout(config, mesh)
-    params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=True)
-    encoder = make_text_encoder_for(config)
+  with open_run(workdir, mesh=mesh, config=config) as run:
 
-    def videos_of(sparse: dict):
-      variant = copy.deepcopy(config)
-      variant.sample.sparse.update(sparse)
-      sampler = VideoSampler(graphdef, model_state, variant, encoder)
+    def videos_of(variant):
+      sampler = run.sampler(config=variant)
       start = time.perf_counter()
-      runs = [sampler.generate_with_report(params, jax.random.key(seed))
+      runs = [sampler.generate_with_report(run.params, jax.random.key(seed))
               for seed in range(num_seeds)]
       return (np.concatenate([videos for videos, _ in runs]), [r for _, r in runs],
               time.perf_counter() - start)
 
-    dense, _, dense_seconds = videos_of({})
-    results = dict(workdir=os.path.abspath(workdir), step=step, num_steps=config.sample.num_steps,
-                   sampler=config.sample.sampler, num_videos=len(dense),
-                   dense_seconds=dense_seconds, settings=[])
-    for setting in settings:
-      videos, reports, seconds = videos_of(setting)
+    dense, _, dense_seconds = videos_of(config)
+    results = dict(workdir=os.path.abspath(workdir), step=run.step,
+                   num_steps=config.sample.num_steps, sampler=config.sample.sampler,
+                   num_videos=len(dense), dense_seconds=dense_seconds, settings=[])
+    for setting, variant in zip(settings, variants):
+      videos, reports, seconds = videos_of(variant)
       result = dict(setting, psnr=psnr(videos, dense), ssim=ssim(videos, dense),
                     seconds=seconds)
       if reports[0]:
@@ -88,6 +83,7 @@ def table(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
   FLAGS = flags.FLAGS
   block = {} if FLAGS.sparse_block is None else {"block": FLAGS.sparse_block}
   if FLAGS.sparse_attention == "adaspa":

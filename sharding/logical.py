@@ -22,27 +22,6 @@ from flax.core import spmd
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# Parameter axes: "embed" (model width) is what FSDP shards; "mlp" and "heads" are the tensor-
-# parallel axes; the rest are small or read whole. Activation axes: the batch over data x fsdp,
-# the token sequence over seq.
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("layers", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("patch", None),
-    ("text_embed", None),
-    ("vocab", None),
-    ("classes", None),
-    ("freq", None),
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", "seq"),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-)
-
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 
@@ -134,7 +113,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES):
+def use_mesh(mesh: jax.sharding.Mesh, rules: Rules):
   """Sets the mesh (jax.set_mesh) and the logical rules for what is traced inside."""
   errors = check_rules(rules, mesh.axis_names)
   if errors:

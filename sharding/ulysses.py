@@ -27,13 +27,11 @@ def ulysses_attention(q, k, v, *, axis_name: str, attention, segment_ids=None,
 
   `attention(q, k, v, segment_ids=, kv_segment_ids=, scale=[, pattern=])` sees whole sequences
   (with group_size: the group's part of them) of this device's heads. A per-head pattern is cut
-  to those heads.
+  to those heads. The heads and groups were checked against the mesh by the caller
+  (sharding.sequence_parallel.sequence_parallel_attention).
   """
   size = jax.lax.axis_size(axis_name)
   degree = size if group_size is None else group_size
-  if size % degree:
-    raise ValueError(f"Ulysses groups of {degree} do not tile the seq axis of size {size}")
-  check_heads(q.shape[2], degree)
   groups = None if degree == size else [list(range(start, start + degree))
                                         for start in range(0, size, degree)]
   to_heads = lambda x: jax.lax.all_to_all(x, axis_name, split_axis=2, concat_axis=1, tiled=True,

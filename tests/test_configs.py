@@ -6,8 +6,9 @@ from flax import nnx
 
 from configs import video_dit
 from configs.common import parse_arg
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import MODEL_SIZES
+from configs.common import MODEL_SIZES
 
 
 def test_parse_arg_types_values_by_their_defaults():
@@ -44,7 +45,7 @@ def test_runlocal_shrinks_the_experiment_to_a_cpu():
   assert local.model.size == "tiny" and full.model.size == "B"
   assert local.train.batch_size < full.train.batch_size
   assert local.train.num_steps < full.train.num_steps
-  DiT(local.model, rngs=nnx.Rngs(0))  # builds
+  DiT(DiTConfig.from_dict(local.model), rngs=nnx.Rngs(0))  # builds
 
 
 def test_a_field_that_does_not_exist_cannot_be_set():
@@ -56,7 +57,7 @@ def test_a_field_that_does_not_exist_cannot_be_set():
 
 
 def run_count_params(*flags):
-  return subprocess.run([sys.executable, "-m", "dit.count_params",
+  return subprocess.run([sys.executable, "-m", "training.count_params",
                          "--config=configs/video_dit.py:size=S", *flags],
                         capture_output=True, text=True)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data import video_io
-from dit.runs import load_config
+from rundir.config_file import load_config
 from eval import evaluate, videos as video_sets
 
 
@@ -109,21 +109,14 @@ def test_the_command_writes_json_prints_a_table_and_keeps_earlier_results(tiny_r
 def test_a_video_sampler_draws_other_prompts_with_its_compiled_sampler(tiny_run):
   import jax  # noqa: PLC0415
 
-  from dit import checkpoints  # noqa: PLC0415
-  from dit.runs import make_text_encoder_for  # noqa: PLC0415
-  from dit.sharded import sharding_rules, train_state_layout  # noqa: PLC0415
-  from dit.video_sampler import VideoSampler  # noqa: PLC0415
-  from sharding.logical import use_mesh  # noqa: PLC0415
+  from rundir.open_run import open_run  # noqa: PLC0415
   from sharding.mesh import make_mesh  # noqa: PLC0415
 
-  config = load_config(str(tiny_run))
   mesh = make_mesh({"data": 1, "fsdp": 1, "seq": 1, "tensor": 1}, devices=jax.devices()[:1])
-  with use_mesh(mesh, sharding_rules(config)):
-    graphdef, abstract, _ = train_state_layout(config, mesh)
-    params, model_state, _ = checkpoints.restore_params(str(tiny_run), abstract)
+  with open_run(str(tiny_run), mesh=mesh) as run:
+    params = run.params
     own = ["the digit 1 moves up", "the digit 2 moves down"]
-    sampler = VideoSampler(graphdef, model_state, config, make_text_encoder_for(config),
-                           prompts=own)
+    sampler = run.sampler(prompts=own)
     key = jax.random.key(0)
     names, cond = sampler.condition(own)
     assert names == own

@@ -1,12 +1,17 @@
-"""dit/flops.py: the analytic FLOP count agrees with XLA's count of the compiled model."""
+"""training/flops.py: the analytic FLOP count agrees with XLA's count of the compiled model."""
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from dit.flops import attention_density, forward_flops, peak_flops, train_step_flops
+from configs.common import model_config as model_section
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import model_config
+from training.flops import attention_density, forward_flops, peak_flops, train_step_flops
+
+
+def model_config(size, **overrides):
+  return DiTConfig.from_dict(model_section(size, **overrides))
 
 
 def xla_flops(config, batch, video_shape, text_length):

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit import flow_matching as fm
+from configs.common import flow_config
+from diffusion import flow_matching as fm
 
 
 def test_interpolation_runs_from_data_at_0_to_noise_at_1(key):
@@ -32,10 +33,10 @@ def test_shift_keeps_the_endpoints_and_moves_towards_noise():
 
 
 def test_shift_grows_with_the_square_root_of_the_token_count():
-  config = fm.flow_config(shift=2.0, shift_base_tokens=1024)
+  config = flow_config(shift=2.0, shift_base_tokens=1024)
   assert fm.timestep_shift(1024, config) == pytest.approx(2.0)
   assert fm.timestep_shift(4096, config) == pytest.approx(4.0)
-  assert fm.timestep_shift(4096, fm.flow_config(shift=2.0)) == 2.0
+  assert fm.timestep_shift(4096, flow_config(shift=2.0)) == 2.0
 
 
 def test_conditioning_dropout_drops_at_the_given_rate(key):
@@ -45,7 +46,7 @@ def test_conditioning_dropout_drops_at_the_given_rate(key):
 def test_loss_is_zero_for_the_exact_velocity_and_positive_otherwise(key):
   """One training video x0: an oracle knowing x0 predicts v = (x_t - x0) / t exactly."""
   x0 = jax.random.normal(key, (4, 2, 4, 4, 3))
-  config = fm.flow_config(shift=3.0)
+  config = flow_config(shift=3.0)
 
   def oracle(x_t, t, **cond):
     return (x_t - x0) / t.reshape(-1, 1, 1, 1, 1)
@@ -65,5 +66,5 @@ def test_loss_passes_the_batch_conditioning_and_dropout_to_the_model(key):
     return jnp.zeros_like(x_t)
 
   batch = {"video": jnp.ones((8, 1, 2, 2, 3)), "label": jnp.arange(8)}
-  fm.flow_matching_loss(model, batch, key, 4, fm.flow_config(cond_dropout=0.5))
+  fm.flow_matching_loss(model, batch, key, 4, flow_config(cond_dropout=0.5))
   assert set(seen) == {"labels", "drop_cond"} and seen["drop_cond"].shape == (8,)

@@ -6,9 +6,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs.quickstart import get_config
-from dit.config_checks import validate_mesh_config
+from configs.checks import validate_mesh_config
 from sharding import distributed
-from sharding.logical import DEFAULT_RULES, check_rules, constrain, mesh_spec, use_mesh
+from configs.common import DEFAULT_RULES
+from sharding.logical import check_rules, constrain, mesh_spec, use_mesh
 from sharding.mesh import make_mesh
 
 SIZES = {"data": 2, "fsdp": 4, "seq": 1, "tensor": 1}

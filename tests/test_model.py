@@ -8,13 +8,14 @@ from flax import nnx
 
 from dit import attention
 from dit.blocks import DualStreamBlock, SingleStreamBlock
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import model_config
+from configs.common import model_config
 from dit.rope import rope_angles
 
 
 def tiny(**overrides):
-  return model_config("tiny", in_channels=3, **overrides)
+  return DiTConfig.from_dict(model_config("tiny", in_channels=3, **overrides))
 
 
 def inputs(key, shape=(2, 4, 8, 8, 3), text_length=6, text_dim=384):
@@ -234,7 +235,8 @@ def test_remat_policies_trade_saved_activations_for_recomputation(capsys):
 
 
 def test_a_model_with_a_text_vocabulary_takes_token_ids_and_rejects_states():
-  config = model_config("tiny", in_channels=1, text_vocab_size=50, text_dim=16)
+  config = DiTConfig.from_dict(model_config("tiny", in_channels=1, text_vocab_size=50,
+                                            text_dim=16))
   model = DiT(config, rngs=nnx.Rngs(0))
   video, t = jnp.zeros((2, 2, 8, 8, 1)), jnp.full((2,), 0.5)
   ids = jnp.array([[3, 7, 0], [5, 0, 0]], jnp.int32)

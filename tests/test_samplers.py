@@ -5,10 +5,11 @@ import pytest
 from flax import nnx
 
 from configs import video_dit
-from dit import samplers
-from dit.flow_matching import timestep_shift
+from diffusion import samplers
+from diffusion.flow_matching import timestep_shift
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import model_config
+from configs.common import model_config
 
 
 def exponential_field(x, sigma):
@@ -18,7 +19,7 @@ def exponential_field(x, sigma):
 
 def solve_error(key, method, steps, shift=1.0):
   x1 = jax.random.normal(key, (4, 8))
-  x0 = samplers.solve(exponential_field, x1, samplers.sigma_schedule(steps, shift), method)
+  x0 = samplers.integrate(exponential_field, x1, samplers.sigma_schedule(steps, shift), method)
   exact = x1 * np.exp(-1.0)
   return float(jnp.abs(x0 - exact).max() / jnp.abs(exact).max())  # relative error
 
@@ -49,7 +50,7 @@ def test_euler_is_first_order_and_heun_second_order(key):
 
 def test_unknown_sampler_is_a_clear_error(key):
   with pytest.raises(ValueError, match="unknown sampler 'rk4'"):
-    samplers.solve(exponential_field, jnp.ones(3), samplers.sigma_schedule(2), "rk4")
+    samplers.integrate(exponential_field, jnp.ones(3), samplers.sigma_schedule(2), "rk4")
 
 
 def test_guidance_extrapolates_from_unconditional_to_conditional(key):
@@ -86,7 +87,8 @@ def test_sampling_shift_follows_training_unless_set():
 
 
 def test_sampling_a_dit_is_deterministic_for_a_key(key, randomize):
-  model = DiT(model_config("tiny", in_channels=3, conditioning="label"), rngs=nnx.Rngs(0))
+  model = DiT(DiTConfig.from_dict(model_config("tiny", in_channels=3, conditioning="label")),
+              rngs=nnx.Rngs(0))
   randomize(model, key)
   graphdef, params = nnx.split(model)
 

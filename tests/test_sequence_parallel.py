@@ -107,14 +107,15 @@ def test_the_dit_with_sequence_parallel_attention_equals_the_dit_without(key, ra
                                                                          attention_name, pattern):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
+  from configs.common import model_config
+  from dit.config import DiTConfig
   from dit.model import DiT
-  from dit.model_config import model_config
 
   def velocity(sequence_parallel):
     config = model_config("tiny", in_channels=3, dtype="float32", attention=attention_name,
                           sparse_pattern=pattern, sparse_block=32,
                           sequence_parallel=sequence_parallel)
-    model = DiT(config, rngs=nnx.Rngs(0))
+    model = DiT(DiTConfig.from_dict(config), rngs=nnx.Rngs(0))
     randomize(model, jax.random.fold_in(key, 1))
     kv, kt, kx = jax.random.split(key, 3)
     video = jax.random.normal(kv, (2, 4, 16, 16, 3))  # 256 video tokens + 8 text: 264 = 4 x 66
@@ -141,8 +142,8 @@ def test_sequence_parallel_needs_a_mesh_with_a_seq_axis(key):
 
 
 def test_bad_sequence_parallel_settings_are_config_errors():
-  from dit.config_checks import validate_model_config  # pylint: disable=g-import-not-at-top
-  from dit.model_config import model_config  # pylint: disable=g-import-not-at-top
+  from configs.checks import validate_model_config  # pylint: disable=g-import-not-at-top
+  from configs.common import model_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="sequence_parallel='context'"):
     validate_model_config(model_config("tiny", sequence_parallel="context"))
   with pytest.raises(ValueError, match="'ring' runs model.attention"):

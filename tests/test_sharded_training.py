@@ -11,13 +11,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs.quickstart import get_config
-from dit import checkpoints
-from dit.sharded import (batch_sharding, check_fits_mesh, global_batch,
-                         init_sharded_train_state, jit_train_step, sharding_rules,
-                         train_state_layout)
-from dit.train_step import (init_train_state, make_grad_fn, make_optimizer,
-                            make_train_step)
+from training import checkpoints
+from data.random_batch import random_batch as config_batch
+from dit.config import DiTConfig
 from dit.model import DiT
+from training.layout import (batch_sharding, check_fits_mesh, global_batch,
+                             init_sharded_train_state, jit_train_step, train_state_layout)
+from training.optimizer import make_optimizer
+from training.train_state import init_train_state
+from training.train_step import make_grad_fn, make_train_step
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 
@@ -35,19 +37,24 @@ def small_config(sequence_parallel="none", **model):
 
 
 def random_batch(key, config):
-  kv, kt, kl = jax.random.split(key, 3)
-  batch_size = config.train.batch_size
-  lengths = jax.random.randint(kl, (batch_size, 1), 1, TEXT_LEN + 1)
-  return {"video": np.asarray(jax.random.uniform(kv, (batch_size, *config.train.video_shape, 1),
-                                                 minval=-1, maxval=1)),
-          "text": np.asarray(jax.random.normal(kt, (batch_size, TEXT_LEN, config.model.text_dim))),
-          "text_mask": np.asarray(jnp.arange(TEXT_LEN)[None] < lengths)}
+  """The config's batch (16 text tokens of random lengths), fresh for the key."""
+  return config_batch(config, seed=int(jax.random.randint(key, (), 0, 2**31 - 1)))
+
+
+def layout(config, mesh):
+  return train_state_layout(DiTConfig.from_dict(config.model), config.optim, mesh,
+                            config.sharding.rules)
+
+
+def sharded_init(config, shardings):
+  return init_sharded_train_state(DiTConfig.from_dict(config.model), config.optim, config.seed,
+                                  shardings)
 
 
 def perturbed_state(config, key):
   """The initial state with every parameter moved off its init (zero gates make a DiT at init
   the identity, whose gradients would test little)."""
-  graphdef, state = init_train_state(DiT(config.model, rngs=nnx.Rngs(config.seed)),
+  graphdef, state = init_train_state(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
                                      make_optimizer(config.optim))
   leaves, treedef = jax.tree.flatten(state.params)
   keys = jax.random.split(key, len(leaves))
@@ -81,8 +88,8 @@ def test_one_training_step_on_a_mesh_equals_the_single_device_step(key, sizes):
 
   mesh = make_mesh(dict(zip(("data", "fsdp", "seq"), sizes)))
   check_fits_mesh(config, mesh)
-  with use_mesh(mesh, sharding_rules(config)):
-    sharded_graphdef, _, shardings = train_state_layout(config, mesh)
+  with use_mesh(mesh, config.sharding.rules):
+    sharded_graphdef, _, shardings = layout(config, mesh)
     sharded = jax.device_put(state, shardings)
     sharded_batch = global_batch(batch, mesh)
     params_sharding = shardings.params
@@ -120,9 +127,9 @@ def test_per_device_parameter_and_optimizer_bytes_fall_as_one_over_fsdp():
   config = small_config()
   for fsdp in (2, 4, 8):
     mesh = make_mesh({"data": -1, "fsdp": fsdp})
-    with use_mesh(mesh, sharding_rules(config)):
-      _, _, shardings = train_state_layout(config, mesh)
-      state = init_sharded_train_state(config, shardings)
+    with use_mesh(mesh, config.sharding.rules):
+      _, _, shardings = layout(config, mesh)
+      state = sharded_init(config, shardings)
     for name in ("params", "ema_params", "opt_state"):
       arrays = jax.tree.leaves(getattr(state, name))
       split = [x for x in arrays if "fsdp" in jax.tree.leaves(tuple(x.sharding.spec))]
@@ -141,20 +148,20 @@ def test_a_checkpoint_saved_on_one_mesh_restores_onto_another(tmp_path, key):
   config = small_config()
   graphdef, state = perturbed_state(config, key)
   fsdp_mesh = make_mesh({"fsdp": 8})
-  with use_mesh(fsdp_mesh, sharding_rules(config)):
-    _, _, shardings = train_state_layout(config, fsdp_mesh)
+  with use_mesh(fsdp_mesh, config.sharding.rules):
+    _, _, shardings = layout(config, fsdp_mesh)
     saved = jax.device_put(state, shardings)
   manager = checkpoints.make_manager(str(tmp_path), async_save=False)
   checkpoints.save(manager, saved, jax.random.key(7), None)
   manager.wait_until_finished()
 
   other = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  with use_mesh(other, sharding_rules(config)):
-    _, abstract, shardings = train_state_layout(config, other)
+  with use_mesh(other, config.sharding.rules):
+    _, abstract, shardings = layout(config, other)
     restored, rng = checkpoints.restore(manager, abstract)
   one_device = make_mesh({}, devices=jax.devices()[:1])  # e.g. sampling on a laptop
-  with use_mesh(one_device, sharding_rules(config)):
-    _, abstract, _ = train_state_layout(config, one_device)
+  with use_mesh(one_device, config.sharding.rules):
+    _, abstract, _ = layout(config, one_device)
     alone, _ = checkpoints.restore(manager, abstract)
   manager.close()
   for got, want in zip(jax.tree.leaves(alone), jax.tree.leaves(state)):
@@ -191,12 +198,12 @@ def _abstract_mesh(**sizes):
 
 def test_sharded_init_equals_the_unsharded_init():
   config = small_config()
-  graphdef, state = init_train_state(DiT(config.model, rngs=nnx.Rngs(config.seed)),
+  graphdef, state = init_train_state(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
                                      make_optimizer(config.optim))
   mesh = make_mesh({"fsdp": 4, "tensor": 2})
-  with use_mesh(mesh, sharding_rules(config)):
-    _, _, shardings = train_state_layout(config, mesh)
-    sharded = init_sharded_train_state(config, shardings)
+  with use_mesh(mesh, config.sharding.rules):
+    _, _, shardings = layout(config, mesh)
+    sharded = sharded_init(config, shardings)
   for got, expected in zip(jax.tree.leaves(sharded), jax.tree.leaves(state)):
     # The same draws; jit may round the initialisers' arithmetic differently from eager ops.
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from dit import attention, sparsity
-from dit.config_checks import validate_model_config
+from configs.checks import validate_model_config
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import model_config
+from configs.common import model_config
 
 
 def tiny(**overrides):
@@ -27,7 +28,7 @@ def inputs(key, batch=2, text_length=6):
 
 
 def velocity(config, key, randomize):
-  model = DiT(config, rngs=nnx.Rngs(0))
+  model = DiT(DiTConfig.from_dict(config), rngs=nnx.Rngs(0))
   randomize(model, jax.random.fold_in(key, 1))
   video, t, cond = inputs(key)
   return model(video, t, **cond)
@@ -50,7 +51,7 @@ def test_a_sparse_pattern_changes_what_the_model_computes(key, randomize):
 
 def test_gradients_through_the_kernel_match_the_dense_model(key, randomize):
   def grads(config):
-    model = DiT(config, rngs=nnx.Rngs(0))
+    model = DiT(DiTConfig.from_dict(config), rngs=nnx.Rngs(0))
     randomize(model, jax.random.fold_in(key, 1))
     video, t, cond = inputs(key)
     loss = lambda m: (m(video, t, **cond) ** 2).mean()

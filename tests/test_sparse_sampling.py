@@ -1,4 +1,4 @@
-"""Sparse attention while sampling (dit/sparse_sampling.py, dit/adaptive_attention.py): the
+"""Sparse attention while sampling (diffusion/sparse_sampling.py, diffusion/sparse_attention.py): the
 schedule of modes, AdaSpa's per-layer patterns threaded through the DiT, and sampling with them."""
 import jax
 import jax.numpy as jnp
@@ -7,19 +7,21 @@ import pytest
 from flax import nnx
 
 from configs.quickstart import get_config
-from dit.adaptive_attention import SparseStep, forced_blocks
+from diffusion.sparse_attention import SparseStep, forced_blocks
+from configs.common import sparse_config
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.samplers import sample
+from diffusion.samplers import sample
 from kernels.block_tables import tables_to_mask
-from dit.sparse_sampling import (Segment, check_schedule, sample_scheduled, schedule,
-                                 search_report, search_steps, sparse_config)
+from diffusion.sparse_sampling import (Segment, check_schedule, sample_scheduled, schedule,
+                                       search_report, search_steps)
 
 
 def small_model(randomize, key, **overrides):
   """The quick-start model at a quarter width: 2 dual and 2 single blocks, 144 tokens."""
   config = get_config().model
   config.update(hidden_size=64, **overrides)
-  model = DiT(config, rngs=nnx.Rngs(0))
+  model = DiT(DiTConfig.from_dict(config), rngs=nnx.Rngs(0))
   randomize(model, jax.random.fold_in(key, 7))
   return model
 
@@ -58,7 +60,7 @@ def test_a_fused_search_gives_dense_attention_and_a_pattern_per_layer(key, rando
   t = jnp.array([0.3, 0.8])
   dense = model(video, t, **cond)
   step = SparseStep(mode="fused_search", sparsity=0.5, block=16)
-  velocity, found = model(video, t, **cond, sparse=step)
+  velocity, found = model.with_attention(step, video, t, **cond)
   # f32 to 1e-5 of the velocity's scale: the search's dense pass sums in blocks of 16 keys.
   np.testing.assert_allclose(velocity, dense, atol=1e-5 * float(jnp.abs(dense).max()))
   assert set(found) == {"dual", "single"}
@@ -70,11 +72,12 @@ def test_a_fused_search_gives_dense_attention_and_a_pattern_per_layer(key, rando
   # The first layer sees the same inputs, so its lse-cached search picks the same patterns (the
   # later layers see the sparse outputs of the earlier ones); the sparse mode with the patterns
   # of a search gives what the search step gave.
-  cached_v, cached = model(video, t, **cond, sparse=step.replace(mode="cached_search",
-                                                                 patterns=found))
+  cached_v, cached = model.with_attention(step.replace(mode="cached_search", patterns=found),
+                                          video, t, **cond)
   np.testing.assert_array_equal(cached["dual"].tables.kv_indices[0],
                                 found["dual"].tables.kv_indices[0])
-  sparse_v, _ = model(video, t, **cond, sparse=step.replace(mode="sparse", patterns=cached))
+  sparse_v, _ = model.with_attention(step.replace(mode="sparse", patterns=cached), video, t,
+                                     **cond)
   np.testing.assert_allclose(sparse_v, cached_v, atol=1e-6, rtol=1e-6)
   assert float(jnp.abs(sparse_v - dense).max()) > 1e-4  # half the video blocks are dropped
 
@@ -82,8 +85,8 @@ def test_a_fused_search_gives_dense_attention_and_a_pattern_per_layer(key, rando
 def test_the_patterns_change_what_layers_attend_to_per_head(key, randomize):
   model = small_model(randomize, key)
   video, cond = inputs(key)
-  _, found = model(video, jnp.array([0.5, 0.5]), **cond,
-                   sparse=SparseStep(mode="fused_search", sparsity=0.75, block=16))
+  _, found = model.with_attention(SparseStep(mode="fused_search", sparsity=0.75, block=16),
+                                  video, jnp.array([0.5, 0.5]), **cond)
   masks = np.asarray(layer_masks(found["single"]))
   assert not (masks == masks[:, :, :1]).all()  # heads differ
   assert not (masks[0] == masks[1]).all()  # layers differ
@@ -131,9 +134,9 @@ def test_with_the_block_sparse_kernels_adaspa_gives_what_the_xla_references_give
   for attention in ("xla", "block_sparse"):
     model = small_model(randomize, key, attention=attention, depth=2, dual_stream_depth=1,
                         num_heads=2)
-    v, found = model(video, t, **cond, sparse=step)
-    sparse_v, _ = model(video, t, **cond, sparse=step.replace(mode="cached_search",
-                                                               patterns=found))
+    v, found = model.with_attention(step, video, t, **cond)
+    sparse_v, _ = model.with_attention(step.replace(mode="cached_search", patterns=found),
+                                       video, t, **cond)
     results[attention] = v, sparse_v, found
   (v, sparse_v, found), (kernel_v, kernel_sparse_v, kernel_found) = results.values()
   scale = float(jnp.abs(v).max())

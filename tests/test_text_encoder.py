@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from dit.minilm import BertConfig, bert_forward, load_bert_params
-from dit.text_encoder import (TEXT_ENCODERS, HashedWordEncoder, MiniLMEncoder,
+from text_encoders.minilm import BertConfig, bert_forward, load_bert_params
+from text_encoders.encoders import (TEXT_ENCODERS, HashedWordEncoder, MiniLMEncoder,
                               default_minilm_dir, make_text_encoder, mean_pooled)
 
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

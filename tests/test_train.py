@@ -13,10 +13,11 @@ import pytest
 
 import train
 from configs.quickstart import get_config
-from dit import checkpoints
-from dit.metric_writers import read_metrics
-from dit.runs import load_config
-from dit.train_step import abstract_train_state
+from training import checkpoints
+from rundir.metric_writers import read_metrics
+from rundir.config_file import load_config
+from dit.config import DiTConfig
+from training.train_state import abstract_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/quickstart.py:tiny,text=hashed_words"
@@ -50,7 +51,8 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None
 
 
 def final_state(workdir):
-  graphdef, abstract = abstract_train_state(load_config(workdir))
+  config = load_config(workdir)
+  graphdef, abstract = abstract_train_state(DiTConfig.from_dict(config.model), config.optim)
   manager = checkpoints.make_manager(workdir, async_save=False)
   try:
     return checkpoints.restore(manager, abstract)[0]

@@ -8,18 +8,25 @@ import pytest
 from flax import nnx
 
 from configs import video_dit
-from dit import train_step as ts
-from dit.count_params import count_params
-from dit.flow_matching import flow_config
+from configs.common import MODEL_SIZES, flow_config, model_config, optim_config
+from diffusion.flow_matching import flow_matching_loss
+from dit.config import DiTConfig
 from dit.model import DiT
-from dit.model_config import MODEL_SIZES, model_config
+from training import train_step as ts
+from training.count_params import count_params
+from training.optimizer import decay_mask, learning_rate_schedule, make_optimizer
+from training.train_state import init_train_state
+
+
+def dit_config(size, **overrides):
+  return DiTConfig.from_dict(model_config(size, **overrides))
 
 
 def test_a_tiny_model_overfits_one_batch():
   """One fixed batch (videos, labels, noise and timesteps): the loss falls by 90% or more."""
-  config = model_config("tiny", in_channels=3, conditioning="label")
-  optimizer = ts.make_optimizer(ts.optim_config(lr=3e-3, warmup_steps=10, decay_steps=300))
-  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  config = dit_config("tiny", in_channels=3, conditioning="label")
+  optimizer = make_optimizer(optim_config(lr=3e-3, warmup_steps=10, decay_steps=300))
+  graphdef, state = init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
   step = jax.jit(ts.make_train_step(graphdef, optimizer, flow_config(cond_dropout=0.0),
                                     config.patch_size))
   key = jax.random.key(0)
@@ -36,9 +43,9 @@ def test_a_tiny_model_overfits_one_batch():
 def test_one_jitted_training_step_of_the_b_class_model_runs_on_cpu(key):
   config = video_dit.get_config("size=B")
   assert config.model.hidden_size == 768
-  model = DiT(config.model, rngs=nnx.Rngs(0))
-  optimizer = ts.make_optimizer(config.optim)
-  graphdef, state = ts.init_train_state(model, optimizer)
+  model = DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(0))
+  optimizer = make_optimizer(config.optim)
+  graphdef, state = init_train_state(model, optimizer)
   step = jax.jit(ts.make_train_step(graphdef, optimizer, config.flow, config.model.patch_size))
   kv, kt = jax.random.split(key)
   batch = {"video": jax.random.normal(kv, (2, 2, 16, 16, config.model.in_channels)),
@@ -54,27 +61,27 @@ def test_one_jitted_training_step_of_the_b_class_model_runs_on_cpu(key):
 
 def test_weight_decay_applies_to_matrices_only():
   flat = [entry for conditioning in ("text", "label")
-          for entry in nnx.to_flat_state(ts.decay_mask(nnx.state(
-              DiT(model_config("tiny", conditioning=conditioning), rngs=nnx.Rngs(0)))))]
+          for entry in nnx.to_flat_state(decay_mask(nnx.state(
+              DiT(dit_config("tiny", conditioning=conditioning), rngs=nnx.Rngs(0)))))]
   decayed = {path[-2:] for path, value in flat if value.get_value()}
   assert {("qkv", "kernel"), ("table", "embedding"), ("patch_embed", "kernel")} <= decayed
   assert not {path[-1] for path in decayed} & {"bias", "scale", "null_text"}
 
 
 def test_the_7b_config_has_7_billion_parameters():
-  assert count_params(model_config("7B")) == pytest.approx(7.0e9, rel=0.05)
+  assert count_params(dit_config("7B")) == pytest.approx(7.0e9, rel=0.05)
 
 
 def test_one_command_prints_every_model_size():
-  out = subprocess.run([sys.executable, "-m", "dit.count_params"], capture_output=True,
+  out = subprocess.run([sys.executable, "-m", "training.count_params"], capture_output=True,
                        text=True, check=True).stdout
   assert [line.split()[0] for line in out.splitlines()] == list(MODEL_SIZES)
 
 
 def tiny_label_setup(**step_kwargs):
-  config = model_config("tiny", in_channels=1, conditioning="label", dtype="float32")
-  optimizer = ts.make_optimizer(ts.optim_config(lr=1e-2, warmup_steps=0, decay_steps=10))
-  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  config = dit_config("tiny", in_channels=1, conditioning="label", dtype="float32")
+  optimizer = make_optimizer(optim_config(lr=1e-2, warmup_steps=0, decay_steps=10))
+  graphdef, state = init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
   flow = flow_config(cond_dropout=0.0)
   step = jax.jit(ts.make_train_step(graphdef, optimizer, flow, config.patch_size, **step_kwargs))
   return graphdef, state, optimizer, flow, config, step
@@ -87,7 +94,7 @@ def test_gradient_accumulation_averages_microbatch_gradients_into_one_update(key
 
   def microbatch_grads(index):
     half = jax.tree.map(lambda x: x[2 * index:2 * index + 2], batch)
-    model_loss = lambda p: ts.flow_matching_loss(
+    model_loss = lambda p: flow_matching_loss(
         nnx.merge(graphdef, p, state.model_state), half, jax.random.fold_in(key, index),
         32, flow)
     return jax.grad(model_loss, has_aux=True)(state.params)
@@ -124,12 +131,12 @@ def test_the_ema_follows_the_parameters_with_a_warmed_up_decay(key):
 
 
 def test_the_learning_rate_is_reported_from_the_schedule(key):
-  config = model_config("tiny", in_channels=1, conditioning="label")
-  optim = ts.optim_config(lr=1e-3, warmup_steps=4, decay_steps=10)
-  optimizer = ts.make_optimizer(optim)
-  graphdef, state = ts.init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
+  config = dit_config("tiny", in_channels=1, conditioning="label")
+  optim = optim_config(lr=1e-3, warmup_steps=4, decay_steps=10)
+  optimizer = make_optimizer(optim)
+  graphdef, state = init_train_state(DiT(config, rngs=nnx.Rngs(0)), optimizer)
   step = jax.jit(ts.make_train_step(graphdef, optimizer, flow_config(), config.patch_size,
-                                    learning_rate=ts.learning_rate_schedule(optim)))
+                                    learning_rate=learning_rate_schedule(optim)))
   batch = {"video": jax.random.normal(key, (2, 2, 8, 8, 1)), "label": jnp.arange(2)}
   lrs = []
   for _ in range(3):

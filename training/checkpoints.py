@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dit.train_step import TrainState
+from training.train_state import TrainState
 
 
 def checkpoint_dir(workdir: str) -> str:

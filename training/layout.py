@@ -4,8 +4,9 @@ fsdp, explicit in and out shardings at every jit boundary.
 
     mesh, rules = make_mesh(config.mesh), config.sharding.rules
     with use_mesh(mesh, rules):
-      graphdef, abstract, shardings = train_state_layout(config, mesh)
-      state = init_sharded_train_state(config, shardings)   # or restore onto `abstract`
+      graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh, rules)
+      state = init_sharded_train_state(model, config.optim, config.seed, shardings)
+      # or restore onto `abstract` (training/checkpoints.py)
       step = jit_train_step(make_train_step(graphdef, ...), shardings, mesh)
       state, metrics = step(state, global_batch(local_numpy_batch, mesh), key)
 
@@ -18,25 +19,14 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dit.patchify import patch_grid
-from dit.train_step import TrainState, abstract_train_state, initial_train_state
+from dit.config import DiTConfig
+from dit.patchify import num_video_tokens
 from sharding import sequence_parallel as sequence_parallel_lib
 from sharding import ulysses
-from sharding.logical import DEFAULT_RULES, tree_shardings
+from sharding.logical import Rules, tree_shardings
+from training.train_state import TrainState, abstract_train_state, initial_train_state
 
 BATCH_AXES = ("data", "fsdp")
-
-
-def sharding_rules(config: ml_collections.ConfigDict):
-  """config.sharding.rules, or the defaults for configs written before there were any."""
-  sharding = config.get("sharding")
-  return DEFAULT_RULES if sharding is None else sharding.rules
-
-
-def mesh_sizes(config: ml_collections.ConfigDict) -> dict:
-  """config.mesh as a dict of axis sizes; every device on "data" if the config has no mesh."""
-  mesh = config.get("mesh")
-  return {"data": -1} if mesh is None else dict(mesh)
 
 
 def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -51,7 +41,7 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
                   f"{degree} devices")
   model, seq = config.model, mesh.shape["seq"]
   if model.sequence_parallel != "none":
-    tokens = int(np.prod(patch_grid((1, *config.train.video_shape, 1), model.patch_size)))
+    tokens = num_video_tokens(config.train.video_shape, model.patch_size)
     if model.conditioning == "text":
       tokens += config.text.max_length
     if tokens % seq:
@@ -78,22 +68,23 @@ def with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-def train_state_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       rules=None) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-  """(graphdef, abstract state carrying its shardings, shardings) of an experiment on `mesh`,
-  allocating nothing: what init builds into and what a checkpoint restores onto. Params, EMA
-  and the optimizer's moments follow the params' logical axes; the step is replicated."""
-  rules = sharding_rules(config) if rules is None else rules
-  graphdef, abstract = abstract_train_state(config)
+def train_state_layout(model: DiTConfig, optim: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh,
+                       rules: Rules) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """(graphdef, abstract state carrying its shardings, shardings) of the DiT of `model` with
+  config.optim's optimizer on `mesh`, allocating nothing: what init builds into and what a
+  checkpoint restores onto. Params, EMA and the optimizer's moments follow the params' logical
+  axes (`rules`); the step is replicated."""
+  graphdef, abstract = abstract_train_state(model, optim)
   shardings = tree_shardings(abstract, mesh, rules)
   return graphdef, with_shardings(abstract, shardings), shardings
 
 
-def init_sharded_train_state(config: ml_collections.ConfigDict,
+def init_sharded_train_state(model: DiTConfig, optim: ml_collections.ConfigDict, seed: int,
                              shardings: TrainState) -> TrainState:
   """The initial state built directly in its shards (jit with out_shardings), so no device
   ever holds the whole model; the values equal an unsharded init's with the same seed."""
-  return jax.jit(lambda: initial_train_state(config), out_shardings=shardings)()
+  return jax.jit(lambda: initial_train_state(model, optim, seed)[1], out_shardings=shardings)()
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -107,12 +98,9 @@ def batch_degree(mesh: jax.sharding.Mesh) -> int:
 
 def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """This process's numpy batch (global batch / process count examples) -> global jax.Arrays
-  split over data x fsdp. With one process the local batch is the global one."""
+  split over data x fsdp (check_fits_mesh checked that it does). With one process the local
+  batch is the global one."""
   sharding = batch_sharding(mesh)
-  examples = next(iter(local_batch.values())).shape[0] * jax.process_count()
-  if examples % batch_degree(mesh):
-    raise ValueError(f"a global batch of {examples} does not split over the mesh's data x fsdp "
-                     f"= {batch_degree(mesh)} devices: make train.batch_size a multiple of it")
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(x))
           for name, x in local_batch.items()}
 

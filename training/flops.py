@@ -7,30 +7,28 @@ block (QK^T and PV). A training step is 3x the forward (the backward is two matm
 matmul); recomputation under remat is not model FLOPs and is not counted, as in the MFU of the
 PaLM and MegaScale papers. Elementwise work (norms, RoPE, softmax) is left out.
 """
-import ml_collections
-import numpy as np
-
 from dit import sparsity
-from dit.model_config import mlp_hidden_size
+from dit.config import DiTConfig
 from dit.patchify import patch_grid
 
 
-def attention_density(config: ml_collections.ConfigDict, grid, num_text: int) -> float:
+def attention_density(config: DiTConfig, grid, num_text: int) -> float:
   """The fraction of (query, key) block pairs the model's static pattern visits (1: full)."""
   pattern = sparsity.attention_pattern(config, tuple(grid), num_text)
   return 1.0 if pattern is None else float(pattern.density())
 
 
-def forward_flops(config: ml_collections.ConfigDict, video_shape, batch_size: int,
+def forward_flops(config: DiTConfig, video_shape, batch_size: int,
                   text_length: int = 0) -> float:
   """FLOPs of one forward pass over `batch_size` videos of video_shape (T, H, W) with
   text_length text tokens each (ignored for label-conditioned models)."""
-  dim, hidden = config.hidden_size, mlp_hidden_size(config)
+  dim, hidden = config.hidden_size, config.mlp_hidden_size
   grid = patch_grid((1, *video_shape, 1), config.patch_size)
-  video_tokens = int(np.prod(grid))
+  video_tokens = grid[0] * grid[1] * grid[2]
   text_tokens = text_length if config.conditioning == "text" else 0
   tokens = video_tokens + text_tokens
-  patch_dim = int(np.prod(config.patch_size)) * config.in_channels
+  pt, ph, pw = config.patch_size
+  patch_dim = pt * ph * pw * config.in_channels
 
   per_token_block = 2 * (3 * dim * dim + dim * dim + 3 * dim * hidden)  # qkv, out, SwiGLU
   modulation = 2 * dim * 6 * dim  # per video, per stream
@@ -49,7 +47,7 @@ def forward_flops(config: ml_collections.ConfigDict, video_shape, batch_size: in
   return float(batch_size * (blocks + embed + final + text))
 
 
-def train_step_flops(config: ml_collections.ConfigDict, video_shape, batch_size: int,
+def train_step_flops(config: DiTConfig, video_shape, batch_size: int,
                      text_length: int = 0) -> float:
   """Model FLOPs of one training step: forward and backward, 3x the forward."""
   return 3.0 * forward_flops(config, video_shape, batch_size, text_length)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from dit.flow_matching import shift_timesteps, timestep_shift
+from diffusion.flow_matching import shift_timesteps, timestep_shift
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("euler", "heun")
@@ -64,7 +64,7 @@ def step_with_state(velocity_and_state: Callable, then: Callable, x: jax.Array,
                     sigmas: jax.Array, step: int, method: str = "euler"):
   """Step `step` (a Python int) of `method` whose first evaluation also gives a new state:
   velocity_and_state(x, sigma) -> (v, state); then(state) is the velocity function of Heun's
-  second evaluation. -> (x, state). AdaSpa's search steps, dit/sparse_sampling.py."""
+  second evaluation. -> (x, state). AdaSpa's search steps, diffusion/sparse_sampling.py."""
   check_method(method)
   v, state = velocity_and_state(x, sigmas[step])
   if method == "euler" or step == sigmas.shape[0] - 2:
@@ -77,44 +77,39 @@ def check_method(method: str) -> None:
     raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)}")
 
 
-def solve(velocity_fn: VelocityFn, noise: jax.Array, sigmas: jax.Array,
-          method: str = "euler") -> jax.Array:
-  return integrate(velocity_fn, noise, sigmas, method)
-
-
-def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float,
-                    sparse=None) -> VelocityFn:
-  """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond), both in one batch.
+def guided(apply: Callable, cond: dict, guidance_scale: float) -> Callable:
+  """Classifier-free guidance, v_uncond + scale (v_cond - v_uncond), both halves in one batch,
+  of apply(x, t, drop_cond, cond) -> (v, aux): -> (x, sigma) -> (v, aux of the whole batch).
 
   cond holds the model's conditioning keywords (text, text_mask or labels) for B samples; the
-  unconditional half uses the same inputs with drop_cond=True (null text or null label).
-  With `sparse` (a dit.adaptive_attention.SparseStep) the model runs in that attention mode
-  and the function returns (v, patterns), the patterns of the whole (doubled) batch.
+  unconditional half uses the same inputs with drop_cond True (null text or null label). A
+  Python scale of 1.0 skips the unconditional half (drop_cond None); a traced one computes both.
   """
-
-  # A Python 1.0 skips the unconditional half; a traced scale always computes both.
   unguided = isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0
-  extra = {} if sparse is None else {"sparse": sparse}
 
   def velocity(x, sigma):
     b = x.shape[0]
     if unguided:
-      return model(x, jnp.full((b,), sigma), **cond, **extra)
+      return apply(x, jnp.full((b,), sigma), None, cond)
     doubled = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
-    drop = jnp.arange(2 * b) >= b
-    out = model(jnp.concatenate([x, x]), jnp.full((2 * b,), sigma), drop_cond=drop, **doubled,
-                **extra)
-    v, patterns = (out, None) if sparse is None else out
+    v, aux = apply(jnp.concatenate([x, x]), jnp.full((2 * b,), sigma), jnp.arange(2 * b) >= b,
+                   doubled)
     v_cond, v_uncond = v[:b], v[b:]
-    v = v_uncond + guidance_scale * (v_cond - v_uncond)
-    return v if sparse is None else (v, patterns)
+    return v_uncond + guidance_scale * (v_cond - v_uncond), aux
 
   return velocity
 
 
+def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float) -> VelocityFn:
+  """The model's guided velocity (x, sigma) -> v, its attention as configured."""
+  fn = guided(lambda x, t, drop, cond: (model(x, t, drop_cond=drop, **cond), None), cond,
+              guidance_scale)
+  return lambda x, sigma: fn(x, sigma)[0]
+
+
 def sampling_shift(config: ml_collections.ConfigDict, num_tokens: int) -> float:
   """config.sample.shift if set, else the training shift at this many video tokens."""
-  if config.sample.get("shift") is not None:
+  if config.sample.shift is not None:
     return float(config.sample.shift)
   return timestep_shift(num_tokens, config.flow)
 
@@ -124,5 +119,5 @@ def sample(model: nnx.Module, key: jax.Array, shape: tuple[int, ...], cond: dict
            shift: float = 1.0) -> jax.Array:
   """Videos float32 `shape` [B, T, H, W, C] drawn from noise N(0, I) made from `key`."""
   noise = jax.random.normal(key, shape, jnp.float32)
-  return solve(guided_velocity(model, cond, guidance_scale), noise,
-               sigma_schedule(num_steps, shift), method)
+  return integrate(guided_velocity(model, cond, guidance_scale), noise,
+                   sigma_schedule(num_steps, shift), method)

@@ -1,7 +1,6 @@
 """Videos for a fixed list of prompts or labels, from any parameters of one model: what
-train.py writes every train.sample_every steps and sample.py writes on demand."""
-import os
-
+train.py samples every train.sample_every steps, sample.py on demand and python -m eval in
+batches. rundir/videos.py writes them."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,12 +8,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from data import video_io
-from dit.config_checks import validate_sample_config
-from dit.patchify import patch_grid
-from dit.samplers import sampling_shift
-from dit.sparse_sampling import (check_schedule, sample_scheduled, search_report,
-                                 search_steps, sparse_config)
+from diffusion.samplers import sampling_shift
+from diffusion.sparse_sampling import (check_schedule, sample_scheduled, search_report,
+                                       search_steps)
+from dit.patchify import num_video_tokens
 
 
 class VideoSampler:
@@ -27,7 +24,9 @@ class VideoSampler:
   def __init__(self, graphdef: nnx.GraphDef, model_state: nnx.State,
                config: ml_collections.ConfigDict, text_encoder=None,
                prompts=None, labels=None):
-    validate_sample_config(config.sample)
+    """config: the experiment (checked by configs.checks.validate_config); text_encoder: the
+    run's caption encoder (text models); prompts or labels: what to sample (default: the
+    config's train.sample_prompts or train.sample_labels)."""
     self.config = config
     self.text_encoder = text_encoder
     if config.model.conditioning == "text":
@@ -38,10 +37,10 @@ class VideoSampler:
       prompts = list(labels or config.train.sample_labels)
     self.prompts, self.cond = self.condition(prompts)
     self.shape = (len(self.prompts), *config.train.video_shape, config.model.in_channels)
-    num_tokens = int(np.prod(patch_grid(self.shape, config.model.patch_size)))
+    num_tokens = num_video_tokens(config.train.video_shape, config.model.patch_size)
     shift = sampling_shift(config, num_tokens)
     sample_cfg = config.sample
-    sparse = sample_cfg.get("sparse") or sparse_config()  # runs older than sample.sparse: none
+    sparse = sample_cfg.sparse
     # Errors now, not at the first sample hours into training.
     check_schedule(sparse, config.model, num_tokens,
                    self.cond["text"].shape[1] if "text" in self.cond else 0)
@@ -89,25 +88,3 @@ class VideoSampler:
     videos, searches = self._generate(params, key, cond)
     report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
     return np.asarray(videos), report
-
-  def write(self, params: nnx.State, out_dir: str, key: jax.Array, fps: int = 8) -> list[str]:
-    """Writes <i>.mp4, <i>.gif, grid.png and prompts.txt to out_dir; returns the video paths."""
-    return self.write_videos(self.generate(params, key), out_dir, fps=fps)
-
-  def write_videos(self, videos: np.ndarray, out_dir: str, fps: int = 8) -> list[str]:
-    """Writes generated videos [N, T, H, W, C] as write() does."""
-    os.makedirs(out_dir, exist_ok=True)
-    videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
-    # Small videos are written larger (nearest neighbour), to be seen, not only stored.
-    upscale = int(self.config.sample.get("upscale", 1))
-    videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
-    paths = []
-    for i, video in enumerate(videos):
-      for ext, write in (("mp4", video_io.write_mp4), ("gif", video_io.write_gif)):
-        path = os.path.join(out_dir, f"{i}.{ext}")
-        write(path, video, fps=fps)
-        paths.append(path)
-    video_io.write_frame_grid_png(os.path.join(out_dir, "grid.png"), videos)
-    with open(os.path.join(out_dir, "prompts.txt"), "w") as f:
-      f.write("".join(f"{i}: {p}\n" for i, p in enumerate(self.prompts)))
-    return paths

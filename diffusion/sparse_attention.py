@@ -1,7 +1,8 @@
 """AdaSpa inside the DiT: each layer's block-sparse pattern, searched online from its exact
 attention mass and reused across denoising steps (kernels/attention_search.py, kernels/adaspa.py).
 
-A model call runs every layer in one mode (static), set by a `SparseStep`:
+A `SparseStep` is the attention object (dit.attention.LayerAttention) of one model call,
+`model.with_attention(step, video, t, ...)`; it runs every layer in one mode (static):
 
   dense          no pattern at all (the warm-up steps), whatever model.sparse_pattern says
   static         a static pattern of dit.sparsity (e.g. "window"), chosen at sampling time
@@ -12,7 +13,7 @@ A model call runs every layer in one mode (static), set by a `SparseStep`:
   sparse         the patterns of the last search
 
 The per-layer state (`LayerPatterns`) is stacked over layers like the blocks' parameters and
-threaded through their scan; a DiT called with a SparseStep returns it beside the velocity.
+threaded through their scan; with_attention returns the searched ones beside the velocity.
 With model.attention "xla" the search and sparse passes (and static patterns) are the XLA
 references (fast on CPU); otherwise they are our Pallas kernels (block_sparse). Text query
 blocks keep every key block and text key blocks are kept by every query block.
@@ -24,6 +25,7 @@ import numpy as np
 
 from dit import attention as attention_lib
 from dit import sparsity as static_patterns
+from dit.attention import AttentionContext
 from dit.blocks import attention_options
 from kernels import adaspa
 from kernels import attention_search
@@ -49,7 +51,8 @@ class SparseStep:
   """How a model call attends: the mode and settings are static, the patterns traced.
 
   patterns: {"dual": LayerPatterns, "single": LayerPatterns} stacked over each kind of block;
-  needed by cached_search and sparse, ignored otherwise.
+  needed by cached_search and sparse, ignored otherwise. A call in a search mode outputs the new
+  patterns per layer; dense, static and sparse calls output none.
   """
   mode: str = dataclasses.field(metadata=dict(static=True))
   sparsity: float = dataclasses.field(default=0.5, metadata=dict(static=True))
@@ -66,6 +69,35 @@ class SparseStep:
   def replace(self, **changes) -> "SparseStep":
     return dataclasses.replace(self, **changes)
 
+  def layer_inputs(self, kind: str) -> LayerPatterns | None:
+    """The patterns the layers of `kind` read (cached_search, sparse), stacked over layers."""
+    if self.mode not in MODES:
+      raise ValueError(f"unknown attention mode {self.mode!r}; choose one of {list(MODES)}")
+    if self.mode not in ("cached_search", "sparse"):
+      return None
+    if self.patterns is None:
+      raise ValueError(f"mode {self.mode!r} reuses the patterns of a search: pass patterns")
+    return self.patterns[kind]
+
+  def __call__(self, q, k, v, *, segment_ids, context: AttentionContext, layer_input):
+    """One layer's attention in this step's mode: q, k, v [B, L, H, D] -> (out, the layer's
+    new LayerPatterns in a search mode, else None)."""
+    config = context.config
+    options = attention_options(config)
+    if self.mode == "dense":
+      return attention_lib.dot_product_attention(q, k, v, segment_ids=segment_ids,
+                                                 **options), None
+    options["implementation"] = sparse_implementation(config)
+    if self.mode == "static":
+      pattern = static_patterns.pattern_of(self.static_pattern, config, context.grid,
+                                           context.num_text, block=self.block)
+      return attention_lib.dot_product_attention(q, k, v, segment_ids=segment_ids,
+                                                 pattern=pattern, **options), None
+    out, found = layer_attention(self, layer_input, q, k, v, segment_ids=segment_ids,
+                                 implementation=options["implementation"],
+                                 num_video=context.num_video)
+    return out, (None if self.mode == "sparse" else found)
+
 
 def sparse_implementation(model_config) -> str:
   """What runs the patterns: the XLA reference under model.attention "xla" (fast on CPU),
@@ -78,29 +110,6 @@ def forced_blocks(length: int, num_video: int, block: int) -> np.ndarray:
   queries)."""
   ends = np.minimum((np.arange(-(-length // block)) + 1) * block, length)
   return ends > num_video
-
-
-def make_attend(step: SparseStep, model_config, grid, num_text: int, num_video: int):
-  """The blocks' attention for a call in mode step.mode: (q, k, v, segment_ids, layer) ->
-  (out, LayerPatterns or None), layer the layer's slice of step.patterns."""
-  if step.mode not in MODES:
-    raise ValueError(f"unknown attention mode {step.mode!r}; choose one of {list(MODES)}")
-  if step.mode in ("cached_search", "sparse") and step.patterns is None:
-    raise ValueError(f"mode {step.mode!r} reuses the patterns of a search: pass patterns")
-  options = attention_options(model_config)
-  if step.mode == "dense":
-    return lambda q, k, v, segment_ids, layer: (attention_lib.dot_product_attention(
-        q, k, v, segment_ids=segment_ids, **options), None)
-  if step.mode == "static":
-    pattern = static_patterns.pattern_of(step.static_pattern, model_config, grid, num_text,
-                                         block=step.block)
-    options["implementation"] = sparse_implementation(model_config)
-    return lambda q, k, v, segment_ids, layer: (attention_lib.dot_product_attention(
-        q, k, v, segment_ids=segment_ids, pattern=pattern, **options), None)
-  implementation = sparse_implementation(model_config)
-  return lambda q, k, v, segment_ids, layer: layer_attention(
-      step, layer, q, k, v, segment_ids=segment_ids, implementation=implementation,
-      num_video=num_video)
 
 
 def layer_attention(step: SparseStep, layer: LayerPatterns | None, q, k, v, *, segment_ids,

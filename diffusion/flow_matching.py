@@ -3,6 +3,7 @@
 t = 0 is data and t = 1 is noise; samplers integrate dx/dt = v from t = 1 down to 0.
 Training timesteps are logit-normal, then shifted towards noise by a factor that grows with the
 number of tokens (SD3's resolution-dependent shift): more tokens keep more signal at a given t.
+The settings are config.flow (configs/common.py:flow_config).
 """
 import math
 
@@ -10,19 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-
-
-def flow_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      logit_mean=0.0,         # logit-normal timestep sampling: t = sigmoid(mean + std * N(0,1))
-      logit_std=1.0,
-      shift=1.0,              # timestep shift at `shift_base_tokens` video tokens
-      shift_base_tokens=0,    # 0: the shift is the same at every resolution
-      cond_dropout=0.1,       # probability a sample's condition is replaced by the null one
-  ))
-  config.lock()
-  config.update(overrides)
-  return config
 
 
 def interpolate(x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:

@@ -1,0 +1,153 @@
+"""The checks of an experiment config: once per entry point (train.py, sample.py, python -m eval,
+the benchmarks), after the command line's overrides, before any model is built or any step runs.
+Each error says which field is wrong and what to set; code past this boundary trusts the config.
+
+    model = validate_config(config)   # every section; returns the network's DiTConfig
+"""
+import ml_collections
+
+from dit.config import DiTConfig
+from sharding import logical
+from sharding import mesh as mesh_lib
+
+
+def raise_if_any(section: str, errors: list[str]) -> None:
+  if errors:
+    raise ValueError(f"invalid {section} config:\n  " + "\n  ".join(errors))
+
+
+def positive(section: str, config: ml_collections.ConfigDict, fields: tuple[str, ...]):
+  return [f"{section}.{field}={config[field]} must be positive"
+          for field in fields if not config[field] > 0]
+
+
+def validate_model_config(config: ml_collections.ConfigDict) -> DiTConfig:
+  """config.model: the network's own checks (dit/config.py); returns the DiTConfig."""
+  return DiTConfig.from_dict(config)
+
+
+def validate_flow_config(config: ml_collections.ConfigDict) -> None:
+  """config.flow: dropout a probability, positive shift and timestep spread."""
+  errors = positive("flow", config, ("shift", "logit_std"))
+  if not 0 <= config.cond_dropout <= 1:
+    errors.append(f"flow.cond_dropout={config.cond_dropout} must be a probability in [0, 1]")
+  if config.shift_base_tokens < 0:
+    errors.append(f"flow.shift_base_tokens={config.shift_base_tokens} must be >= 0 "
+                  "(0 turns the resolution-dependent shift off)")
+  raise_if_any("flow", errors)
+
+
+def validate_optim_config(config: ml_collections.ConfigDict) -> None:
+  """config.optim: positive learning rate and clip, warmup within the decay."""
+  errors = positive("optim", config, ("lr", "grad_clip", "decay_steps"))
+  if not 0 <= config.warmup_steps < config.decay_steps:
+    errors.append(f"optim.warmup_steps={config.warmup_steps} must be in [0, "
+                  f"optim.decay_steps={config.decay_steps})")
+  for field in ("b1", "b2", "final_lr_ratio"):
+    if not 0 <= config[field] <= 1:
+      errors.append(f"optim.{field}={config[field]} must be in [0, 1]")
+  if config.weight_decay < 0:
+    errors.append(f"optim.weight_decay={config.weight_decay} must be >= 0")
+  raise_if_any("optim", errors)
+
+
+def validate_sample_config(config: ml_collections.ConfigDict) -> None:
+  """config.sample: a known sampler, at least one step, a positive shift if one is set, and a
+  valid sparse-attention schedule (diffusion/sparse_sampling.py)."""
+  from diffusion.samplers import SAMPLERS  # noqa: PLC0415  (the diffusion side's names)
+  from diffusion.sparse_sampling import sparse_config_errors  # noqa: PLC0415
+
+  errors = positive("sample", config, ("num_steps",))
+  if not isinstance(config.upscale, int) or config.upscale < 1:
+    errors.append(f"sample.upscale={config.upscale} must be a positive integer")
+  if config.sampler not in SAMPLERS:
+    errors.append(f"sample.sampler={config.sampler!r}; choose one of {list(SAMPLERS)}")
+  if config.shift is not None and not config.shift > 0:
+    errors.append(f"sample.shift={config.shift} must be positive (or None: as in training)")
+  errors += sparse_config_errors(config.sparse)
+  raise_if_any("sample", errors)
+
+
+def validate_train_config(config: ml_collections.ConfigDict, patch_size) -> None:
+  """config.train: positive sizes and intervals, videos that cut into whole patches."""
+  errors = positive("train", config, ("batch_size", "num_steps", "grad_accum", "log_every",
+                                      "checkpoint_every", "keep_checkpoints"))
+  shape, patch = tuple(config.video_shape), tuple(patch_size)
+  if len(shape) != 3 or any(s % p for s, p in zip(shape, patch)):
+    errors.append(f"train.video_shape={shape} (T, H, W) must be divisible by "
+                  f"model.patch_size={patch}")
+  if config.grad_accum > 0 and config.batch_size % config.grad_accum:
+    errors.append(f"train.batch_size={config.batch_size} must be divisible by "
+                  f"train.grad_accum={config.grad_accum}")
+  if not 0 <= config.ema_decay < 1:
+    errors.append(f"train.ema_decay={config.ema_decay} must be in [0, 1)")
+  if config.sample_every < 0:
+    errors.append(f"train.sample_every={config.sample_every} must be >= 0 (0: no samples)")
+  raise_if_any("train", errors)
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+  from data.sources import SOURCES  # noqa: PLC0415  (data imports grain)
+
+  errors = positive("data", config, ("num_threads",))
+  if config.name not in SOURCES:
+    errors.append(f"data.name={config.name!r}; choose one of {list(SOURCES)}")
+  raise_if_any("data", errors)
+
+
+def validate_text_config(config: ml_collections.ConfigDict) -> None:
+  from text_encoders.encoders import TEXT_ENCODERS  # noqa: PLC0415
+
+  errors = positive("text", config, ("max_length", "vocab_size"))
+  if config.encoder not in TEXT_ENCODERS:
+    errors.append(f"text.encoder={config.encoder!r}; choose one of {list(TEXT_ENCODERS)}")
+  raise_if_any("text", errors)
+
+
+def validate_mesh_config(config: ml_collections.ConfigDict) -> None:
+  """config.mesh and config.sharding: known mesh axes, sizes positive or -1, sound rules."""
+  errors = []
+  mesh = dict(config.mesh)
+  unknown = sorted(set(mesh) - set(mesh_lib.MESH_AXES))
+  if unknown:
+    errors.append(f"mesh axes {unknown} are unknown; the axes are {list(mesh_lib.MESH_AXES)}")
+  for axis, size in mesh.items():
+    if not isinstance(size, int) or not (size == -1 or size > 0):
+      errors.append(f"mesh.{axis}={size!r} must be a positive int, or -1 for the devices left")
+  if sum(size == -1 for size in mesh.values()) > 1:
+    errors.append("at most one mesh axis may be -1")
+  errors += logical.check_rules(config.sharding.rules, mesh_lib.MESH_AXES)
+  raise_if_any("mesh/sharding", errors)
+
+
+def validate_eval_config(config: ml_collections.ConfigDict) -> None:
+  """config.eval: known metrics, enough videos, I3D's shortest clip."""
+  from eval.evaluate import METRICS  # noqa: PLC0415
+
+  errors = positive("eval", config, ("num_videos", "batch_size", "feature_batch_size",
+                                     "classifier_steps"))
+  unknown = [m for m in config.metrics if m not in METRICS]
+  if unknown:
+    errors.append(f"eval.metrics has unknown {unknown}; choose from {list(METRICS)}")
+  if config.num_videos < 2:
+    errors.append(f"eval.num_videos={config.num_videos} must be at least 2 (the distances "
+                  "compare sets)")
+  if config.fvd_frames < 9:
+    errors.append(f"eval.fvd_frames={config.fvd_frames} must be at least 9 (I3D's shortest "
+                  "clip)")
+  raise_if_any("eval", errors)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> DiTConfig:
+  """Every section of an experiment config, and that its videos cut into whole patches;
+  returns the network's config (config.model as a DiTConfig), checked once here."""
+  model = validate_model_config(config.model)
+  validate_mesh_config(config)
+  for section, check in (("flow", validate_flow_config), ("optim", validate_optim_config),
+                         ("sample", validate_sample_config), ("data", validate_data_config),
+                         ("text", validate_text_config), ("eval", validate_eval_config)):
+    if section in config:
+      check(config[section])
+  if "train" in config:
+    validate_train_config(config.train, model.patch_size)
+  return model

@@ -1,0 +1,81 @@
+"""Opening a trained run: its config, checked once; its parameters restored onto a mesh; its
+text encoder; samplers for its model. sample.py, python -m eval and eval.sparse_fidelity all
+open a run this way.
+
+    with open_run("runs/quickstart") as run:          # the latest checkpoint, EMA weights
+      videos = run.sampler(prompts=["the digit 3 moves up"]).generate(run.params, key)
+
+Inside the `with`, the run's mesh and sharding rules are in context (sampling with sequence
+parallelism needs them); the parameters are restored straight into that mesh's shards.
+"""
+import contextlib
+import dataclasses
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from configs.checks import validate_config
+from diffusion.video_sampler import VideoSampler
+from dit.config import DiTConfig
+from rundir.config_file import load_config
+from sharding.logical import use_mesh
+from sharding.mesh import make_mesh
+from text_encoders.encoders import text_encoder_for
+from training import checkpoints
+from training.layout import train_state_layout
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run, opened: what sampling or evaluating it needs."""
+  workdir: str
+  config: ml_collections.ConfigDict  # checked by configs.checks.validate_config
+  model: DiTConfig
+  mesh: jax.sharding.Mesh
+  graphdef: nnx.GraphDef
+  params: nnx.State                  # the EMA parameters (or the raw ones: ema=False)
+  model_state: nnx.State
+  step: int
+  text_encoder: object               # captions -> the model's text input; None for labels
+  _context: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+
+  def __enter__(self) -> "Run":
+    self._context.enter_context(use_mesh(self.mesh, self.config.sharding.rules))
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._context.close()
+
+  def sampler(self, prompts=None, labels=None,
+              config: ml_collections.ConfigDict | None = None) -> VideoSampler:
+    """A VideoSampler of this run's model for `prompts` (text) or `labels` (default: the
+    config's train.sample_prompts or sample_labels), with the run's sample settings or those of
+    `config` (a variant of run.config, checked by the caller)."""
+    return VideoSampler(self.graphdef, self.model_state, config or self.config,
+                        self.text_encoder, prompts=prompts, labels=labels)
+
+
+def open_run(workdir: str, step: int | None = None, ema: bool = True,
+             mesh: jax.sharding.Mesh | dict | None = None,
+             config: ml_collections.ConfigDict | None = None) -> Run:
+  """Opens the run in `workdir` at checkpoint `step` (default: the latest).
+
+  ema: the EMA parameters (else the raw ones). mesh: a Mesh, or axis sizes such as
+  {"data": -1} (default: the run's config.mesh). config: the run's config with the caller's
+  overrides (default: its config.json); it is checked here, before anything is restored.
+  """
+  config = load_config(workdir) if config is None else config
+  model = validate_config(config)
+  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/: train first")
+  if not isinstance(mesh, jax.sharding.Mesh):
+    mesh = make_mesh(dict(config.mesh) if mesh is None else mesh)
+  with use_mesh(mesh, config.sharding.rules):
+    graphdef, abstract, _ = train_state_layout(model, config.optim, mesh, config.sharding.rules)
+    params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=ema,
+                                                          step=step)
+  return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
+             params=params, model_state=model_state, step=step,
+             text_encoder=text_encoder_for(config))

@@ -1,0 +1,53 @@
+"""The train state: parameters, their EMA, other model variables and the optimizer state.
+
+The model lives as (graphdef, params) outside jit and is rebuilt with nnx.merge inside, so the
+state is an ordinary pytree of arrays that any jit, sharding or checkpointing can handle.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+
+from dit.config import DiTConfig
+from dit.model import DiT
+from training.optimizer import make_optimizer
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array         # int32 scalar
+  params: nnx.State       # the model's nnx.Param variables (float32): what is trained
+  ema_params: nnx.State   # exponential moving average of params: what is sampled from
+  model_state: nnx.State  # any other model variables, carried along untouched
+  opt_state: optax.OptState
+
+
+def init_train_state(model: nnx.Module,
+                     optimizer: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              ema_params=jax.tree.map(jnp.copy, params),
+                              model_state=model_state, opt_state=optimizer.init(params))
+
+
+def initial_train_state(model: DiTConfig, optim: ml_collections.ConfigDict,
+                        seed: int) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, TrainState at step 0): the DiT initialised from `seed`, config.optim's
+  optimizer."""
+  return init_train_state(DiT(model, rngs=nnx.Rngs(seed)), make_optimizer(optim))
+
+
+def abstract_train_state(model: DiTConfig,
+                         optim: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState]:
+  """The graphdef and the shapes and dtypes of the TrainState, allocating nothing: the target
+  a checkpoint restores into."""
+  graphdefs = []
+
+  def init():
+    graphdef, state = initial_train_state(model, optim, 0)
+    graphdefs.append(graphdef)  # static structure: valid outside the trace
+    return state
+
+  abstract = jax.eval_shape(init)
+  return graphdefs[0], abstract
