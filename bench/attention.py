@@ -24,15 +24,15 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from kernels.block_sparse_attention import sparse_attention
 from kernels.block_tables import PatternTables
 from kernels.reference import block_sparse_attention_reference
+from rundir.logs import quiet_library_logs
 
 ON_GPU = jax.default_backend() == "gpu"
 PATTERN_BLOCK = 128
@@ -140,6 +140,7 @@ def attention_flops(batch, heads, pairs, block_q, block_k, dim, mode):
 
 def main(argv):
   del argv
+  quiet_library_logs()
   dtype = jnp.dtype(FLAGS.dtype)
   rng = np.random.default_rng(FLAGS.seed)
   device = jax.devices()[0]

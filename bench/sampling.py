@@ -20,13 +20,11 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
-
 import jax
 import jax.numpy as jnp
-import numpy as np
+from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
 from configs.checks import validate_config, validate_sample_config
 from data.random_batch import random_batch

@@ -21,11 +21,10 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
-
 import jax
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from configs.checks import validate_config
 from data.random_batch import random_batch

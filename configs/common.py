@@ -69,12 +69,22 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+def _section(overrides: dict, **defaults) -> ml_collections.ConfigDict:
+  """A config section of these fields and defaults, locked (a misspelt override is an error),
+  with `overrides` applied."""
+  config = ml_collections.ConfigDict(defaults)
+  config.lock()
+  for key, value in overrides.items():
+    setattr(config, key, value)  # an unknown key: AttributeError, with the closest field named
+  return config
+
+
 def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
   """config.model: the DiT of a named size (MODEL_SIZES), with `overrides` applied (an unknown
   field is an error). dit.config.DiTConfig.from_dict(config.model) builds the network's config."""
   if size not in MODEL_SIZES:
     raise ValueError(f"unknown model size {size!r}; choose one of {list(MODEL_SIZES)}")
-  config = ml_collections.ConfigDict(dict(
+  defaults = dict(
       size=size,
       patch_size=(1, 2, 2),       # (pt, ph, pw) over latent (T, H, W)
       in_channels=16,             # latent channels (3 for pixel-space models)
@@ -99,44 +109,34 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
       dtype="bfloat16",           # compute dtype
       param_dtype="float32",
       rope_theta=10_000.0,
-  ))
-  config.update(MODEL_SIZES[size])
-  config.lock()  # a misspelt field is an error, not a silently new field
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  )
+  return _section(overrides, **(defaults | MODEL_SIZES[size]))
 
 
 def flow_config(**overrides) -> ml_collections.ConfigDict:
   """config.flow: the flow-matching objective (diffusion/flow_matching.py)."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       logit_mean=0.0,         # logit-normal timestep sampling: t = sigmoid(mean + std * N(0,1))
       logit_std=1.0,
       shift=1.0,              # timestep shift at `shift_base_tokens` video tokens
       shift_base_tokens=0,    # 0: the shift is the same at every resolution
       cond_dropout=0.1,       # probability a sample's condition is replaced by the null one
-  ))
-  config.lock()
-  config.update(overrides)
-  return config
+  )
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
   """config.optim: AdamW with linear warmup and cosine decay, global-norm clipping
   (training/optimizer.py)."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       lr=1e-4, warmup_steps=1000, decay_steps=100_000, final_lr_ratio=0.1,
       b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
-  ))
-  config.lock()
-  config.update(overrides)
-  return config
+  )
 
 
 def sparse_config(**overrides) -> ml_collections.ConfigDict:
   """config.sample.sparse: attention modes over the denoising steps
   (diffusion/sparse_sampling.py)."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       attention="none",      # "none" | "adaspa" | a static pattern (window, temporal, ...)
       sparsity=0.5,          # AdaSpa: average fraction of video key blocks dropped
       warmup=0.2,            # fraction of the steps with full attention first
@@ -144,26 +144,20 @@ def sparse_config(**overrides) -> ml_collections.ConfigDict:
       searches_of=50,
       block=0,               # pattern block size in tokens (0: model.sparse_block)
       recall_threshold=0.8,  # heads keeping more mass than this move sparser (kernels/adaspa.py)
-  ))
-  config.lock()
-  config.update(overrides)
-  return config
+  )
 
 
 def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.ConfigDict:
   """config.sample: how sample.py, python -m eval and train.py's samples draw videos; `sparse`
   overrides fields of sparse_config."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       num_steps=50,
       sampler="euler",        # euler | heun
       guidance_scale=5.0,     # classifier-free guidance; 1 turns it off
       shift=None,             # None: the training shift at the sampled resolution
       upscale=1,              # videos written this many times larger (nearest neighbour)
       sparse=sparse_config(**(sparse or {})),
-  ))
-  config.lock()
-  config.update(overrides)
-  return config
+  )
 
 
 def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigDict:

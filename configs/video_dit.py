@@ -11,9 +11,9 @@ space until the causal VAE lands (then: latents with model.in_channels=16).
 """
 import ml_collections
 
-from configs.common import (CONDITIONINGS, data_config, eval_config, flow_config, mesh_config, model_config,
-                            optim_config, parse_arg, sample_config, sharding_config,
-                            text_config, train_config)
+from configs.common import (CONDITIONINGS, data_config, eval_config, flow_config, mesh_config,
+                            model_config, optim_config, parse_arg, sample_config,
+                            sharding_config, text_config, train_config)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,1 +1,2 @@
-"""Video diffusion transformers: the DiT, 3D RoPE, conditioning, flow matching and samplers."""
+"""The network: the video DiT (and the causal VAE next). Imports only jax, flax, numpy, kernels/
+and sharding/ (tests/test_layout.py enforces it); built from a DiTConfig (dit/config.py)."""

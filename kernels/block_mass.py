@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
+from kernels.kernel_config import check_block_sizes
+
 LOG2_E = math.log2(math.e)
 
 
@@ -81,9 +83,7 @@ def block_mass(q, k, lse, *, block_q: int, block_k: int, scale: float | None = N
   if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
     raise ValueError(f"lse must be [B, H, Lq] = {(q.shape[0], q.shape[2], q.shape[1])}, got "
                      f"{lse.shape}: pass the log-sum-exp of these queries")
-  for name, block in (("block_q", block_q), ("block_k", block_k)):
-    if block < 16 or block & (block - 1):
-      raise ValueError(f"{name}={block} must be a power of two of at least 16")
+  check_block_sizes(block_q, block_k)
   if kv_segment_ids is not None and segment_ids is None:
     raise ValueError("kv_segment_ids needs segment_ids (the queries' segments)")
   if segment_ids is not None:

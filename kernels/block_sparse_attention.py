@@ -23,7 +23,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from kernels import block_sparse_gpu, block_sparse_tpu
 from kernels.block_tables import PatternTables
-from kernels.kernel_config import KernelConfig
+from kernels.kernel_config import KernelConfig, check_block_sizes
 
 BACKENDS = {"gpu": block_sparse_gpu, "tpu": block_sparse_tpu}
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
@@ -110,9 +110,8 @@ def _resolve_backend(backend, interpret):
 
 
 def _check_blocks(pattern, backend):
+  check_block_sizes(pattern.block_q, pattern.block_k)
   for name, size in (("block_q", pattern.block_q), ("block_k", pattern.block_k)):
-    if size < 16 or size & (size - 1):
-      raise ValueError(f"{name}={size} must be a power of two of at least 16")
     if backend == "tpu" and size % 128:
       raise ValueError(f"the TPU kernels need {name} to be a multiple of 128; got {size}")
 

@@ -1,4 +1,4 @@
-"""bench/attention.py stays runnable: on CPU it checks the kernel and times small shapes."""
+"""python -m bench.attention stays runnable: on CPU it checks the kernel and times small shapes."""
 import json
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 
 def test_the_attention_benchmark_runs_and_records_device_versions_and_rows(tmp_path):
   result = subprocess.run(
-      [sys.executable, "bench/attention.py", "--lengths=256", "--densities=1.0,0.5",
+      [sys.executable, "-m", "bench.attention", "--lengths=256", "--densities=1.0,0.5",
        "--iters=1", "--warmup=0", f"--out={tmp_path}"], capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

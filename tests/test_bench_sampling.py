@@ -1,4 +1,5 @@
-"""bench/sampling.py stays runnable: on CPU it times the tiny quick start, dense vs AdaSpa."""
+"""python -m bench.sampling stays runnable: on CPU it times the tiny quick start, dense vs
+AdaSpa."""
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 
 def test_the_sampling_benchmark_times_dense_and_adaspa_and_records_what_it_ran(tmp_path):
   result = subprocess.run(
-      [sys.executable, "bench/sampling.py", "--sparsity=0.5", "--call_repeats=1",
+      [sys.executable, "-m", "bench.sampling", "--sparsity=0.5", "--call_repeats=1",
        f"--out={tmp_path}", "--config.sample.sparse.block=8"],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""bench/train_step.py stays runnable: on CPU it times the tiny quick-start on a USP mesh."""
+"""python -m bench.train_step stays runnable: on CPU it times the tiny quick-start on a USP mesh."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import sys
 def test_the_train_step_benchmark_runs_on_a_mesh_and_records_what_it_ran(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   result = subprocess.run(
-      [sys.executable, "bench/train_step.py", "--steps=1", "--warmup=1", f"--out={tmp_path}",
+      [sys.executable, "-m", "bench.train_step", "--steps=1", "--warmup=1", f"--out={tmp_path}",
        "--config.mesh.fsdp=2", "--config.mesh.seq=2", "--config.model.sequence_parallel=usp"],
       capture_output=True, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -54,8 +54,9 @@ def sharded_init(config, shardings):
 def perturbed_state(config, key):
   """The initial state with every parameter moved off its init (zero gates make a DiT at init
   the identity, whose gradients would test little)."""
-  graphdef, state = init_train_state(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
-                                     make_optimizer(config.optim))
+  graphdef, state = init_train_state(
+      DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
+      make_optimizer(config.optim))
   leaves, treedef = jax.tree.flatten(state.params)
   keys = jax.random.split(key, len(leaves))
   params = jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape)
@@ -198,8 +199,9 @@ def _abstract_mesh(**sizes):
 
 def test_sharded_init_equals_the_unsharded_init():
   config = small_config()
-  graphdef, state = init_train_state(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
-                                     make_optimizer(config.optim))
+  graphdef, state = init_train_state(
+      DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(config.seed)),
+      make_optimizer(config.optim))
   mesh = make_mesh({"fsdp": 4, "tensor": 2})
   with use_mesh(mesh, config.sharding.rules):
     _, _, shardings = layout(config, mesh)

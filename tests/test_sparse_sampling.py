@@ -1,5 +1,6 @@
-"""Sparse attention while sampling (diffusion/sparse_sampling.py, diffusion/sparse_attention.py): the
-schedule of modes, AdaSpa's per-layer patterns threaded through the DiT, and sampling with them."""
+"""Sparse attention while sampling (diffusion/sparse_sampling.py,
+diffusion/sparse_attention.py): the schedule of modes, AdaSpa's per-layer patterns threaded
+through the DiT, and sampling with them."""
 import jax
 import jax.numpy as jnp
 import numpy as np
