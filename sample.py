@@ -95,7 +95,10 @@ def main(argv):
   distributed.initialize_from_flags()  # before anything touches a device
   FLAGS = flags.FLAGS
   workdir, step = resolve_run(FLAGS.workdir, FLAGS.checkpoint)
-  config = load_config(workdir)
+  try:
+    config = load_config(workdir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
   for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
     if value is not None:
@@ -108,7 +111,11 @@ def main(argv):
     logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
                     FLAGS.sparsity)
   mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
-  with open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config) as run:
+  try:
+    run = open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config)
+  except FileNotFoundError as e:  # no checkpoints, or no such step: say so, no traceback
+    raise app.UsageError(str(e)) from None
+  with run:
     sampler = run.sampler(prompts=FLAGS.prompt, labels=FLAGS.label)
     videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed))
   if jax.process_index() > 0:

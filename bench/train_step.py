@@ -3,7 +3,7 @@ config on the mesh it describes, with random inputs of the config's shapes.
 
     python -m bench.train_step       # on a GPU: the XL model, 16x64x64 videos = 16K tokens each
     python -m bench.train_step --config=configs/video_dit.py:size=XL \\
-        --config.train.batch_size=2 --config.model.remat=block --config.mesh.fsdp=-1 \\
+        --config.train.batch_size=2 --config.model.remat=dots_saveable --config.mesh.fsdp=-1 \\
         --config.mesh.data=1
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bench.train_step \\
         --config.mesh.seq=4 --config.model.sequence_parallel=usp

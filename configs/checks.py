@@ -6,6 +6,7 @@ Each error says which field is wrong and what to set; code past this boundary tr
 """
 import ml_collections
 
+from configs import common
 from dit.config import DiTConfig
 from sharding import logical
 from sharding import mesh as mesh_lib
@@ -19,6 +20,37 @@ def raise_if_any(section: str, errors: list[str]) -> None:
 def positive(section: str, config: ml_collections.ConfigDict, fields: tuple[str, ...]):
   return [f"{section}.{field}={config[field]} must be positive"
           for field in fields if not config[field] > 0]
+
+
+# Every section an experiment has, with the builder that gives its fields (None: free-form, or
+# checked field by field below).
+SECTIONS = dict(model=None, flow=common.flow_config, optim=common.optim_config,
+                sample=common.sample_config, train=common.train_config, data=None,
+                text=common.text_config, eval=common.eval_config, mesh=None, sharding=None)
+
+
+def schema_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """Sections and fields the config lacks (a config.json written by an older codebase, or a
+  config file that dropped one): named, so the error says what to add."""
+  missing = [section for section in SECTIONS if section not in config]
+  if missing:
+    return [f"the config has no {missing} section(s): build them with configs/common.py"]
+  errors = []
+  for section, build in SECTIONS.items():
+    if build is not None:
+      errors += _missing_fields(section, config[section], build())
+  return errors
+
+
+def _missing_fields(path: str, config: ml_collections.ConfigDict,
+                    defaults: ml_collections.ConfigDict) -> list[str]:
+  missing = sorted(set(defaults.keys()) - set(config.keys()))
+  errors = [f"{path} has no fields {missing}: add them (defaults in configs/common.py)"
+            ] if missing else []
+  for field in sorted(set(defaults.keys()) & set(config.keys())):
+    if isinstance(defaults[field], ml_collections.ConfigDict):
+      errors += _missing_fields(f"{path}.{field}", config[field], defaults[field])
+  return errors
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> DiTConfig:
@@ -141,13 +173,14 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> DiTConfig:
   """Every section of an experiment config, and that its videos cut into whole patches;
   returns the network's config (config.model as a DiTConfig), checked once here."""
+  raise_if_any("experiment", schema_errors(config))
   model = validate_model_config(config.model)
   validate_mesh_config(config)
-  for section, check in (("flow", validate_flow_config), ("optim", validate_optim_config),
-                         ("sample", validate_sample_config), ("data", validate_data_config),
-                         ("text", validate_text_config), ("eval", validate_eval_config)):
-    if section in config:
-      check(config[section])
-  if "train" in config:
-    validate_train_config(config.train, model.patch_size)
+  validate_flow_config(config.flow)
+  validate_optim_config(config.optim)
+  validate_sample_config(config.sample)
+  validate_train_config(config.train, model.patch_size)
+  validate_data_config(config.data)
+  validate_text_config(config.text)
+  validate_eval_config(config.eval)
   return model

@@ -167,14 +167,12 @@ def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigD
 
 def text_config(**overrides) -> ml_collections.ConfigDict:
   """config.text: the caption encoder (text_encoders/) for conditioning="text"."""
-  config = ml_collections.ConfigDict(dict(encoder="minilm", max_length=16, vocab_size=4096))
-  config.update(overrides)
-  return config
+  return _section(overrides, encoder="minilm", max_length=16, vocab_size=4096)
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
   """config.train: the loop of train.py."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       batch_size=64,            # global, over all processes and microbatches
       grad_accum=1,             # microbatches per step, for batches larger than memory
       num_steps=200_000,
@@ -186,14 +184,12 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       sample_every=10_000,      # 0: no samples during training
       sample_prompts=("the digit 0 moves up",),
       sample_labels=(0,),
-  ))
-  config.update(overrides)
-  return config
+  )
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
   """config.eval: what python -m eval computes (eval/evaluate.py)."""
-  config = ml_collections.ConfigDict(dict(
+  return _section(overrides,
       num_videos=256,          # generated videos, compared with as many real ones
       batch_size=32,           # videos sampled per call of the compiled sampler
       seed=0,                  # the sampling noise and the draw of real videos
@@ -205,9 +201,7 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
       inception_weights="",    # FID's InceptionV3 weights (.pth, .safetensors, .npz); "": no FID
       feature_batch_size=8,    # videos (I3D) or 8x frames (Inception) per feature batch
       classifier_steps=1000,   # training steps of the digit classifier (cached in the workdir)
-  ))
-  config.update(overrides)
-  return config
+  )
 
 
 def mesh_config(**sizes) -> ml_collections.ConfigDict:
@@ -217,9 +211,7 @@ def mesh_config(**sizes) -> ml_collections.ConfigDict:
   sharded (FSDP); seq: each video's tokens split (model.sequence_parallel picks Ulysses, ring or
   USP for attention); tensor: the MLP and attention heads split (by the sharding rules).
   """
-  config = ml_collections.ConfigDict(dict(data=-1, fsdp=1, seq=1, tensor=1))
-  config.update(sizes)
-  return config
+  return _section(sizes, data=-1, fsdp=1, seq=1, tensor=1)
 
 
 def sharding_config() -> ml_collections.ConfigDict:

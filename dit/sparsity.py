@@ -1,5 +1,6 @@
-"""The DiT's static attention pattern, from its config (DiTConfig or config.model): which key blocks each query block of
-the [video | text] sequence attends to (kernels/video_patterns.py builds the masks).
+"""The DiT's static attention pattern, from its config (DiTConfig or config.model): which key
+blocks each query block of the [video | text] sequence attends to (kernels/video_patterns.py
+builds the masks).
 
   full              every block (no pattern)
   window            3D local window of half-widths model.sparse_window (dt, dh, dw) patches

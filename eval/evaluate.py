@@ -93,16 +93,17 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   experiment config, checked here first; log (None: quiet) gets progress messages."""
   from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
   from eval import videos  # noqa: PLC0415
-  from rundir.open_run import open_run  # noqa: PLC0415
+  from rundir.open_run import restore_run  # noqa: PLC0415
+  from training.checkpoints import checkpoint_dir  # noqa: PLC0415
 
   start = time.perf_counter()
   log = log or (lambda message: None)
+  model = validate_config(config)
+  if videos_dir is None and not os.path.isdir(checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ to sample: train first, or pass "
+                            "--videos=<folder of generated videos>")
   if reference_dir and not videos_dir:
     raise ValueError("--reference_videos pairs with --videos; pass both")
-  # The config is checked once: by open_run when a checkpoint is sampled, else here.
-  opened = None if videos_dir else open_run(workdir, step=step, config=config)
-  if opened is None:
-    validate_config(config)
   settings = config.eval
   shape = tuple(config.train.video_shape)
   channels = config.model.in_channels
@@ -122,8 +123,9 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   else:
     real, real_captions, real_labels = videos.real_videos(config, num, settings.seed)
   timings = {}
-  if opened is not None:
+  if videos_dir is None:
     t = time.perf_counter()
+    opened = restore_run(workdir, config, model, step=step)
     step = opened.step
     with opened:
       batch = min(settings.batch_size, num)

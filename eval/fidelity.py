@@ -1,7 +1,7 @@
 """How close a faster sampler stays to dense sampling from the same noise: PSNR and SSIM of the
 videos, and the recall of attention mass that a sparse pattern keeps.
 
-Videos are float [N, T, H, W, C] in [-1, 1] (what dit.samplers gives), compared frame by frame.
+Videos are float [N, T, H, W, C] in [-1, 1] (what diffusion.samplers gives), compared frame by frame.
 SSIM is Wang et al. (2004): Gaussian window sigma 1.5 (11 taps), K1 = 0.01, K2 = 0.03, per
 frame and channel, averaged; computed in float64 with scipy.
 """

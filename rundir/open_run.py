@@ -67,7 +67,14 @@ def open_run(workdir: str, step: int | None = None, ema: bool = True,
   overrides (default: its config.json); it is checked here, before anything is restored.
   """
   config = load_config(workdir) if config is None else config
-  model = validate_config(config)
+  return restore_run(workdir, config, validate_config(config), step=step, ema=ema, mesh=mesh)
+
+
+def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfig, *,
+                step: int | None = None, ema: bool = True,
+                mesh: jax.sharding.Mesh | dict | None = None) -> Run:
+  """open_run for a config its caller has checked already (model: what
+  configs.checks.validate_config returned for it), e.g. after checks of its own."""
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first")
   if not isinstance(mesh, jax.sharding.Mesh):

@@ -81,3 +81,22 @@ def test_command_line_overrides_reach_the_model():
 def test_command_line_errors_say_what_is_wrong(flag, message):
   result = run_count_params(flag)
   assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_a_config_missing_a_section_or_a_field_names_what_to_add():
+  import json  # noqa: PLC0415
+
+  import ml_collections  # noqa: PLC0415
+
+  from configs.checks import validate_config  # noqa: PLC0415
+
+  written = json.loads(video_dit.get_config("runlocal").to_json_best_effort())
+  del written["sample"]["sparse"]["warmup"], written["train"]["sample_every"]
+  with pytest.raises(ValueError) as error:
+    validate_config(ml_collections.ConfigDict(written))
+  assert "sample.sparse has no fields ['warmup']" in str(error.value)
+  assert "train has no fields ['sample_every']" in str(error.value)
+  del written["eval"]
+  with pytest.raises(ValueError, match=r"no \['eval'\] section"):
+    validate_config(ml_collections.ConfigDict(written))
+  assert validate_config(video_dit.get_config("runlocal")).size == "tiny"

@@ -1,4 +1,4 @@
-"""Training on a mesh (dit/sharded.py) computes what one device computes: the same loss and
+"""Training on a mesh (training/layout.py) computes what one device computes: the same loss and
 gradients for one step on data, FSDP and sequence-parallel meshes of 8 simulated devices; the
 parameters and optimizer state are really split (bytes per device fall as 1/fsdp); and a
 checkpoint saved on one mesh restores onto another."""
