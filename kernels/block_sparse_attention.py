@@ -19,13 +19,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
 
 from kernels import block_sparse_gpu, block_sparse_tpu
 from kernels.block_tables import PatternTables
-from kernels.kernel_config import KernelConfig, check_block_sizes
+from kernels.kernel_config import (KernelConfig, check_block_sizes, padded_head_dim,
+                                   resolve_backend)
 
-BACKENDS = {"gpu": block_sparse_gpu, "tpu": block_sparse_tpu}
+KERNELS = {"gpu": block_sparse_gpu, "tpu": block_sparse_tpu}
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 
 
@@ -54,11 +54,11 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
 
   scale defaults to D**-0.5. segment_ids int [B, Lq] (and kv_segment_ids [B, Lk], default the
   same) restrict attention to equal ids. backend "gpu" or "tpu" (default: this machine's);
-  interpret defaults to True on CPU. Tuning: forward_blocks and backward_blocks (block_q,
+  interpret defaults to True on CPU (its values: kernels.kernel_config.resolve_backend). Tuning: forward_blocks and backward_blocks (block_q,
   block_k) run the kernels on tiles smaller than the pattern's blocks (dividing them; the same
   token pattern), and num_warps, num_stages set the GPU kernels' warps and pipelining stages.
   """
-  backend, interpret = _resolve_backend(backend, interpret)
+  backend, interpret = resolve_backend(backend, interpret)
   _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend)
   batch, q_len, heads, dim = q.shape
   kv_len = k.shape[1]
@@ -70,8 +70,8 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
   forward_pattern, backward_pattern = (
       pattern if blocks is None else pattern.refine(*blocks)
       for blocks in (forward_blocks, backward_blocks))
-  _check_blocks(forward_pattern, backend)
-  _check_blocks(backward_pattern, backend)
+  for tiles in (forward_pattern, backward_pattern):
+    check_block_sizes(tiles.block_q, tiles.block_k, backend)
   cfg = KernelConfig(block_q=forward_pattern.block_q, block_k=forward_pattern.block_k,
                      scale=float(dim ** -0.5 if scale is None else scale), kv_len=kv_len,
                      kv_len_padded=pattern.num_kv_blocks * pattern.block_k,
@@ -81,7 +81,7 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
   # change no logit, and the zero outputs they give are sliced off.
   q_pad = pattern.num_q_blocks * pattern.block_q - q_len
   kv_pad = pattern.num_kv_blocks * pattern.block_k - kv_len
-  dim_pad = (max(16, 1 << (dim - 1).bit_length()) - dim) if backend == "gpu" else 0
+  dim_pad = padded_head_dim(dim) - dim if backend == "gpu" else 0
   q = jnp.pad(q, ((0, 0), (0, q_pad), (0, 0), (0, dim_pad)))
   k, v = (jnp.pad(x, ((0, 0), (0, kv_pad), (0, 0), (0, dim_pad))) for x in (k, v))
   if has_segments:
@@ -95,27 +95,6 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
   return out
 
 
-def _resolve_backend(backend, interpret):
-  platform = jax.default_backend()
-  if backend is None:
-    backend = "tpu" if platform == "tpu" else "gpu"
-  if backend not in BACKENDS:
-    raise ValueError(f"unknown block-sparse attention backend {backend!r}; choose one of "
-                     f"{sorted(BACKENDS)}")
-  if interpret is None:
-    interpret = platform == "cpu"
-  if interpret is True and backend == "tpu":
-    interpret = pltpu.InterpretParams()
-  return backend, interpret
-
-
-def _check_blocks(pattern, backend):
-  check_block_sizes(pattern.block_q, pattern.block_k)
-  for name, size in (("block_q", pattern.block_q), ("block_k", pattern.block_k)):
-    if backend == "tpu" and size % 128:
-      raise ValueError(f"the TPU kernels need {name} to be a multiple of 128; got {size}")
-
-
 def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
   if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
     raise ValueError(f"expected q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q {q.shape}, "
@@ -125,7 +104,7 @@ def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
   if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must share one dtype of bfloat16, float16, float32; got "
                      f"{q.dtype}, {k.dtype}, {v.dtype}")
-  _check_blocks(pattern, backend)
+  check_block_sizes(pattern.block_q, pattern.block_k, backend)
   batch, q_len, heads, _ = q.shape
   expected = (-(-q_len // pattern.block_q), -(-k.shape[1] // pattern.block_k))
   if (pattern.num_q_blocks, pattern.num_kv_blocks) != expected:
@@ -148,12 +127,12 @@ def _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def _attention(q, k, v, segment_ids, kv_segment_ids, pattern, backward_pattern, cfg, backend):
   """(out, lse2) on padded inputs; lse2 float32 [B, H, Lq] in base 2."""
-  return BACKENDS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
+  return KERNELS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
 
 
 def _attention_fwd(q, k, v, segment_ids, kv_segment_ids, pattern, backward_pattern, cfg,
                    backend):
-  out, lse2 = BACKENDS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
+  out, lse2 = KERNELS[backend].forward(q, k, v, segment_ids, kv_segment_ids, pattern, cfg)
   return (out, lse2), (q, k, v, segment_ids, kv_segment_ids, backward_pattern, out, lse2)
 
 
@@ -166,7 +145,7 @@ def _attention_bwd(cfg, backend, residuals, cotangents):
   delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
   delta = delta - d_lse2 * math.log2(math.e)
   lse2 = jnp.where(lse2 == -jnp.inf, jnp.inf, lse2)  # rows that saw nothing: p = 0, not NaN
-  dq, dk, dv = BACKENDS[backend].backward(q, k, v, segment_ids, kv_segment_ids, pattern,
+  dq, dk, dv = KERNELS[backend].backward(q, k, v, segment_ids, kv_segment_ids, pattern,
                                           d_out.astype(q.dtype), lse2, delta, cfg)
   return dq, dk, dv, None, None, None, None
 

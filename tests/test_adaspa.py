@@ -29,6 +29,45 @@ def test_block_masses_match_the_reference_and_each_query_row_sums_to_one(key):
 
 
 @pytest.mark.parametrize("padded_text", [False, True])
+def test_the_tpu_mass_kernel_matches_the_reference(key, padded_text):
+  # Pallas's TPU interpret mode; tiles of 128, a head dim of 72 and lengths that are not
+  # multiples of the blocks.
+  q, k, v = qkv(key, length=300, heads=2, dim=72)
+  segments = jnp.ones((2, 300), jnp.int32).at[0, 270:].set(0) if padded_text else None
+  search = dict(block_q=128, block_k=128, segment_ids=segments)
+  _, lse, want = fused_search_reference(q, k, v, **search)
+  masses = block_mass(q, k, lse, backend="tpu", **search)
+  np.testing.assert_allclose(masses, want, atol=1e-5, rtol=1e-5)
+  rows = np.asarray(masses.sum(-1))  # every query's mass is 1; 300 = 2 * 128 + 44
+  np.testing.assert_allclose(rows, np.broadcast_to([128, 128, 44], rows.shape), rtol=1e-5)
+  with pytest.raises(ValueError, match="multiple of 128"):
+    block_mass(q, k, lse, block_q=64, block_k=128, backend="tpu")
+
+
+def test_the_tpu_search_holds_blocks_not_the_logits():
+  # The kernel bodies as plain XLA ops (interpret="hlo"), so XLA allocates what the kernels
+  # hold: the compiled temp memory of both searches at 16K tokens is a small fraction of the
+  # [L, L] float32 logits (1 GiB) that the XLA reference needs, and grows linearly with L.
+  def temp_bytes(search, length):
+    x = jax.ShapeDtypeStruct((1, length, 1, 64), jnp.bfloat16)
+    lse = jax.ShapeDtypeStruct((1, 1, length), jnp.float32)
+    options = dict(block_q=128, block_k=128, backend="tpu", interpret="hlo")
+    fns = {"fused": lambda q, k, v: fused_search(q, k, v, **options),
+           "cached": lambda q, k, lse: cached_search(q, k, lse, **options),
+           "reference": lambda q, k, lse: cached_search_reference(q, k, lse, block_q=128,
+                                                                  block_k=128)}
+    args = (x, x, x) if search == "fused" else (x, x, lse)
+    return jax.jit(fns[search]).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+  length = 16384
+  logits = length * length * 4
+  assert temp_bytes("reference", length) >= logits  # what the kernels avoid
+  for search in ("fused", "cached"):
+    assert temp_bytes(search, length) < logits / 32, search
+    assert temp_bytes(search, length) < 6 * temp_bytes(search, length // 4), search
+
+
+@pytest.mark.parametrize("padded_text", [False, True])
 def test_the_fused_search_matches_its_reference_and_the_cached_search_equals_it(key,
                                                                                padded_text):
   q, k, v = qkv(key, length=256)

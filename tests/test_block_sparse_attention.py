@@ -164,7 +164,7 @@ def test_bad_inputs_are_errors_that_say_what_to_fix(key):
   with pytest.raises(ValueError, match="leading dims"):
     sparse_attention(q, k, v, PatternTables.from_mask(
         np.concatenate([case["mask"]] * 2, axis=1), block_q=block, block_k=block))
-  with pytest.raises(ValueError, match="unknown block-sparse attention backend"):
+  with pytest.raises(ValueError, match="unknown kernel backend"):
     sparse_attention(q, k, v, pattern, backend="cuda")
 
 
@@ -187,3 +187,33 @@ def test_smaller_kernel_tiles_than_pattern_blocks_compute_the_same(key):
     assert_close(got, want, 1e-5)
   with pytest.raises(ValueError, match="must divide"):
     sparse_attention(q, k, v, pattern, backward_blocks=(48, 16))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unlisted_key_blocks_are_never_read(key, backend):
+  # NaN in every K/V block that no query block of its head lists: a kernel that computed every
+  # block and masked afterwards would give NaN (0 * NaN); the kernels skip them.
+  case = random_case(key, backend, jnp.float32, 64)
+  mask = case["mask"].copy()
+  mask[:, :, :, 1] = False
+  mask[1, 2, 0] = True  # this head lists every block: its block 1 stays a number
+  case["mask"] = mask
+  kernel, reference = kernel_and_reference(case, backend)
+  q, k, v, block = case["q"], case["k"], case["v"], case["block"]
+  unlisted = ~mask.any(axis=2)  # [B, H, nK]
+  assert unlisted[..., 1].sum() == unlisted.shape[0] * unlisted.shape[1] - 1
+  tokens = np.repeat(unlisted, block, axis=-1)[..., :k.shape[1]].transpose(0, 2, 1)  # [B, Lk, H]
+  poisoned = [jnp.where(tokens[..., None], jnp.nan, x) for x in (k, v)]
+
+  def grads(attention, k, v):
+    loss = lambda q, k, v: (attention(q, k, v)[0] * q).sum()
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  out, lse = kernel(q, *poisoned)
+  expected_out, expected_lse = reference(q, k, v)
+  assert np.isfinite(np.asarray(out)).all()
+  assert_close(out, expected_out, 1e-5)
+  np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(expected_lse))
+  for grad, want in zip(grads(kernel, *poisoned), grads(reference, k, v)):
+    assert np.isfinite(np.asarray(grad)).all()
+    assert_close(grad, want, 1e-5)

@@ -9,19 +9,34 @@ import numpy as np
 import pytest
 from jax import export
 
+from kernels.attention_search import cached_search, fused_search
 from kernels.block_sparse_attention import sparse_attention
 from kernels.block_tables import PatternTables
 
 TARGETS = {"gpu": ("cuda", "__gpu$xla.gpu.triton"), "tpu": ("tpu", "tpu_custom_call")}
+HEAD_DIMS = [64, 72, 80, 96, 128]  # 72: 1152 / 16; 80 and 96: other models' heads
 
 
-def exported_kernel_calls(backend, dtype, head_dim, segments, **tuning):
-  """Lowers forward and backward for the backend's platform; -> how many kernels each holds."""
+def kernel_calls(backend, fn, *shapes):
+  """How many kernels `fn` holds once lowered for the backend's platform."""
   platform, target = TARGETS[backend]
+  exported = export.export(jax.jit(fn), platforms=[platform],
+                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
+                               *shapes)
+  return exported.mlir_module().count(f"@{target}")
+
+
+def inputs(dtype, head_dim, length=1000, heads=3):  # 1000: padded to 8 blocks of 128
+  return (jax.ShapeDtypeStruct((2, length, heads, head_dim), dtype),
+          jax.ShapeDtypeStruct((2, length), jnp.int32),
+          jax.ShapeDtypeStruct((2, heads, length), jnp.float32))
+
+
+def sparse_calls(backend, dtype, head_dim, segments, **tuning):
+  """-> kernels in the forward and in the gradient of the block-sparse attention."""
   mask = np.random.default_rng(0).random((1, 3, 8, 8)) < 0.3
   pattern = PatternTables.from_mask(mask, block_q=128, block_k=128)
-  shape = jax.ShapeDtypeStruct((2, 1000, 3, head_dim), dtype)  # 1000: padded to 8 blocks
-  ids = jax.ShapeDtypeStruct((2, 1000), jnp.int32)
+  qkv, ids, _ = inputs(dtype, head_dim)
 
   def forward(q, k, v, segment_ids):
     return sparse_attention(q, k, v, pattern, backend=backend, interpret=False,
@@ -32,41 +47,35 @@ def exported_kernel_calls(backend, dtype, head_dim, segments, **tuning):
     loss = lambda q, k, v: forward(q, k, v, segment_ids)[0].astype(jnp.float32).sum()
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-  counts = []
-  for fn in (forward, gradients):
-    exported = export.export(jax.jit(fn), platforms=[platform],
-                             disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
-                                 shape, shape, shape, ids)
-    counts.append(exported.mlir_module().count(f"@{target}"))
-  return counts
+  return [kernel_calls(backend, fn, qkv, qkv, qkv, ids) for fn in (forward, gradients)]
+
+
+def search_calls(backend, dtype, head_dim, segments):
+  """-> kernels in AdaSpa's fused search and in its cached search."""
+  qkv, ids, lse = inputs(dtype, head_dim)
+  search = dict(block_q=128, block_k=128, backend=backend, interpret=False)
+
+  def fused(q, k, v, segment_ids):
+    return fused_search(q, k, v, segment_ids=segment_ids if segments else None, **search)
+
+  def cached(q, k, lse, segment_ids):
+    return cached_search(q, k, lse, segment_ids=segment_ids if segments else None, **search)
+
+  return [kernel_calls(backend, fused, qkv, qkv, qkv, ids),
+          kernel_calls(backend, cached, qkv, qkv, lse, ids)]
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
-@pytest.mark.parametrize("dtype,head_dim,segments", [(jnp.bfloat16, 128, True),
-                                                     (jnp.bfloat16, 64, False),
-                                                     (jnp.float32, 128, False)])
-def test_forward_and_backward_lower_for_the_device(backend, dtype, head_dim, segments):
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_every_kernel_lowers_at_every_head_dim(backend, head_dim, dtype):
+  segments = dtype == jnp.bfloat16  # the segment-id variants in bfloat16, the plain in float32
   # The forward is one kernel; the gradient runs the forward, then the dq and dk/dv kernels.
-  assert exported_kernel_calls(backend, dtype, head_dim, segments) == [1, 3]
+  assert sparse_calls(backend, dtype, head_dim, segments) == [1, 3]
+  # The fused search: the dense pass, then the mass pass; the cached search: the mass pass.
+  assert search_calls(backend, dtype, head_dim, segments) == [2, 1]
 
 
 def test_gpu_kernels_lower_at_smaller_tiles_and_other_warps():
-  assert exported_kernel_calls("gpu", jnp.bfloat16, 128, True, forward_blocks=(128, 64),
-                               backward_blocks=(64, 128), num_warps=4, num_stages=3) == [1, 3]
-
-
-@pytest.mark.parametrize("segments", [False, True])
-def test_the_block_mass_kernel_lowers_for_gpus(segments):
-  from kernels.attention_search import fused_search  # pylint: disable=g-import-not-at-top
-  platform, target = TARGETS["gpu"]
-  shape = jax.ShapeDtypeStruct((1, 1000, 3, 128), jnp.bfloat16)  # 1000: padded to 8 blocks
-  ids = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
-
-  def search(q, k, v, segment_ids):
-    return fused_search(q, k, v, block_q=128, block_k=128, backend="gpu", interpret=False,
-                        segment_ids=segment_ids if segments else None)
-
-  exported = export.export(jax.jit(search), platforms=[platform],
-                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
-                               shape, shape, shape, ids)
-  assert exported.mlir_module().count(f"@{target}") == 2  # the dense pass, then the mass pass
+  assert sparse_calls("gpu", jnp.bfloat16, 128, True, forward_blocks=(128, 64),
+                      backward_blocks=(64, 128), num_warps=4, num_stages=3) == [1, 3]
