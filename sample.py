@@ -58,6 +58,8 @@ flags.DEFINE_float("sparsity", None, "AdaSpa's average fraction of video key blo
 flags.DEFINE_float("sparse_warmup", None, "Fraction of the steps with full attention first.")
 flags.DEFINE_integer("sparse_block", None, "Block size of sparse patterns in tokens (0: "
                      "model.sparse_block).")
+flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
+                    "runs best), xla, cudnn or block_sparse (default: the run's config).")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -103,6 +105,8 @@ def main(argv):
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
     if value is not None:
       config.sample[field] = value
+  if FLAGS.attention is not None:
+    config.model.attention = FLAGS.attention
   for field, value in (("attention", FLAGS.sparse_attention), ("sparsity", FLAGS.sparsity),
                        ("warmup", FLAGS.sparse_warmup), ("block", FLAGS.sparse_block)):
     if value is not None:

@@ -6,7 +6,7 @@ share of AdaSpa's time its searches take.
     python -m bench.sampling --sparsity=0.5,0.8,0.9 --config.sample.num_steps=20
 
 Both variants sample from the same noise with the same model config: the dense one with
-model.attention (cuDNN on the GPU) at every step; AdaSpa with it for the warm-up steps, then our
+model.attention (auto: cuDNN on a GPU) at every step; AdaSpa with it for the warm-up steps, then our
 Pallas kernels (fused search, lse-cached search, block-sparse attention) by the schedule of
 config.sample.sparse. The search overhead is what the search steps cost beyond a sparse step
 (each single model call is timed alone), as a share of AdaSpa's sampling time. Results go to
@@ -46,9 +46,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_list("video_shape", ["32", "64", "64"] if ON_ACCELERATOR else [],
                   "T,H,W of the sampled latents (default: the config's train.video_shape).")
 flags.DEFINE_list("sparsity", ["0.8", "0.9"], "AdaSpa sparsities to time.")
-flags.DEFINE_string("attention", "cudnn" if ON_ACCELERATOR else "xla",
-                    "model.attention: the dense steps' implementation (xla: AdaSpa's passes are "
-                    "the XLA references, for CPU).")
+flags.DEFINE_string("attention", "auto",
+                    "model.attention (dit/attention.py); auto: cuDNN for the dense steps and our "
+                    "kernels for AdaSpa's passes on a GPU, the XLA references on CPU.")
 flags.DEFINE_integer("repeats", 1, "timed runs of each variant after a compiling one (median)")
 flags.DEFINE_integer("call_repeats", 3, "timed runs of each single model call (median)")
 flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")

@@ -4,6 +4,7 @@ Each error says which field is wrong and what to set; code past this boundary tr
 
     model = validate_config(config)   # every section; returns the network's DiTConfig
 """
+import jax
 import ml_collections
 
 from configs import common
@@ -53,9 +54,17 @@ def _missing_fields(path: str, config: ml_collections.ConfigDict,
   return errors
 
 
-def validate_model_config(config: ml_collections.ConfigDict) -> DiTConfig:
-  """config.model: the network's own checks (dit/config.py); returns the DiTConfig."""
-  return DiTConfig.from_dict(config)
+def validate_model_config(config: ml_collections.ConfigDict,
+                          platform: str | None = None) -> DiTConfig:
+  """config.model: the network's own checks (dit/config.py), and that its attention runs on
+  `platform` (default: this machine's JAX backend); returns the DiTConfig."""
+  model = DiTConfig.from_dict(config)
+  platform = platform or jax.default_backend()
+  if model.attention == "cudnn" and platform != "gpu":
+    raise_if_any("model", [f"model.attention='cudnn' runs on NVIDIA GPUs only and this "
+                           f"machine's JAX backend is {platform!r}: set model.attention='auto' "
+                           "(sample.py: --attention=auto)"])
+  return model
 
 
 def validate_flow_config(config: ml_collections.ConfigDict) -> None:

@@ -34,7 +34,9 @@ MODEL_SIZES: dict[str, dict] = {
     "S": dict(hidden_size=384, depth=12, num_heads=6, dual_stream_depth=4),
     "B": dict(hidden_size=768, depth=12, num_heads=12, dual_stream_depth=4),
     "L": dict(hidden_size=1024, depth=24, num_heads=16, dual_stream_depth=8),
-    "XL": dict(hidden_size=1152, depth=28, num_heads=16, dual_stream_depth=8),
+    # XL: DiT-XL's width and depth in 18 heads of 64 (not 16 of 72, which the GPU kernels pad to
+    # 128); Ulysses then splits over 2, 3, 6, 9 or 18 devices, USP over any seq degree.
+    "XL": dict(hidden_size=1152, depth=28, num_heads=18, dual_stream_depth=8),
     # 7B (Seaweed-7B's scale): head dim 128, SwiGLU width 8192, the first 9 of 32 blocks
     # dual-stream.
     "7B": dict(hidden_size=3072, depth=32, num_heads=24, dual_stream_depth=9,
@@ -94,9 +96,11 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
       text_vocab_size=0,          # > 0: text is token ids embedded by a learned [vocab, text_dim]
                                   # table (text_encoders: hashed_words), not states
       num_classes=10,             # for conditioning="label"; index num_classes is the null label
-      attention="xla",            # name of an implementation in dit.attention
+      attention="auto",           # an implementation in dit.attention; "auto": per machine and
+                                  # call, cuDNN (dense) or our kernel on GPUs, our kernel on
+                                  # TPUs, XLA on CPU; or "xla", "cudnn", "block_sparse"
       sparse_pattern="full",      # static block-sparsity pattern (dit.sparsity.PATTERNS); any
-                                  # pattern but "full" needs attention "xla" or "block_sparse"
+                                  # pattern but "full" needs attention auto, xla or block_sparse
       sparse_window=(1, 4, 4),    # "window": half-widths (dt, dh, dw) in patches
       sparse_block=128,           # block size of the pattern (query and key blocks)
       sequence_parallel="none",   # "ulysses", "ring" or "usp" (Ulysses x ring): attention with

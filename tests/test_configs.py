@@ -40,6 +40,13 @@ def test_every_size_and_conditioning_builds_a_valid_config(size, cond):
   assert config.model.hidden_size == MODEL_SIZES[size]["hidden_size"]
 
 
+def test_every_size_runs_the_kernels_at_a_head_dim_they_do_not_pad():
+  # The GPU kernels pad the head dim to a power of two, and the TPU's tiles are 128 wide.
+  for size, fields in MODEL_SIZES.items():
+    head_dim = fields["hidden_size"] // fields["num_heads"]
+    assert head_dim in ((16,) if size == "tiny" else (64, 128)), size
+
+
 def test_runlocal_shrinks_the_experiment_to_a_cpu():
   local, full = video_dit.get_config("runlocal"), video_dit.get_config()
   assert local.model.size == "tiny" and full.model.size == "B"

@@ -75,10 +75,22 @@ def test_the_pattern_covers_video_and_text_and_is_built_once_per_shape():
 def test_bad_sparsity_settings_are_config_errors():
   with pytest.raises(ValueError, match="sparse_pattern='diagonal'"):
     validate_model_config(tiny(sparse_pattern="diagonal"))
-  with pytest.raises(ValueError, match="needs model.attention 'block_sparse'"):
+  with pytest.raises(ValueError, match="needs model.attention 'auto', 'block_sparse'"):
     validate_model_config(tiny(sparse_pattern="window", attention="cudnn"))
   with pytest.raises(ValueError, match="sparse_block=48 must be a power of two"):
     validate_model_config(tiny(sparse_block=48))
   with pytest.raises(ValueError, match="sparse_window"):
     validate_model_config(tiny(sparse_window=(1, 2)))
-  assert {"block_sparse", "cudnn", "xla"} <= set(attention.attention_implementations())
+  assert {"auto", "block_sparse", "cudnn", "xla"} <= set(attention.attention_implementations())
+
+
+def test_attention_that_cannot_run_is_a_config_error():
+  with pytest.raises(ValueError, match="'cudnn' runs bfloat16 or float16"):
+    validate_model_config(tiny(attention="cudnn"))  # float32
+  with pytest.raises(ValueError, match="head dim 36"):
+    validate_model_config(tiny(attention="cudnn", dtype="bfloat16", hidden_size=144))
+  with pytest.raises(ValueError, match="runs on NVIDIA GPUs only and this machine's JAX backend "
+                     "is 'tpu'"):
+    validate_model_config(tiny(attention="cudnn", dtype="bfloat16"), platform="tpu")
+  assert validate_model_config(tiny(attention="cudnn", dtype="bfloat16"), platform="gpu")
+  assert validate_model_config(tiny(sparse_pattern="window"), platform="tpu").attention == "auto"
