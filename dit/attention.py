@@ -228,7 +228,7 @@ def block_sparse_attention(q, k, v, *, segment_ids=None, kv_segment_ids=None, sc
   Without a pattern every block is listed, with blocks of 128 (less for short sequences).
   """
   if pattern is None:
-    pattern = PatternTables.full(q.shape[1], k.shape[1])
+    pattern = block_sparse_lib.full_pattern(q.shape[1], k.shape[1])
   return block_sparse_lib.sparse_attention(q, k, v, pattern, scale=scale,
                                            segment_ids=segment_ids,
                                            kv_segment_ids=kv_segment_ids)

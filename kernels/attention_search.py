@@ -11,7 +11,7 @@ Layout: q, k, v [B, L, H, D]; lse float32 [B, H, Lq]; masses float32 [B, H, nQ, 
 segment_ids int32 [B, L] as in dit.attention (the DiT's padded text tokens).
 """
 from kernels.block_mass import block_mass, block_mass_reference
-from kernels.block_sparse_attention import sparse_attention
+from kernels.block_sparse_attention import full_pattern, sparse_attention
 from kernels.block_tables import PatternTables
 from kernels.reference import block_sparse_attention_reference
 
@@ -19,7 +19,7 @@ from kernels.reference import block_sparse_attention_reference
 def fused_search(q, k, v, *, block_q: int, block_k: int, scale: float | None = None,
                  segment_ids=None, backend: str | None = None, interpret: bool | None = None):
   """-> (out [B, Lq, H, D], lse float32 [B, H, Lq], masses float32 [B, H, nQ, nK])."""
-  full = PatternTables.full(q.shape[1], k.shape[1], block=min(block_q, block_k))
+  full = full_pattern(q.shape[1], k.shape[1], block=min(block_q, block_k), backend=backend)
   out, lse = sparse_attention(q, k, v, full, scale=scale, segment_ids=segment_ids,
                               return_lse=True, backend=backend, interpret=interpret)
   masses = block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,

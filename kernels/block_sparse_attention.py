@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from kernels import block_sparse_gpu, block_sparse_tpu
 from kernels.block_tables import PatternTables
-from kernels.kernel_config import (KernelConfig, check_block_sizes, padded_head_dim,
+from kernels.kernel_config import (MIN_BLOCK, KernelConfig, check_block_sizes, padded_head_dim,
                                    resolve_backend)
 
 KERNELS = {"gpu": block_sparse_gpu, "tpu": block_sparse_tpu}
@@ -41,6 +41,14 @@ def block_sparse_attention(q, k, v, kv_indices, kv_counts, *, block_q: int = 128
   pattern = PatternTables.from_tables(kv_indices, kv_counts, num_kv_blocks=num_kv_blocks,
                                       block_q=block_q, block_k=block_k)
   return sparse_attention(q, k, v, pattern, **kwargs)
+
+
+def full_pattern(q_len: int, kv_len: int, *, block: int = 128,
+                 backend: str | None = None) -> PatternTables:
+  """Every block listed (dense attention through the kernels), at blocks of `block` or, for a
+  shorter sequence, the smallest the backend's kernels take (GPU 16, TPU 128)."""
+  backend, _ = resolve_backend(backend, False)
+  return PatternTables.full(q_len, kv_len, block=block, min_block=MIN_BLOCK[backend])
 
 
 def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = None,

@@ -126,11 +126,13 @@ class PatternTables:
     return cls(kv_indices, kv_counts, q_indices, q_counts, block_q, block_k)
 
   @classmethod
-  def full(cls, q_len: int, kv_len: int, block: int = 128) -> "PatternTables":
+  def full(cls, q_len: int, kv_len: int, block: int = 128,
+           min_block: int = 16) -> "PatternTables":
     """Every block listed, shared by all batch elements and heads; blocks of `block`, or the
-    next power of two >= 16 for a shorter sequence. Numpy tables: concrete inside any trace."""
-    block_q = min(block, max(16, 1 << (q_len - 1).bit_length()))
-    block_k = min(block, max(16, 1 << (kv_len - 1).bit_length()))
+    next power of two >= min_block for a shorter sequence. Numpy tables: concrete inside any
+    trace."""
+    block_q = min(block, max(min_block, 1 << (q_len - 1).bit_length()))
+    block_k = min(block, max(min_block, 1 << (kv_len - 1).bit_length()))
     mask = np.ones((-(-q_len // block_q), -(-kv_len // block_k)), bool)
     return cls.from_mask(mask, block_q=block_q, block_k=block_k)
 

@@ -6,6 +6,7 @@ import jax
 from jax.experimental.pallas import tpu as pltpu
 
 BACKENDS = ("gpu", "tpu")
+MIN_BLOCK = {"gpu": 16, "tpu": 128}  # the smallest tile each backend's kernels take
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +28,9 @@ def check_block_sizes(block_q: int, block_k: int, backend: str = "gpu") -> None:
   for name, size in (("block_q", block_q), ("block_k", block_k)):
     if size < 16 or size & (size - 1):
       raise ValueError(f"{name}={size} must be a power of two of at least 16")
-    if backend == "tpu" and size % 128:
-      raise ValueError(f"the TPU kernels need {name} to be a multiple of 128; got {size}")
+    if size % MIN_BLOCK[backend]:
+      raise ValueError(f"the {backend.upper()} kernels need {name} to be a multiple of "
+                       f"{MIN_BLOCK[backend]}; got {size}")
 
 
 def resolve_backend(backend: str | None, interpret):

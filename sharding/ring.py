@@ -11,7 +11,7 @@ inter-node half of USP, after Ulysses has run within each group of u neighbours.
 import jax
 import jax.numpy as jnp
 
-from kernels.block_sparse_attention import sparse_attention
+from kernels.block_sparse_attention import full_pattern, sparse_attention
 from kernels.block_tables import PatternTables
 from kernels.reference import block_sparse_attention_reference
 
@@ -70,7 +70,7 @@ def dense_with_lse(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None
 
 def block_sparse_with_lse(q, k, v, *, segment_ids=None, kv_segment_ids=None, scale=None):
   """Our Pallas kernel over every block, with its lse."""
-  return sparse_attention(q, k, v, PatternTables.full(q.shape[1], k.shape[1]), scale=scale,
+  return sparse_attention(q, k, v, full_pattern(q.shape[1], k.shape[1]), scale=scale,
                           segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                           return_lse=True)
 

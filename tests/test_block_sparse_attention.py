@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.block_sparse_attention import block_sparse_attention, sparse_attention
+from kernels.block_sparse_attention import block_sparse_attention, full_pattern, sparse_attention
 from kernels.block_tables import PatternTables, mask_to_tables
 from kernels.reference import block_sparse_attention_reference
 
@@ -217,3 +217,13 @@ def test_unlisted_key_blocks_are_never_read(key, backend):
   for grad, want in zip(grads(kernel, *poisoned), grads(reference, k, v)):
     assert np.isfinite(np.asarray(grad)).all()
     assert_close(grad, want, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_attention_of_a_short_sequence_runs_at_tiles_the_backend_takes(key, backend):
+  q, k, v = (jax.random.normal(kk, (1, 40, 2, 64)) for kk in jax.random.split(key, 3))
+  pattern = full_pattern(40, 40, backend=backend)
+  assert pattern.block_q == {"gpu": 64, "tpu": 128}[backend]
+  with jax.default_matmul_precision("highest"):
+    assert_close(sparse_attention(q, k, v, pattern, backend=backend),
+                 jax.nn.dot_product_attention(q, k, v), 1e-5)

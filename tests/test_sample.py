@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import jax
 import pytest
 
 
@@ -67,6 +68,17 @@ def test_adaspa_and_static_patterns_are_sampling_options_and_adaspa_reports_reca
   assert os.path.exists(tmp_path / "temporal" / "grid.png")
   result = sample(f"--workdir={workdir}", "--sparse_attention=adaspa", "--sparsity=1.5")
   assert result.returncode != 0 and "sample.sparse.sparsity=1.5 must be in [0, 1)" in result.stderr
+
+
+def test_the_attention_is_a_sampling_option_and_one_that_cannot_run_is_a_clear_error(workdir,
+                                                                                    tmp_path):
+  result = sample(f"--workdir={workdir}", "--num_steps=1", "--attention=block_sparse",
+                  f"--out={tmp_path}")  # our kernel, interpreted on a CPU
+  assert result.returncode == 0, result.stderr[-3000:]
+  if jax.default_backend() != "gpu":
+    result = sample(f"--workdir={workdir}", "--attention=cudnn")
+    assert result.returncode != 0
+    assert "model.attention='cudnn' runs" in result.stderr  # on GPUs, in bfloat16 or float16
 
 
 def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
