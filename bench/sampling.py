@@ -6,8 +6,9 @@ share of AdaSpa's time its searches take.
     python -m bench.sampling --sparsity=0.5,0.8,0.9 --config.sample.num_steps=20
 
 Both variants sample from the same noise with the same model config: the dense one with
-model.attention (auto: cuDNN on a GPU) at every step; AdaSpa with it for the warm-up steps, then our
-Pallas kernels (fused search, lse-cached search, block-sparse attention) by the schedule of
+model.attention at every step (the record's attention_runs says what ran); AdaSpa with it for
+the warm-up steps, then our Pallas kernels (fused search, lse-cached search, block-sparse
+attention; the XLA references on CPU) by the schedule of
 config.sample.sparse. The search overhead is what the search steps cost beyond a sparse step
 (each single model call is timed alone), as a share of AdaSpa's sampling time. Results go to
 bench/results/sampling-<device>-<time>.json and .md with the device, versions and shapes.
@@ -32,6 +33,7 @@ from diffusion import samplers
 from diffusion.flow_matching import condition_inputs
 from diffusion.sparse_sampling import (sample_scheduled, schedule, search_report, search_steps,
                                        sparse_step)
+from dit import attention as attention_lib
 from dit.model import DiT
 from dit.patchify import num_video_tokens
 from rundir.logs import quiet_library_logs
@@ -46,9 +48,11 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_list("video_shape", ["32", "64", "64"] if ON_ACCELERATOR else [],
                   "T,H,W of the sampled latents (default: the config's train.video_shape).")
 flags.DEFINE_list("sparsity", ["0.8", "0.9"], "AdaSpa sparsities to time.")
-flags.DEFINE_string("attention", "auto",
-                    "model.attention (dit/attention.py); auto: cuDNN for the dense steps and our "
-                    "kernels for AdaSpa's passes on a GPU, the XLA references on CPU.")
+flags.DEFINE_string("attention", None,
+                    "model.attention (dit/attention.py; default: the config's, auto): on a GPU "
+                    "auto runs our kernel for the dense steps (guidance gives segment ids, which "
+                    "cuDNN would take as a dense mask) and for AdaSpa's passes; cudnn runs the "
+                    "dense steps through cuDNN; on CPU auto runs the XLA references.")
 flags.DEFINE_integer("repeats", 1, "timed runs of each variant after a compiling one (median)")
 flags.DEFINE_integer("call_repeats", 3, "timed runs of each single model call (median)")
 flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
@@ -70,7 +74,8 @@ def main(argv):
   del argv
   quiet_library_logs()
   config = FLAGS.config
-  config.model.attention = FLAGS.attention
+  if FLAGS.attention is not None:
+    config.model.attention = FLAGS.attention
   if FLAGS.video_shape:
     config.train.video_shape = tuple(int(n) for n in FLAGS.video_shape)
   sparsities = [float(s) for s in FLAGS.sparsity]
@@ -153,7 +158,9 @@ def write_results(config, video_tokens, text_tokens, options, rows):
               jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
               model=config.model.size, hidden=config.model.hidden_size,
               depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
-              attention=config.model.attention, video_shape=list(config.train.video_shape),
+              attention=config.model.attention,
+              attention_runs=attention_lib.implementations_run(validate_config(config)),
+              video_shape=list(config.train.video_shape),
               video_tokens=video_tokens, text_tokens=text_tokens,
               model_batch=1 if options["guidance_scale"] == 1 else 2, **options,  # 1 video
               block=sparse.block or config.model.sparse_block, warmup=sparse.warmup,

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from configs.checks import validate_config
 from data.random_batch import random_batch
+from dit import attention as attention_lib
 from dit.patchify import num_video_tokens
 from rundir.logs import quiet_library_logs
 from sharding.logical import use_mesh
@@ -101,7 +102,9 @@ def write_results(config, mesh, device, video_tokens, text_length, row):
               jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
               mesh=dict(mesh.shape), model=config.model.size, hidden=config.model.hidden_size,
               depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
-              attention=config.model.attention, sparse_pattern=config.model.sparse_pattern,
+              attention=config.model.attention,
+              attention_runs=attention_lib.implementations_run(validate_config(config)),
+              sparse_pattern=config.model.sparse_pattern,
               sequence_parallel=config.model.sequence_parallel, remat=config.model.remat,
               video_shape=list(config.train.video_shape), video_tokens=video_tokens,
               text_tokens=text_length, batch_size=config.train.batch_size,

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 
 from configs import common
+from dit import attention as attention_lib
 from dit.config import DiTConfig
 from sharding import logical
 from sharding import mesh as mesh_lib
@@ -60,10 +61,16 @@ def validate_model_config(config: ml_collections.ConfigDict,
   `platform` (default: this machine's JAX backend); returns the DiTConfig."""
   model = DiTConfig.from_dict(config)
   platform = platform or jax.default_backend()
+  errors = []
   if model.attention == "cudnn" and platform != "gpu":
-    raise_if_any("model", [f"model.attention='cudnn' runs on NVIDIA GPUs only and this "
-                           f"machine's JAX backend is {platform!r}: set model.attention='auto' "
-                           "(sample.py: --attention=auto)"])
+    errors.append(f"model.attention='cudnn' runs on NVIDIA GPUs only and this machine's JAX "
+                  f"backend is {platform!r}: set model.attention='auto' (sample.py and python "
+                  "-m eval: --attention=auto)")
+  if (model.sparse_pattern != "full" and platform == "tpu" and model.sparse_block % 128
+      and attention_lib.pattern_implementation(model.attention, platform) == "block_sparse"):
+    errors.append(f"model.sparse_block={model.sparse_block}: the TPU kernels take blocks of a "
+                  "multiple of 128 tokens; set model.sparse_block=128")
+  raise_if_any("model", errors)
   return model
 
 

@@ -20,6 +20,7 @@ references under "xla" or "auto" on CPU, where they are fastest. Text query bloc
 key block and text key blocks are kept by every query block.
 """
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -156,10 +157,15 @@ def check_supported(step: SparseStep, model_config, num_video: int, num_text: in
                      "a mesh without a seq axis (--mesh=data=-1)")
   if implementation == "block_sparse" and step.block < 16:
     raise ValueError(f"sample.sparse.block={step.block}: the Pallas kernels take blocks of 16 "
-                     "tokens or more (blocks of 8 run with model.attention='xla' only)")
+                     "tokens or more (blocks of 8 run with the XLA references: "
+                     "model.attention='xla', or 'auto' on a CPU)")
   if implementation == "block_sparse" and jax.default_backend() == "tpu" and step.block % 128:
     raise ValueError(f"sample.sparse.block={step.block}: the TPU kernels take blocks of a "
                      "multiple of 128 tokens; set sample.sparse.block=128")
+  if implementation == "xla" and jax.default_backend() != "cpu":
+    logging.warning("model.attention='xla': %s runs the XLA references, with [L, L] logits, on "
+                    "this %s; --attention=auto runs the Pallas kernels", step.mode,
+                    jax.default_backend())
   length = num_video + num_text
   if step.adaptive and forced_blocks(length, num_video, step.block).all():
     raise ValueError(f"sample.sparse.block={step.block} puts every one of the {length} tokens "

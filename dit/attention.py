@@ -132,6 +132,18 @@ def resolve_implementation(name: str, *, platform: str, dtype, head_dim: int,
   return "block_sparse" if platform == "tpu" else "xla"
 
 
+def implementations_run(config, platform: str | None = None) -> dict[str, str]:
+  """What a DiT of `config` (a DiTConfig) runs on `platform` (default: this machine's) for its
+  kinds of attention call: without segment ids (label models; text without padding or
+  guidance), with them (padded text, classifier-free guidance), and with a block pattern. For
+  benchmark records, where "auto" alone does not say."""
+  platform = platform or jax.default_backend()
+  resolve = lambda **call: resolve_implementation(
+      config.attention, platform=platform, dtype=config.dtype, head_dim=config.head_dim,
+      needs_lse=config.sequence_parallel in ("ring", "usp"), **call)
+  return dict(dense=resolve(), segments=resolve(segments=True), pattern=resolve(pattern=True))
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           implementation: str = "xla",
                           segment_ids: jax.Array | None = None,

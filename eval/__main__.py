@@ -31,6 +31,8 @@ flags.DEFINE_string("reference_videos", None, "A folder of real videos paired by
 flags.DEFINE_integer("num_videos", None, "Overrides eval.num_videos.")
 flags.DEFINE_list("metrics", None, "Overrides eval.metrics, e.g. fvd,digits.")
 flags.DEFINE_string("out", None, "The results JSON (default: <workdir>/eval/metrics_<step>.json).")
+flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
+                    "runs best), xla, cudnn or block_sparse (default: the config's).")
 FLAGS = flags.FLAGS
 
 
@@ -44,6 +46,8 @@ def main(argv):
   if config is None:
     config = load_config(FLAGS.workdir)
   config.unlock()
+  if FLAGS.attention is not None:
+    config.model.attention = FLAGS.attention
   if FLAGS.num_videos is not None:
     config.eval.num_videos = FLAGS.num_videos
   if FLAGS.metrics is not None:

@@ -28,11 +28,14 @@ from sharding.mesh import make_mesh
 
 
 def compare(workdir: str, settings: list[dict], num_seeds: int = 2,
-            num_steps: int | None = None) -> dict:
-  """Dense and each sparse setting (fields of sample.sparse) from the same noise -> results."""
+            num_steps: int | None = None, attention: str | None = None) -> dict:
+  """Dense and each sparse setting (fields of sample.sparse) from the same noise -> results.
+  attention: model.attention to sample with (default: the run's)."""
   config = load_config(workdir)
   if num_steps:
     config.sample.num_steps = num_steps
+  if attention:
+    config.model.attention = attention
   config.sample.sparse.attention = "none"
   variants = []
   for setting in settings:  # bad settings fail here, before any sampling
@@ -94,7 +97,7 @@ def main(argv):
     settings = [dict(attention="adaspa", sparsity=s, **block) for s in sparsities]
   else:
     settings = [dict(attention=FLAGS.sparse_attention, **block)]
-  results = compare(FLAGS.workdir, settings, FLAGS.num_seeds, FLAGS.num_steps)
+  results = compare(FLAGS.workdir, settings, FLAGS.num_seeds, FLAGS.num_steps, FLAGS.attention)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "eval", "sparse_fidelity.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
@@ -115,6 +118,8 @@ def define_flags():
   flags.DEFINE_integer("num_steps", None, "ODE steps (default: the config's sample.num_steps).")
   flags.DEFINE_integer("sparse_block", None, "Pattern block size (default: sample.sparse.block).")
   flags.DEFINE_string("out", None, "JSON path (default: <workdir>/eval/sparse_fidelity.json).")
+  flags.DEFINE_string("attention", None, "model.attention: auto (the Pallas kernels on GPUs and "
+                      "TPUs), xla, cudnn or block_sparse (default: the run's config).")
 
 
 if __name__ == "__main__":

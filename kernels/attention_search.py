@@ -17,7 +17,7 @@ from kernels.reference import block_sparse_attention_reference
 
 
 def fused_search(q, k, v, *, block_q: int, block_k: int, scale: float | None = None,
-                 segment_ids=None, backend: str | None = None, interpret: bool | None = None):
+                 segment_ids=None, backend: str | None = None, interpret=None):
   """-> (out [B, Lq, H, D], lse float32 [B, H, Lq], masses float32 [B, H, nQ, nK])."""
   full = full_pattern(q.shape[1], k.shape[1], block=min(block_q, block_k), backend=backend)
   out, lse = sparse_attention(q, k, v, full, scale=scale, segment_ids=segment_ids,
@@ -28,7 +28,7 @@ def fused_search(q, k, v, *, block_q: int, block_k: int, scale: float | None = N
 
 
 def cached_search(q, k, lse, *, block_q: int, block_k: int, scale: float | None = None,
-                  segment_ids=None, backend: str | None = None, interpret: bool | None = None):
+                  segment_ids=None, backend: str | None = None, interpret=None):
   """masses float32 [B, H, nQ, nK] with a cached lse (no dense pass)."""
   return block_mass(q, k, lse, block_q=block_q, block_k=block_k, scale=scale,
                     segment_ids=segment_ids, backend=backend, interpret=interpret)

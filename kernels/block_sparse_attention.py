@@ -62,12 +62,17 @@ def sparse_attention(q, k, v, pattern: PatternTables, *, scale: float | None = N
 
   scale defaults to D**-0.5. segment_ids int [B, Lq] (and kv_segment_ids [B, Lk], default the
   same) restrict attention to equal ids. backend "gpu" or "tpu" (default: this machine's);
-  interpret defaults to True on CPU (its values: kernels.kernel_config.resolve_backend). Tuning: forward_blocks and backward_blocks (block_q,
-  block_k) run the kernels on tiles smaller than the pattern's blocks (dividing them; the same
-  token pattern), and num_warps, num_stages set the GPU kernels' warps and pipelining stages.
+  interpret defaults to True off that backend (kernels.kernel_config.resolve_backend).
+  Tuning: forward_blocks and backward_blocks (block_q, block_k) run the kernels on tiles smaller
+  than the pattern's blocks (dividing them; the same token pattern), and num_warps, num_stages
+  set the GPU kernels' warps and pipelining stages. On GPUs a head dim padded past 128 runs on
+  tiles of at most 64 by default (as FlashAttention-2 does at 256), to fit shared memory.
   """
   backend, interpret = resolve_backend(backend, interpret)
   _check_inputs(q, k, v, pattern, segment_ids, kv_segment_ids, backend)
+  if backend == "gpu" and padded_head_dim(q.shape[-1]) > 128:
+    small = (min(64, pattern.block_q), min(64, pattern.block_k))
+    forward_blocks, backward_blocks = forward_blocks or small, backward_blocks or small
   batch, q_len, heads, dim = q.shape
   kv_len = k.shape[1]
   has_segments = segment_ids is not None

@@ -17,7 +17,8 @@ class KernelConfig:
   kv_len: int            # real keys; the padded key blocks past it are masked out
   kv_len_padded: int     # keys after padding to whole pattern blocks
   has_segments: bool
-  interpret: Any = False  # False, True (generic interpreter) or pltpu.InterpretParams
+  interpret: Any = False  # False, True (generic interpreter: resolve_backend's "hlo") or
+                          # pltpu.InterpretParams (TPU interpret mode)
   num_warps: int | None = None   # GPU: warps per program (default 4 for D <= 64, else 8)
   num_stages: int | None = None  # GPU: software-pipelining stages of the key-block loop
 
@@ -37,10 +38,11 @@ def resolve_backend(backend: str | None, interpret):
   """(backend, interpret) of a kernel call, as pallas_call takes them.
 
   backend "gpu" or "tpu", by default this machine's (CPU runs the GPU kernels interpreted).
-  interpret: None (True on CPU), False, True (for TPU kernels: Pallas's TPU interpret mode,
-  which checks what Mosaic would), a pltpu.InterpretParams, or "hlo": the kernel bodies lowered
-  to plain XLA ops on this machine (Pallas's generic interpreter), so that XLA allocates exactly
-  the blocks the kernel holds and `compiled.memory_analysis()` measures its memory.
+  interpret: None (True unless `backend` is this machine's), False, True (for TPU kernels:
+  Pallas's TPU interpret mode, which checks what Mosaic would), a pltpu.InterpretParams, or
+  "hlo": the kernel bodies lowered to plain XLA ops on this machine (Pallas's generic
+  interpreter), so that XLA allocates exactly the blocks the kernel holds and
+  `compiled.memory_analysis()` measures its memory.
   """
   platform = jax.default_backend()
   if backend is None:
@@ -48,7 +50,7 @@ def resolve_backend(backend: str | None, interpret):
   if backend not in BACKENDS:
     raise ValueError(f"unknown kernel backend {backend!r}; choose one of {list(BACKENDS)}")
   if interpret is None:
-    interpret = platform == "cpu"
+    interpret = platform != backend
   if interpret == "hlo":
     return backend, True
   if interpret is True and backend == "tpu":

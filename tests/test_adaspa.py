@@ -61,7 +61,8 @@ def test_the_tpu_search_holds_blocks_not_the_logits():
 
   length = 16384
   logits = length * length * 4
-  assert temp_bytes("reference", length) >= logits  # what the kernels avoid
+  if jax.default_backend() == "cpu":  # what the kernels avoid (XLA on CPU stores the logits)
+    assert temp_bytes("reference", length) >= logits
   for search in ("fused", "cached"):
     assert temp_bytes(search, length) < logits / 32, search
     assert temp_bytes(search, length) < 6 * temp_bytes(search, length // 4), search

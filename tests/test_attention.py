@@ -88,6 +88,17 @@ def test_auto_picks_per_backend():
       "block_sparse", "xla", "block_sparse"]
 
 
+def test_a_model_config_says_what_each_kind_of_call_runs():
+  from configs.common import model_config  # pylint: disable=g-import-not-at-top
+  from dit.config import DiTConfig  # pylint: disable=g-import-not-at-top
+  xl = DiTConfig.from_dict(model_config("XL"))  # bfloat16, head dim 64
+  assert attention.implementations_run(xl, "gpu") == dict(dense="cudnn", segments="block_sparse",
+                                                          pattern="block_sparse")
+  ring = xl.replace(sequence_parallel="ring")  # merges by log-sum-exp: never cuDNN
+  assert set(attention.implementations_run(ring, "gpu").values()) == {"block_sparse"}
+  assert set(attention.implementations_run(xl, "cpu").values()) == {"xla"}
+
+
 def test_auto_runs_what_it_resolves_to_on_this_machine(key):
   q, k, v = random_qkv(key)
   segment_ids = jax.random.randint(jax.random.fold_in(key, 1), (2, 24), 0, 2)

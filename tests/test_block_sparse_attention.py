@@ -227,3 +227,12 @@ def test_dense_attention_of_a_short_sequence_runs_at_tiles_the_backend_takes(key
   with jax.default_matmul_precision("highest"):
     assert_close(sparse_attention(q, k, v, pattern, backend=backend),
                  jax.nn.dot_product_attention(q, k, v), 1e-5)
+
+
+def test_a_head_dim_past_128_runs_on_smaller_tiles_and_matches_the_reference(key):
+  case = random_case(key, "gpu", jnp.float32, 160)
+  kernel, reference = kernel_and_reference(case, "gpu")
+  out, lse = kernel(case["q"], case["k"], case["v"])
+  expected_out, expected_lse = reference(case["q"], case["k"], case["v"])
+  assert_close(out, expected_out, 1e-5)
+  np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(expected_lse))

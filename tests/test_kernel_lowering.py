@@ -1,8 +1,9 @@
 """The kernels lower for the real hardware, checked without it: jax.export lowers a jitted
 function for another platform, which runs Pallas's Triton lowering (CUDA) and Mosaic lowering
-(TPU) on this CPU. It catches what interpret mode cannot: ops with no lowering rule, tile shapes
-the hardware rejects, Triton's power-of-two tensors. (The final compile to PTX or TPU code still
-needs the device.)"""
+(TPU, to the Mosaic dialect) on this CPU. It catches what interpret mode cannot: ops with no
+lowering rule, block shapes the lowering rejects, Triton's power-of-two tensors. It does not run
+the compilers behind them (Triton to PTX, Mosaic to TPU code: register and shared-memory limits,
+TPU layouts), which need the device.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from kernels.block_sparse_attention import sparse_attention
 from kernels.block_tables import PatternTables
 
 TARGETS = {"gpu": ("cuda", "__gpu$xla.gpu.triton"), "tpu": ("tpu", "tpu_custom_call")}
-HEAD_DIMS = [64, 72, 80, 96, 128]  # 72: 1152 / 16; 80 and 96: other models' heads
+HEAD_DIMS = [64, 72, 80, 96, 128]  # 72: DiT-XL's 1152 / 16; 80 and 96: other models' heads
 
 
 def kernel_calls(backend, fn, *shapes):
@@ -79,3 +80,10 @@ def test_every_kernel_lowers_at_every_head_dim(backend, head_dim, dtype):
 def test_gpu_kernels_lower_at_smaller_tiles_and_other_warps():
   assert sparse_calls("gpu", jnp.bfloat16, 128, True, forward_blocks=(128, 64),
                       backward_blocks=(64, 128), num_warps=4, num_stages=3) == [1, 3]
+
+
+@pytest.mark.parametrize("head_dim", [160, 256])
+def test_head_dims_past_128_lower_for_gpus(head_dim):
+  # Padded to 256, on tiles of 64 (the kernels' default there).
+  assert sparse_calls("gpu", jnp.bfloat16, head_dim, True) == [1, 3]
+  assert search_calls("gpu", jnp.bfloat16, head_dim, True) == [2, 1]

@@ -93,4 +93,8 @@ def test_attention_that_cannot_run_is_a_config_error():
                      "is 'tpu'"):
     validate_model_config(tiny(attention="cudnn", dtype="bfloat16"), platform="tpu")
   assert validate_model_config(tiny(attention="cudnn", dtype="bfloat16"), platform="gpu")
-  assert validate_model_config(tiny(sparse_pattern="window"), platform="tpu").attention == "auto"
+  with pytest.raises(ValueError, match="sparse_block=32: the TPU kernels take blocks of a "
+                     "multiple of 128"):
+    validate_model_config(tiny(sparse_pattern="window"), platform="tpu")
+  assert validate_model_config(tiny(sparse_pattern="window", sparse_block=128), platform="tpu")
+  assert validate_model_config(tiny(sparse_pattern="window"), platform="cpu")  # XLA: any block
