@@ -5,9 +5,10 @@
       cats/clip_01.txt      ... unless this sidecar exists: then its text is the caption
       dogs/a-dog-runs.webm  label 1, caption "a dog runs"
 
-Files are found recursively and sorted, so index i is the same file on every host. A file that
-cannot be decoded is skipped: a warning names it once, it is counted in `skipped`, and the
-example is taken from the next readable file instead.
+Files are found recursively and sorted, so index i is the same file on every host. Sidecar
+captions are read as UTF-8 (a byte-order mark is dropped). A video that cannot be decoded, or
+whose caption is not UTF-8, is skipped: a warning names the file once, it is counted in
+`skipped`, and the example is taken from the next readable file instead.
 """
 
 import os
@@ -107,8 +108,13 @@ class VideoFolder:
     path = self.paths[index]
     stem = os.path.splitext(path)[0]
     if path in self.sidecars:
-      with open(os.path.join(self.root, stem + ".txt"), encoding="utf-8") as f:
-        text = " ".join(f.read().split())
+      sidecar = os.path.join(self.root, stem + ".txt")
+      try:
+        with open(sidecar, encoding="utf-8-sig") as f:  # utf-8-sig: a leading BOM is dropped
+          text = " ".join(f.read().split())
+      except UnicodeDecodeError as e:
+        raise UnreadableVideo(os.path.join(self.root, path), f"its caption {sidecar} is not "
+                              f"UTF-8 (byte {e.start}): re-save it as UTF-8") from None
       if text:
         return text
     return caption_from_stem(os.path.basename(stem))
@@ -135,11 +141,12 @@ class VideoFolder:
                        "ffprobe, or re-encode them as H.264 mp4")
 
   def _read(self, index: int, rng: np.random.Generator) -> dict:
+    caption = self.caption(index)  # first: a bad caption skips the example before decoding
     frames = read_video_frames(os.path.join(self.root, self.paths[index]), self.num_frames,
                                self.stride, rng=rng)  # uint8 [T, H, W, 3]
     frames = resize_and_center_crop(frames, self.size)
     return {
         "video": frames.astype(np.float32) / 127.5 - 1.0,  # [T, h, w, 3]
-        "caption": self.caption(index),
+        "caption": caption,
         "label": self.labels[index],
     }

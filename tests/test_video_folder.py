@@ -142,3 +142,18 @@ def test_bad_arguments_raise_value_error(root):
 def test_a_missing_root_says_which_config_field_to_set():
   with pytest.raises(ValueError, match="--config.data.kwargs.root="):
     VideoFolder("", num_frames=2)
+
+
+def test_captions_are_utf8_without_a_bom_and_one_that_is_not_utf8_skips_its_example(tmp_path):
+  for name in ("a_bom", "b_latin1", "c_utf16", "d_plain"):
+    write_gif(tmp_path / f"{name}.gif", moving_video(num_frames=3, height=8, width=8))
+  (tmp_path / "a_bom.txt").write_bytes("\ufeffa café by the sea".encode("utf-8"))
+  (tmp_path / "b_latin1.txt").write_bytes("a café by the sea".encode("latin-1"))
+  (tmp_path / "c_utf16.txt").write_text("a café by the sea", encoding="utf-16")
+  source = VideoFolder(tmp_path, num_frames=2, size=(8, 8))
+  captions = [source[i]["caption"] for i in range(4)]
+  assert captions == ["a café by the sea", "d plain", "d plain", "d plain"]
+  assert source.num_skipped == 2
+  for name in ("b_latin1", "c_utf16"):
+    reason = source.skipped[os.path.join(source.root, f"{name}.gif")]
+    assert f"{name}.txt is not UTF-8" in reason and "re-save it as UTF-8" in reason
