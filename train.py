@@ -37,7 +37,7 @@ from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from dit.patchify import num_video_tokens
-from rundir.config_file import write_config
+from rundir.config_file import identity_changes, load_config, write_config
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
 from rundir.videos import write_videos
@@ -119,12 +119,28 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     return _train(config, model, workdir, mesh)
 
 
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir holding checkpoints resumes only with the model and video shape it was trained
+  with; anything else is an error here, before a file is written."""
+  if not checkpoints.saved_steps(workdir):
+    return
+  try:
+    saved = load_config(workdir)
+  except FileNotFoundError:
+    return
+  changes = identity_changes(saved, config)
+  if changes:
+    raise ValueError(
+        f"{workdir} holds checkpoints of a run this config cannot resume; it changes\n  "
+        + "\n  ".join(changes) + f"\nResume with the run's config ({workdir}/config.json), "
+        "or train this one in a new --workdir. Nothing in the workdir was changed.")
+
+
 def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
+  check_resumable(config, workdir)  # before anything is written
   os.makedirs(workdir, exist_ok=True)
-  if lead:
-    write_config(config, workdir)
   text_encoder = text_encoder_for(config)
   source, data_iterator = make_data(config, text_encoder)
 
@@ -138,6 +154,8 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
     state = init_sharded_train_state(model, config.optim, config.seed, shardings)
+  if lead:  # only now: the run is known to start or resume with this config
+    write_config(config, workdir)
 
   train_step = jit_train_step(make_train_step(
       graphdef, optimizer, config.flow, config.model.patch_size,

@@ -1,4 +1,5 @@
-"""A run's resolved config: config.json in its folder, never overwritten with a different one."""
+"""A run's resolved config: config.json in its folder, never overwritten with a different one;
+and what of it a resumed run may not change (its identity: what shapes the saved state)."""
 import json
 import os
 
@@ -32,3 +33,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a train.py run?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+# config.model fields that change how the network runs, not what it holds: a resumed run may
+# change them. Every other model field shapes the parameters or what they mean.
+RUNTIME_MODEL_FIELDS = ("attention", "sparse_pattern", "sparse_window", "sparse_block",
+                        "sequence_parallel", "ulysses_degree", "remat")
+
+
+def identity_changes(saved: ml_collections.ConfigDict,
+                     config: ml_collections.ConfigDict) -> list[str]:
+  """What `config` changes of a saved run's identity: its model (all but RUNTIME_MODEL_FIELDS)
+  and its video shape, as "field: saved -> new" lines; [] when it may resume the run."""
+  old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
+  pairs = [(f"model.{name}", old["model"].get(name), value)
+           for name, value in new["model"].items() if name not in RUNTIME_MODEL_FIELDS]
+  pairs.append(("train.video_shape", old["train"].get("video_shape"),
+                new["train"]["video_shape"]))
+  return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

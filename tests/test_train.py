@@ -3,6 +3,7 @@ stops cleanly on a non-finite loss, and writes what a run directory promises."""
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +147,28 @@ def test_data_that_does_not_fit_the_model_is_rejected_before_training(tmp_path):
   with pytest.raises(ValueError, match=r"videos of shape \(2, 32, 32, 1\).*make them agree"):
     train.train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_changed_model_on_a_saved_run_is_an_error_that_changes_nothing(tiny_run, tmp_path):
+  from rundir.open_run import open_run  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run, workdir)
+  before = (workdir / "config.json").read_bytes()
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.train.sample_every = 0
+  config.model.hidden_size = 64
+  with pytest.raises(ValueError, match=r"(?s)cannot resume.*model.hidden_size: 32 -> 64.*new "
+                                       r"--workdir"):
+    train.train(config, str(workdir))
+  assert (workdir / "config.json").read_bytes() == before
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert not os.path.exists(workdir / "config.1.json")
+  with open_run(str(workdir)) as run:  # the run is as it was
+    assert run.step == 6
+  config.model.hidden_size = 32  # a runtime field may change: it resumes (and has no more steps)
+  config.model.attention = "block_sparse"
+  assert int(train.train(config, str(workdir)).step) == 6
 
 
 def test_a_changed_config_keeps_the_earlier_one(tmp_path):
