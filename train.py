@@ -140,7 +140,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
   check_resumable(config, workdir)  # before anything is written
-  os.makedirs(workdir, exist_ok=True)
+  checkpoints.check_writable(workdir)  # every process: each writes its shards
   text_encoder = text_encoder_for(config)
   source, data_iterator = make_data(config, text_encoder)
 

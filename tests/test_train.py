@@ -171,6 +171,19 @@ def test_a_changed_model_on_a_saved_run_is_an_error_that_changes_nothing(tiny_ru
   assert int(train.train(config, str(workdir)).step) == 6
 
 
+def test_a_workdir_that_cannot_take_checkpoints_fails_at_the_start(tmp_path):
+  config = get_config("tiny,text=hashed_words")
+  (tmp_path / "checkpoints").write_text("a file where the folder should be")
+  with pytest.raises(PermissionError, match=r"cannot write to .*checkpoints .*another --workdir"):
+    train.train(config, str(tmp_path))
+  if os.geteuid() != 0:  # root writes into read-only folders
+    os.remove(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="Permission denied"):
+      train.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")
+
+
 def test_a_changed_config_keeps_the_earlier_one(tmp_path):
   config = get_config("tiny,text=hashed_words")
   train.write_config(config, str(tmp_path))

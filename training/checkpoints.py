@@ -5,6 +5,7 @@ A checkpoint appears only once complete (orbax writes to a temporary directory a
 so a run killed mid-save resumes from the previous one.
 """
 import os
+import tempfile
 
 import grain
 import jax
@@ -16,6 +17,19 @@ from training.train_state import TrainState
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def check_writable(workdir: str) -> None:
+  """The workdir and its checkpoints/ folder exist (made if missing) and take a new file: checked
+  at the start, not found at the first save (after which orbax waits minutes and times out)."""
+  for directory in (os.path.abspath(workdir), checkpoint_dir(workdir)):
+    try:
+      os.makedirs(directory, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_check_"):
+        pass
+    except OSError as e:
+      raise PermissionError(f"cannot write to {directory} ({e.strerror or e}): make it a "
+                            "writable folder, or pass another --workdir") from None
 
 
 def saved_steps(workdir: str) -> list[int]:
