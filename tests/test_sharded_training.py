@@ -190,6 +190,12 @@ def test_a_config_that_does_not_fit_the_mesh_says_what_to_change():
     config.text.max_length = 13
   with pytest.raises(ValueError, match="29 tokens per video .* do not split over mesh.seq=2"):
     check_fits_mesh(config, make_mesh({"seq": 2, "data": -1}))
+  with config.unlocked():  # 12 video + 12 text tokens: together 3 per device of 8, apart not
+    config.train.video_shape = (2, 12, 16)
+    config.text.max_length = 12
+  check_fits_mesh(config, make_mesh({"seq": 4, "data": -1}))
+  with pytest.raises(ValueError, match="12 video and 12 text tokens over mesh.seq=8 apart"):
+    check_fits_mesh(config, make_mesh({"seq": 8}))
 
 
 def _abstract_mesh(**sizes):

@@ -41,12 +41,17 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
                   f"{degree} devices")
   model, seq = config.model, mesh.shape["seq"]
   if model.sequence_parallel != "none":
-    tokens = num_video_tokens(config.train.video_shape, model.patch_size)
-    if model.conditioning == "text":
-      tokens += config.text.max_length
-    if tokens % seq:
-      errors.append(f"{tokens} tokens per video (video + text.max_length) do not split over "
-                    f"mesh.seq={seq}: change the video shape, the text length or the seq size")
+    video = num_video_tokens(config.train.video_shape, model.patch_size)
+    text = config.text.max_length if model.conditioning == "text" else 0
+    if (video + text) % seq:
+      errors.append(f"{video + text} tokens per video (video + text.max_length) do not split "
+                    f"over mesh.seq={seq}: change the video shape, the text length or the seq "
+                    "size")
+    elif text and model.dual_stream_depth and (video % seq or text % seq):
+      # The dual-stream blocks hold video and text as two arrays, each split over seq.
+      errors.append(f"the dual-stream blocks split the {video} video and {text} text tokens "
+                    f"over mesh.seq={seq} apart: each must be a multiple of it; change the "
+                    "video shape or text.max_length")
     try:
       if model.sequence_parallel == "ulysses":
         ulysses.check_heads(model.num_heads, seq)
