@@ -105,6 +105,11 @@ def main(argv):
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
     if value is not None:
       config.sample[field] = value
+  if FLAGS.label and config.model.conditioning == "text":
+    raise app.UsageError("--label: this run's model is conditioned on text; pass --prompt")
+  if FLAGS.prompt and config.model.conditioning == "label":
+    raise app.UsageError("--prompt: this run's model is conditioned on class labels; pass "
+                         "--label")
   if FLAGS.attention is not None:
     config.model.attention = FLAGS.attention
   for field, value in (("attention", FLAGS.sparse_attention), ("sparsity", FLAGS.sparsity),
@@ -127,8 +132,11 @@ def main(argv):
   out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{run.step}")
   paths = write_videos(videos, sampler.prompts, out, fps=FLAGS.fps,
                        upscale=config.sample.upscale)
+  report_path = os.path.join(out, "sparse_attention.json")
+  if not report and os.path.exists(report_path):  # an earlier call's: not about these videos
+    os.remove(report_path)
   if report:
-    with open(os.path.join(out, "sparse_attention.json"), "w") as f:
+    with open(report_path, "w") as f:
       json.dump(report, f, indent=1)
     for search in report["searches"]:
       print(f"AdaSpa search at step {search['step']}: recall {search['recall']:.4f} at "

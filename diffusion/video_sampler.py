@@ -29,6 +29,10 @@ class VideoSampler:
     config's train.sample_prompts or train.sample_labels)."""
     self.config = config
     self.text_encoder = text_encoder
+    if config.model.conditioning == "text" and labels:
+      raise ValueError("the model is conditioned on text: pass prompts, not labels")
+    if config.model.conditioning == "label" and prompts:
+      raise ValueError("the model is conditioned on class labels: pass labels, not prompts")
     if config.model.conditioning == "text":
       prompts = list(prompts or config.train.sample_prompts)
       if not prompts:

@@ -130,8 +130,10 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
     with opened:
       batch = min(settings.batch_size, num)
       # The real videos' captions, or their labels for a label-conditioned model.
-      prompts = real_captions if config.model.conditioning == "text" else real_labels
-      sampler = opened.sampler(prompts=prompts[:batch], labels=prompts[:batch])
+      if config.model.conditioning == "text":
+        prompts, sampler = real_captions, opened.sampler(prompts=real_captions[:batch])
+      else:
+        prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch])
       captions = real_captions
       generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed)
     timings["sampling"] = time.perf_counter() - t

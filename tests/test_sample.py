@@ -81,6 +81,20 @@ def test_the_attention_is_a_sampling_option_and_one_that_cannot_run_is_a_clear_e
     assert "model.attention='cudnn' runs" in result.stderr  # on GPUs, in bfloat16 or float16
 
 
+def test_a_folder_sampled_again_holds_only_the_new_videos_and_flags_the_run_cannot_use_fail(
+    workdir, tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  for prompts in (["--prompt=the digit 1 moves up", "--prompt=the digit 2 moves up"],
+                  ["--prompt=the digit 5 moves down"]):
+    result = sample(f"--workdir={workdir}", *prompts, "--num_steps=1", f"--out={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path)) == ["0.gif", "0.mp4", "grid.png", "notes.txt",
+                                          "prompts.txt"]
+  assert (tmp_path / "prompts.txt").read_text() == "0: the digit 5 moves down\n"
+  result = sample(f"--workdir={workdir}", "--label=3")  # a text model
+  assert result.returncode != 0 and "conditioned on text; pass --prompt" in result.stderr
+
+
 def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
   result = sample(f"--workdir={tmp_path}")
   assert result.returncode != 0
