@@ -13,12 +13,16 @@ pod run one process per host (or per GPU) and JAX finds the others; elsewhere pa
 
 Running it again with the same workdir resumes from the latest checkpoint there (parameters,
 optimizer, EMA, step, RNG and the data iterator's position), so an interrupted run continues
-exactly where it left off. SIGTERM saves a checkpoint and exits; a non-finite loss stops the run
-and leaves the last good checkpoint as it was.
+exactly where it left off; a config that changes the saved run's model or video shape is an
+error before anything is written. SIGTERM or Ctrl-C saves a checkpoint and exits (a second
+Ctrl-C stops at once); a non-finite loss stops the run and leaves the last good checkpoint as it
+was. One process trains in a workdir at a time (train.lock; a second one exits with an error).
 
 The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
-tensorboard/ and samples/step_<N>/ (videos from the EMA parameters every train.sample_every).
+tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every) and
+train.lock.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -38,6 +42,7 @@ from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from dit.patchify import num_video_tokens
 from rundir.config_file import identity_changes, load_config, write_config
+from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
 from rundir.videos import write_videos
@@ -64,26 +69,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TerminationRequest:
-  """Remembers a SIGTERM, so the loop can save a checkpoint and exit between two steps."""
+  """Remembers a SIGTERM or a Ctrl-C (SIGINT), so the loop can save a checkpoint and exit
+  between two steps; a second Ctrl-C stops at once (KeyboardInterrupt), losing the steps since
+  the last checkpoint."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None  # the name of the signal received, once one is
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
-    self.requested = True
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt(f"a second {name}: stopped without saving")
+    logging.warning("%s received: saving a checkpoint after this step, then exiting%s", name,
+                    " (Ctrl-C again: stop at once)" if signum == signal.SIGINT else "")
+    self.requested = self.requested or name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def make_data(config: ml_collections.ConfigDict, text_encoder):
@@ -115,7 +129,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   model = validate_config(config)
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
-  with use_mesh(mesh, config.sharding.rules):
+  check_resumable(config, workdir)  # before anything is written
+  checkpoints.check_writable(workdir)  # every process: each writes its shards
+  lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
+  with use_mesh(mesh, config.sharding.rules), (
+      WorkdirLock(workdir) if lead else contextlib.nullcontext()):
     return _train(config, model, workdir, mesh)
 
 
@@ -138,9 +156,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
-  lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
-  check_resumable(config, workdir)  # before anything is written
-  checkpoints.check_writable(workdir)  # every process: each writes its shards
+  lead = jax.process_index() == 0
   text_encoder = text_encoder_for(config)
   source, data_iterator = make_data(config, text_encoder)
 
@@ -210,8 +226,8 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
                          os.path.join(workdir, "samples", f"step_{done}"),
                          upscale=config.sample.upscale)
         if termination.requested:
-          print(f"stopped by SIGTERM after step {done}, checkpoint saved; run again to resume",
-                flush=True)
+          print(f"stopped by {termination.requested} after step {done}, checkpoint saved; run "
+                "again to resume", flush=True)
           break
   finally:
     progress.close()
@@ -255,9 +271,11 @@ def main(argv):
   distributed.initialize_from_flags()
   try:
     train(FLAGS.config, FLAGS.workdir)
-  except NonFiniteLossError as e:
+  except (NonFiniteLossError, WorkdirInUse) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt as e:  # a second Ctrl-C
+    sys.exit(f"stopped: {e or 'interrupted'}; run again to resume from the last checkpoint")
 
 
 FLAGS = flags.FLAGS

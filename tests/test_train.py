@@ -75,17 +75,43 @@ def uninterrupted(tmp_path_factory):
   return final_state(workdir)
 
 
-def test_a_run_stopped_by_sigterm_saves_and_resumes_to_the_same_bits(uninterrupted, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_a_run_stopped_by_a_signal_saves_and_resumes_to_the_same_bits(uninterrupted, tmp_path,
+                                                                       stop):
   process = start_training(tmp_path)
   wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "5"), process)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(stop)
   output = finish(process)
-  assert "stopped by SIGTERM" in output
+  assert f"stopped by {stop.name}" in output and "Traceback" not in output
   stopped_at = checkpoints.make_manager(tmp_path, async_save=False).latest_step()
   assert 5 <= stopped_at < 150
   assert f"resumed from {tmp_path / 'checkpoints'} at step {stopped_at}" in finish(
       start_training(tmp_path))
   assert_bitwise_equal(final_state(tmp_path), uninterrupted)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  with train.TerminationRequest() as termination:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert termination.requested == "SIGINT"
+    with pytest.raises(KeyboardInterrupt, match="a second SIGINT"):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_second_train_py_on_a_workdir_in_use_exits_with_a_clear_error(tmp_path):
+  first = start_training(tmp_path)
+  wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "5"), first)
+  second = subprocess.run(
+      [sys.executable, "train.py", f"--config={CONFIG}", f"--workdir={tmp_path}", *LONG_RUN],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  first.send_signal(signal.SIGTERM)
+  finish(first)
+  assert second.returncode != 0
+  assert f"is in use by another train.py (pid {first.pid} on " in second.stderr
+  assert "Traceback" not in second.stderr
+  steps = [m["step"] for m in read_metrics(tmp_path)]
+  assert steps == sorted(set(steps))  # one run's metrics, no step twice
 
 
 def test_a_run_killed_between_checkpoints_resumes_to_the_same_bits(uninterrupted, tmp_path):
