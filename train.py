@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from configs.checks import validate_config
@@ -134,6 +135,10 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
   with use_mesh(mesh, config.sharding.rules), (
       WorkdirLock(workdir) if lead else contextlib.nullcontext()):
+    if lead:
+      checkpoints.clean_interrupted_saves(workdir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("interrupted saves cleaned")
     return _train(config, model, workdir, mesh)
 
 
@@ -166,7 +171,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   if manager.latest_step() is not None:  # restored straight into this mesh's shards
-    state, rng = checkpoints.restore(manager, abstract, data_iterator)
+    state, rng = checkpoints.restore_newest(manager, abstract, data_iterator)
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
     state = init_sharded_train_state(model, config.optim, config.seed, shardings)

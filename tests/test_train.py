@@ -1,6 +1,7 @@
 """train.py end to end on a tiny config: resumable after SIGTERM and SIGKILL to the same bits,
 stops cleanly on a non-finite loss, and writes what a run directory promises."""
 import json
+import logging
 import os
 import signal
 import shutil
@@ -208,6 +209,40 @@ def test_a_workdir_that_cannot_take_checkpoints_fails_at_the_start(tmp_path):
     with pytest.raises(PermissionError, match="Permission denied"):
       train.train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def damage_truncated_array(step_folder):
+  arrays = [os.path.join(folder, name) for folder, _, names in os.walk(step_folder / "state")
+            for name in names if os.sep + "d" + os.sep in os.path.join(folder, name)]
+  largest = max(arrays, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def damage_missing_data_position(step_folder):
+  os.remove(step_folder / "data" / "process_0-of-1.json")
+
+
+@pytest.mark.parametrize("damage", [damage_truncated_array, damage_missing_data_position])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(
+    tiny_run, tmp_path, damage, caplog):
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run, workdir)
+  damage(workdir / "checkpoints" / "6")
+  # A save killed mid-write leaves a temporary folder: removed at the next start.
+  shutil.copytree(workdir / "checkpoints" / "3",
+                  workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1234")
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.train.sample_every = 0
+  with caplog.at_level(logging.WARNING):
+    state = train.train(config, str(workdir))
+  broken = str(workdir / "checkpoints" / "6")
+  assert any(f"checkpoint {broken} (step 6) does not restore" in r.getMessage()
+             for r in caplog.records)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # 6 saved again
+  assert os.listdir(workdir / "checkpoints_damaged") == ["6"]  # kept, never deleted
+  assert_bitwise_equal(state, final_state(tiny_run))  # trained 3 -> 6 again, the same bits
 
 
 def test_a_changed_config_keeps_the_earlier_one(tmp_path):

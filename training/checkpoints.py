@@ -2,15 +2,22 @@
 saved together by orbax (asynchronously, keeping the last N) under <workdir>/checkpoints/<step>.
 
 A checkpoint appears only once complete (orbax writes to a temporary directory and renames it),
-so a run killed mid-save resumes from the previous one.
+so a run killed mid-save resumes from the previous one; the temporary folders such kills leave
+are removed at the next start (clean_interrupted_saves). A resumed run restores the newest
+checkpoint that restores (restore_newest): a damaged one is reported by step and folder and
+moved aside to <workdir>/checkpoints_damaged/, never deleted.
 """
 import os
+import re
+import shutil
 import tempfile
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from training.train_state import TrainState
 
@@ -85,12 +92,82 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   return restored["state"], rng
 
 
+def clean_interrupted_saves(workdir: str) -> list[str]:
+  """Removes the temporary folders of saves that never finished (<step>.orbax-checkpoint-tmp*,
+  left by a kill mid-save; the step they were for was never a checkpoint). Call from one process
+  before the checkpoint manager opens; returns the removed names."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  removed = sorted(name for name in os.listdir(directory) if TEMPORARY.search(name))
+  for name in removed:
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    logging.warning("removed %s: the temporary folder of a save that did not finish",
+                    os.path.join(directory, name))
+  return removed
+
+
+TEMPORARY = re.compile(r"\.orbax-checkpoint-tmp")
+
+
+def damaged_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
+
+
+def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                   data_iterator: grain.DatasetIterator | None = None, *,
+                   set_aside: bool = True) -> tuple[TrainState, jax.Array]:
+  """Restores the newest checkpoint that restores, newest first; each that fails (a truncated
+  array file, a missing metadata or data-iterator file, a half-deleted folder) is reported by
+  step and folder. Once an older one restores, the damaged newer ones are moved to
+  <workdir>/checkpoints_damaged/<step> (by process 0 when set_aside), so that the run can save
+  those steps again. When none restores, nothing is moved and the error lists each failure."""
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = restore(manager, abstract_state, data_iterator, step=step)
+    except Exception as e:  # pylint: disable=broad-except  (any failure: try the next one)
+      reason = " ".join(str(e).split())[:300]
+      folder = os.path.join(str(manager.directory), str(step))
+      logging.warning("checkpoint %s (step %d) does not restore: %s; trying the previous one",
+                      folder, step, reason)
+      failures.append((step, folder, reason))
+      continue
+    if failures:
+      _set_aside([step for step, _, _ in failures], str(manager.directory), set_aside)
+      manager.reload()
+    return restored
+  raise RuntimeError("no checkpoint restores:\n  " + "\n  ".join(
+      f"step {step} ({folder}): {reason}" for step, folder, reason in failures)
+      + "\nNothing was moved or deleted: check the folders, or train in a new --workdir")
+
+
+def _set_aside(steps: list[int], directory: str, move: bool) -> None:
+  """Moves damaged step folders out of the checkpoints (process 0), then syncs the processes."""
+  if move and jax.process_index() == 0:
+    target = os.path.join(os.path.dirname(directory), "checkpoints_damaged")
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      destination = os.path.join(target, str(step))
+      n = 1
+      while os.path.exists(destination):
+        destination = os.path.join(target, f"{step}.{n}")
+        n += 1
+      os.rename(os.path.join(directory, str(step)), destination)
+      logging.warning("moved the damaged checkpoint of step %d to %s", step, destination)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("damaged checkpoints set aside")
+
+
 def restore_params(workdir: str, abstract_state: TrainState, *, use_ema: bool = True,
                    step: int | None = None):
   """The (EMA) parameters of a run, for sampling or evaluation: (params, model_state, step)."""
   manager = make_manager(workdir, async_save=False)
   try:
-    state, _ = restore(manager, abstract_state, step=step)
+    if step is None:  # the newest that restores; a damaged one is reported, left in place
+      state, _ = restore_newest(manager, abstract_state, set_aside=False)
+    else:
+      state, _ = restore(manager, abstract_state, step=step)
   finally:
     manager.close()
   params = state.ema_params if use_ema else state.params
