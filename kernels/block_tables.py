@@ -13,6 +13,7 @@ The backward pass walks the transpose: for each key block, the query blocks that
 `PatternTables` holds both directions, built once and passed to every layer that uses it.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,8 @@ def mask_to_tables(block_mask, max_blocks: int | None = None):
   """bool [..., nQ, nK] -> (kv_indices int32 [..., nQ, Kmax], kv_counts int32 [..., nQ]).
 
   Kmax is max_blocks, or the largest count in the mask (which then must be concrete). A row with
-  more blocks than max_blocks is an error, not a silent truncation.
+  more blocks than max_blocks is an error, not a silent truncation: a ValueError here for a
+  concrete mask; inside jit, a runtime error carrying the same message when the call runs.
   """
   # A numpy mask gives numpy tables: concrete wherever they are built, even inside shard_map.
   xp = np if isinstance(block_mask, np.ndarray) else jnp
@@ -35,9 +37,10 @@ def mask_to_tables(block_mask, max_blocks: int | None = None):
     if largest is None:
       raise ValueError("inside jit the table width cannot be read off the mask: pass max_blocks")
     max_blocks = max(largest, 1)
-  elif largest is not None and largest > max_blocks:
-    raise ValueError(f"a query block attends to {largest} key blocks, more than "
-                     f"max_blocks={max_blocks}: raise max_blocks")
+  elif largest is not None:
+    _check_width(largest, max_blocks)
+  elif max_blocks < num_kv_blocks:  # traced: a row might not fit; checked when the call runs
+    jax.debug.callback(functools.partial(_check_width, max_blocks=max_blocks), counts.max())
   max_blocks = min(max_blocks, num_kv_blocks)
   # A stable sort of "not in the mask" puts the listed blocks first, in ascending order.
   order = xp.argsort(~block_mask, axis=-1, stable=True)[..., :max_blocks].astype(np.int32)
@@ -46,6 +49,12 @@ def mask_to_tables(block_mask, max_blocks: int | None = None):
   slot = xp.arange(max_blocks, dtype=np.int32)
   indices = xp.where(slot < counts[..., None], order, last).astype(np.int32)
   return indices, xp.minimum(counts, max_blocks).astype(np.int32)
+
+
+def _check_width(largest, max_blocks: int) -> None:
+  if int(largest) > max_blocks:
+    raise ValueError(f"a query block attends to {int(largest)} key blocks, more than "
+                     f"max_blocks={max_blocks}: raise max_blocks")
 
 
 def _concrete_max(counts) -> int | None:

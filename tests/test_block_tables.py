@@ -40,6 +40,12 @@ def test_tables_build_inside_jit_given_their_width_and_too_narrow_a_width_is_an_
     mask_to_tables(np.ones((1, 1, 2, 6), bool), max_blocks=3)
   with pytest.raises(ValueError, match="pass max_blocks"):
     jax.jit(mask_to_tables)(mask)
+  # Inside jit the width is checked when the call runs: an error, not a truncated row.
+  narrow = jax.jit(lambda m: mask_to_tables(m, max_blocks=3))
+  with pytest.raises(Exception, match="attends to 6 key blocks, more than max_blocks=3"):
+    jax.block_until_ready(narrow(jnp.ones((1, 1, 2, 6), bool)))
+  indices, counts = narrow(jnp.ones((1, 1, 2, 6), bool).at[..., 3:].set(False))  # 3 fit
+  assert (np.asarray(counts) == 3).all()
 
 
 def qkv(key, b=2, l=24, h=3, d=16, dtype=jnp.float32):
