@@ -14,9 +14,9 @@ pod run one process per host (or per GPU) and JAX finds the others; elsewhere pa
 Running it again with the same workdir resumes from the latest checkpoint there (parameters,
 optimizer, EMA, step, RNG and the data iterator's position), so an interrupted run continues
 exactly where it left off; a config that changes the saved run's model or video shape is an
-error before anything is written. SIGTERM or Ctrl-C saves a checkpoint and exits (a second
-Ctrl-C stops at once); a non-finite loss stops the run and leaves the last good checkpoint as it
-was. One process trains in a workdir at a time (train.lock; a second one exits with an error).
+error before anything is written. SIGTERM or Ctrl-C saves a checkpoint and exits, at a step
+every process agrees on (a second Ctrl-C stops without saving); a non-finite loss stops the run
+and leaves the last good checkpoint as it was. One process trains in a workdir at a time (train.lock; a second one exits with an error).
 
 The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
 tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every) and
@@ -69,6 +69,9 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; the last good checkpoint is left as it was."""
 
 
+SIGNAL_CODES = {"SIGTERM": 1, "SIGINT": 2}
+
+
 class TerminationRequest:
   """Remembers a SIGTERM or a Ctrl-C (SIGINT), so the loop can save a checkpoint and exit
   between two steps; a second Ctrl-C stops at once (KeyboardInterrupt), losing the steps since
@@ -87,6 +90,16 @@ class TerminationRequest:
       except ValueError:  # not the main thread (e.g. a notebook worker): no handler
         pass
     return self
+
+  def agreed(self) -> str | None:
+    """The signal to stop for, agreed by every process (a signal often reaches one host only;
+    the save is collective, so all must stop at the same step): one small all-gather per step
+    when there are several processes."""
+    if jax.process_count() == 1:
+      return self.requested
+    names = multihost_utils.process_allgather(np.array(SIGNAL_CODES.get(self.requested, 0)))
+    code = int(np.max(names))
+    return next((name for name, c in SIGNAL_CODES.items() if c == code), None)
 
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
@@ -130,16 +143,36 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   model = validate_config(config)
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
-  check_resumable(config, workdir)  # before anything is written
-  checkpoints.check_writable(workdir)  # every process: each writes its shards
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
-  with use_mesh(mesh, config.sharding.rules), (
-      WorkdirLock(workdir) if lead else contextlib.nullcontext()):
-    if lead:
-      checkpoints.clean_interrupted_saves(workdir)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("interrupted saves cleaned")
+  with contextlib.ExitStack() as held:
+
+    def claim_workdir():
+      if lead:  # first the lock: a second process learns the workdir is in use, whatever else
+        os.makedirs(workdir, exist_ok=True)
+        held.enter_context(WorkdirLock(workdir))
+      check_resumable(config, workdir)  # before anything else is written
+      checkpoints.check_writable(workdir)  # every process: each writes its shards
+
+    on_every_process(claim_workdir)
+    held.enter_context(use_mesh(mesh, config.sharding.rules))
     return _train(config, model, workdir, mesh)
+
+
+def on_every_process(start) -> None:
+  """Runs start() on every process, and raises on every process if it failed on any: a failed
+  start never leaves the other processes waiting in a collective."""
+  error = None
+  try:
+    start()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below)
+    error = e
+  if jax.process_count() > 1:
+    failed = np.asarray(multihost_utils.process_allgather(np.array(error is not None)))
+    if failed.any() and error is None:
+      raise RuntimeError(f"processes {np.flatnonzero(failed).tolist()} failed to start; their "
+                         "logs say why")
+  if error is not None:
+    raise error
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -169,7 +202,10 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
                                                      config.sharding.rules)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
+  # Under the workdir's lock no save is in flight: the temporary folders of saves a kill
+  # interrupted are removed (orbax's cleanup_tmp_directories).
+  manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints,
+                                     cleanup_interrupted=True)
   if manager.latest_step() is not None:  # restored straight into this mesh's shards
     state, rng = checkpoints.restore_newest(manager, abstract, data_iterator)
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
@@ -202,8 +238,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
         pending.append(metrics)
         done = step + 1
         progress.update(1)
+        stop = termination.agreed()  # read once: a signal during this step is seen next step
         save_now = (done % train_cfg.checkpoint_every == 0 or done == train_cfg.num_steps
-                    or termination.requested)
+                    or stop)
         if save_now or done % train_cfg.log_every == 0:
           logged = _check_and_average(jax.device_get(pending), done - len(pending), manager)
           now = time.perf_counter()
@@ -230,9 +267,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
             write_videos(videos, sampler.prompts,
                          os.path.join(workdir, "samples", f"step_{done}"),
                          upscale=config.sample.upscale)
-        if termination.requested:
-          print(f"stopped by {termination.requested} after step {done}, checkpoint saved; run "
-                "again to resume", flush=True)
+        if stop:
+          print(f"stopped by {stop} after step {done}, checkpoint saved; run again to resume",
+                flush=True)
           break
   finally:
     progress.close()

@@ -36,9 +36,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 # config.model fields that change how the network runs, not what it holds: a resumed run may
-# change them. Every other model field shapes the parameters or what they mean.
-RUNTIME_MODEL_FIELDS = ("attention", "sparse_pattern", "sparse_window", "sparse_block",
-                        "sequence_parallel", "ulysses_degree", "remat")
+# change them (dtype is the compute dtype; size is a label). Every other model field shapes the
+# parameters or what they mean.
+RUNTIME_MODEL_FIELDS = ("size", "attention", "sparse_pattern", "sparse_window", "sparse_block",
+                        "sequence_parallel", "ulysses_degree", "remat", "dtype")
 
 
 def identity_changes(saved: ml_collections.ConfigDict,
@@ -46,8 +47,10 @@ def identity_changes(saved: ml_collections.ConfigDict,
   """What `config` changes of a saved run's identity: its model (all but RUNTIME_MODEL_FIELDS)
   and its video shape, as "field: saved -> new" lines; [] when it may resume the run."""
   old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
-  pairs = [(f"model.{name}", old["model"].get(name), value)
-           for name, value in new["model"].items() if name not in RUNTIME_MODEL_FIELDS]
+  # A field the saved run does not have was added to the code after it: not a change.
+  pairs = [(f"model.{name}", old["model"][name], value)
+           for name, value in new["model"].items()
+           if name not in RUNTIME_MODEL_FIELDS and name in old["model"]]
   pairs.append(("train.video_shape", old["train"].get("video_shape"),
                 new["train"]["video_shape"]))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

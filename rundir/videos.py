@@ -1,15 +1,15 @@
 """Generated videos written into a run's folder: <i>.mp4 and <i>.gif per video, grid.png (one
 row of frames per video) and prompts.txt (what each was sampled for). A folder written again
-holds only the new call's files: its earlier ones are removed first, other files are left."""
+holds only the new call's files: the files an earlier call wrote (listed in its .written_videos)
+are removed first; files it did not write are never touched."""
 import os
-import re
 
 import numpy as np
 
 from data import video_io
 
 
-OWN_FILES = re.compile(r"\d+\.(mp4|gif)|grid\.png|prompts\.txt")
+MANIFEST = ".written_videos"  # the names of the files the last call wrote, one per line
 
 
 def write_videos(videos: np.ndarray, prompts: list[str], out_dir: str, *, fps: int = 8,
@@ -17,9 +17,12 @@ def write_videos(videos: np.ndarray, prompts: list[str], out_dir: str, *, fps: i
   """Writes videos float32 [N, T, H, W, C] in [-1, 1], `upscale` times larger (nearest
   neighbour: small videos are written to be seen, not only stored); returns the video paths."""
   os.makedirs(out_dir, exist_ok=True)
-  for name in os.listdir(out_dir):  # an earlier call's files, so none is mistaken for this one's
-    if OWN_FILES.fullmatch(name):
-      os.remove(os.path.join(out_dir, name))
+  manifest = os.path.join(out_dir, MANIFEST)
+  if os.path.exists(manifest):  # an earlier call's files, so none is mistaken for this one's
+    with open(manifest) as f:
+      for name in f.read().split("\n"):
+        if name and os.path.basename(name) == name and os.path.isfile(os.path.join(out_dir, name)):
+          os.remove(os.path.join(out_dir, name))
   videos = video_io.to_uint8(videos)  # [N, T, H, W, C]
   videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
   paths = []
@@ -31,4 +34,6 @@ def write_videos(videos: np.ndarray, prompts: list[str], out_dir: str, *, fps: i
   video_io.write_frame_grid_png(os.path.join(out_dir, "grid.png"), videos)
   with open(os.path.join(out_dir, "prompts.txt"), "w") as f:
     f.write("".join(f"{i}: {p}\n" for i, p in enumerate(prompts)))
+  with open(manifest, "w") as f:
+    f.write("".join(os.path.basename(p) + "\n" for p in [*paths, "grid.png", "prompts.txt"]))
   return paths

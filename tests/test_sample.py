@@ -88,8 +88,8 @@ def test_a_folder_sampled_again_holds_only_the_new_videos_and_flags_the_run_cann
                   ["--prompt=the digit 5 moves down"]):
     result = sample(f"--workdir={workdir}", *prompts, "--num_steps=1", f"--out={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-  assert sorted(os.listdir(tmp_path)) == ["0.gif", "0.mp4", "grid.png", "notes.txt",
-                                          "prompts.txt"]
+  assert sorted(os.listdir(tmp_path)) == [".written_videos", "0.gif", "0.mp4", "grid.png",
+                                          "notes.txt", "prompts.txt"]
   assert (tmp_path / "prompts.txt").read_text() == "0: the digit 5 moves down\n"
   result = sample(f"--workdir={workdir}", "--label=3")  # a text model
   assert result.returncode != 0 and "conditioned on text; pass --prompt" in result.stderr

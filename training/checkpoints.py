@@ -3,13 +3,12 @@ saved together by orbax (asynchronously, keeping the last N) under <workdir>/che
 
 A checkpoint appears only once complete (orbax writes to a temporary directory and renames it),
 so a run killed mid-save resumes from the previous one; the temporary folders such kills leave
-are removed at the next start (clean_interrupted_saves). A resumed run restores the newest
+are removed when training starts again (make_manager(cleanup_interrupted=True), orbax's
+cleanup_tmp_directories). A resumed run restores the newest
 checkpoint that restores (restore_newest): a damaged one is reported by step and folder and
 moved aside to <workdir>/checkpoints_damaged/, never deleted.
 """
 import os
-import re
-import shutil
 import tempfile
 
 import grain
@@ -27,16 +26,26 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def check_writable(workdir: str) -> None:
-  """The workdir and its checkpoints/ folder exist (made if missing) and take a new file: checked
-  at the start, not found at the first save (after which orbax waits minutes and times out)."""
-  for directory in (os.path.abspath(workdir), checkpoint_dir(workdir)):
-    try:
-      os.makedirs(directory, exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_check_"):
-        pass
-    except OSError as e:
-      raise PermissionError(f"cannot write to {directory} ({e.strerror or e}): make it a "
-                            "writable folder, or pass another --workdir") from None
+  """The workdir (made if missing) and its checkpoints/ folder, where it exists, take a new file:
+  checked at the start, not found at the first save (after which orbax waits minutes and times
+  out). Every process may call it at once: each writes only its own probe file."""
+  checked = os.path.abspath(workdir)
+  try:
+    os.makedirs(checked, exist_ok=True)
+    _probe(checked)
+    if os.path.lexists(checkpoint_dir(workdir)):  # else the first save makes it, in the workdir
+      checked = checkpoint_dir(workdir)
+      if not os.path.isdir(checked):
+        raise NotADirectoryError(20, "not a folder")
+      _probe(checked)
+  except OSError as e:
+    raise PermissionError(f"cannot write to {checked} ({e.strerror or e}): make it a writable "
+                          "folder, or pass another --workdir") from None
+
+
+def _probe(directory: str) -> None:
+  with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_check_"):
+    pass
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -48,9 +57,14 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def make_manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int = 3, async_save: bool = True,
+                 cleanup_interrupted: bool = False) -> ocp.CheckpointManager:
+  """cleanup_interrupted: remove the temporary folders of unfinished saves; only for the one
+  training process group of the workdir (under its lock), never for a reader such as sample.py,
+  which could delete a save in flight."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
+                                         enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=cleanup_interrupted)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -92,24 +106,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   return restored["state"], rng
 
 
-def clean_interrupted_saves(workdir: str) -> list[str]:
-  """Removes the temporary folders of saves that never finished (<step>.orbax-checkpoint-tmp*,
-  left by a kill mid-save; the step they were for was never a checkpoint). Call from one process
-  before the checkpoint manager opens; returns the removed names."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  removed = sorted(name for name in os.listdir(directory) if TEMPORARY.search(name))
-  for name in removed:
-    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-    logging.warning("removed %s: the temporary folder of a save that did not finish",
-                    os.path.join(directory, name))
-  return removed
-
-
-TEMPORARY = re.compile(r"\.orbax-checkpoint-tmp")
-
-
 def damaged_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
 
@@ -122,28 +118,47 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
   step and folder. Once an older one restores, the damaged newer ones are moved to
   <workdir>/checkpoints_damaged/<step> (by process 0 when set_aside), so that the run can save
   those steps again. When none restores, nothing is moved and the error lists each failure."""
-  failures = []
+  failures, errors = [], []
   for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = restore(manager, abstract_state, data_iterator, step=step)
-    except Exception as e:  # pylint: disable=broad-except  (any failure: try the next one)
-      reason = " ".join(str(e).split())[:300]
-      folder = os.path.join(str(manager.directory), str(step))
-      logging.warning("checkpoint %s (step %d) does not restore: %s; trying the previous one",
-                      folder, step, reason)
-      failures.append((step, folder, reason))
-      continue
-    if failures:
-      _set_aside([step for step, _, _ in failures], str(manager.directory), set_aside)
-      manager.reload()
-    return restored
-  raise RuntimeError("no checkpoint restores:\n  " + "\n  ".join(
-      f"step {step} ({folder}): {reason}" for step, folder, reason in failures)
-      + "\nNothing was moved or deleted: check the folders, or train in a new --workdir")
+    restored, error = None, None
+    for _ in range(2):  # a passing I/O error gets a second try before the folder is "damaged"
+      try:
+        restored, error = restore(manager, abstract_state, data_iterator, step=step), None
+        break
+      except Exception as e:  # pylint: disable=broad-except  (any failure: try the next one)
+        error = e
+    ok = error is None
+    if jax.process_count() > 1:  # damaged on any process is damaged: all restore one step
+      ok = bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+    if ok:
+      if failures:
+        _set_aside([failed for failed, _, _ in failures], str(manager.directory), set_aside)
+        manager.reload()
+      return restored
+    folder = os.path.join(str(manager.directory), str(step))
+    reason = (" ".join(str(error).split())[:300] if error is not None
+              else "it failed on another process")
+    logging.warning("checkpoint %s (step %d) does not restore: %s; trying the previous one",
+                    folder, step, reason)
+    failures.append((step, folder, reason))
+    if error is not None:
+      errors.append(error)
+  summary = "\n  ".join(f"step {step} ({folder}): {reason}" for step, folder, reason in failures)
+  advice = "Nothing was moved or deleted: check the folders, or train in a new --workdir"
+  if errors and all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
+    # One error for every checkpoint: more likely this run's config, mesh or code than damage.
+    errors[0].add_note(f"every checkpoint in {manager.directory} fails to restore with this "
+                       f"error. {advice}")
+    raise errors[0]
+  raise RuntimeError(f"no checkpoint restores:\n  {summary}\n{advice}") from (
+      errors[0] if errors else None)
 
 
 def _set_aside(steps: list[int], directory: str, move: bool) -> None:
-  """Moves damaged step folders out of the checkpoints (process 0), then syncs the processes."""
+  """Moves damaged step folders out of the checkpoints (process 0) once every process is done
+  reading them, then syncs the processes again."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("damaged checkpoints read")
   if move and jax.process_index() == 0:
     target = os.path.join(os.path.dirname(directory), "checkpoints_damaged")
     os.makedirs(target, exist_ok=True)
