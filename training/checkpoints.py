@@ -106,10 +106,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   return restored["state"], rng
 
 
-def damaged_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
-
-
 def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                    data_iterator: grain.DatasetIterator | None = None, *,
                    set_aside: bool = True) -> tuple[TrainState, jax.Array]:
