@@ -7,6 +7,7 @@ can skip it.
 """
 
 import os
+import subprocess
 import warnings
 
 import numpy as np
@@ -82,6 +83,35 @@ def read_video_frames(path: str, num_frames: int, stride: int = 1, start: int | 
   return _read_ffmpeg(path, num_frames, stride, start, rng)
 
 
+def _count_frames(reader, path: str) -> int:
+  """The frame count (ffmpeg counts packets without decoding, so it is fast).
+
+  imageio-ffmpeg runs this count's ffmpeg in our process group, so a Ctrl-C meant for the
+  training job (which saves and exits) kills it too: a count killed by a signal says nothing
+  about the file, so it is counted again, and a second kill is raised as itself, never as an
+  unreadable video.
+  """
+  for attempt in range(2):
+    try:
+      return reader.count_frames()
+    except Exception as e:
+      if _killed_by_signal(e):
+        if attempt == 0:
+          continue
+        raise
+      raise UnreadableVideo(path, _reason(e)) from e
+  raise AssertionError("unreachable")
+
+
+def _killed_by_signal(error: BaseException | None) -> bool:
+  """Whether a subprocess in error's chain of causes ended by a signal (a negative return code)."""
+  while error is not None:
+    if isinstance(error, subprocess.CalledProcessError) and error.returncode < 0:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def _read_ffmpeg(path: str, num_frames: int, stride: int, start: int | None,
                  rng: np.random.Generator | None) -> np.ndarray:
   import imageio.v2 as iio
@@ -91,10 +121,7 @@ def _read_ffmpeg(path: str, num_frames: int, stride: int, start: int | None,
   except Exception as e:  # ffmpeg's errors arrive as OSError or RuntimeError
     raise UnreadableVideo(path, _reason(e)) from e
   try:
-    try:
-      total = reader.count_frames()  # counts packets (no decoding), so it is fast
-    except Exception as e:
-      raise UnreadableVideo(path, _reason(e)) from e
+    total = _count_frames(reader, path)
     if total < 1:
       raise UnreadableVideo(path, "no frames")
     frames = []

@@ -1,5 +1,7 @@
 """Video files: round trips through mp4, webm and gif, frame sampling, resizing, grids, errors."""
 import pickle
+import signal
+import subprocess
 
 import imageio.v3 as iio3
 import numpy as np
@@ -115,6 +117,45 @@ def test_an_undecodable_file_raises_unreadable_video(tmp_path, name, content):
 def test_a_missing_file_raises_unreadable_video(tmp_path):
   with pytest.raises(UnreadableVideo, match="no such file"):
     read_video_frames(tmp_path / "missing.mp4", 4)
+
+
+@pytest.fixture
+def ctrl_c_kills_frame_counts(monkeypatch):
+  """imageio-ffmpeg's frame count, whose ffmpeg shares the job's process group, killed by the
+  job's Ctrl-C for the first `kills` calls."""
+  import imageio_ffmpeg._io as ffmpeg_io  # pylint: disable=g-import-not-at-top
+  real = ffmpeg_io.subprocess.check_output
+  calls = []
+
+  def set_kills(kills):
+    def check_output(cmd, *args, **kwargs):
+      calls.append(cmd)
+      if len(calls) <= kills:
+        raise subprocess.CalledProcessError(-signal.SIGINT, cmd, output=b"")
+      return real(cmd, *args, **kwargs)
+    monkeypatch.setattr(ffmpeg_io.subprocess, "check_output", check_output)
+    return calls
+  return set_kills
+
+
+def test_a_frame_count_killed_by_ctrl_c_is_counted_again_not_called_unreadable(
+    tmp_path, ctrl_c_kills_frame_counts):
+  path = tmp_path / "good.mp4"
+  write_mp4(path, numbered_frames(6))
+  calls = ctrl_c_kills_frame_counts(1)
+  frames = read_video_frames(path, 6)
+  assert len(calls) == 2 and frames.shape == (6, 8, 8, 3)
+  assert mean_error(frames, numbered_frames(6)) < 3
+
+
+def test_a_frame_count_killed_twice_raises_its_error_not_unreadable_video(
+    tmp_path, ctrl_c_kills_frame_counts):
+  path = tmp_path / "good.mp4"
+  write_mp4(path, numbered_frames(6))
+  ctrl_c_kills_frame_counts(2)
+  with pytest.raises(RuntimeError, match="FFMPEG call failed") as error:
+    read_video_frames(path, 6)
+  assert not isinstance(error.value, UnreadableVideo)
 
 
 def test_unreadable_video_pickles_for_worker_processes():
