@@ -102,7 +102,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
-  rng = jax.random.wrap_key_data(np.asarray(restored["rng"]["key"]))
+  # Kept a global array (not brought to the host): with several processes the next save
+  # cannot write a host-local one.
+  rng = jax.random.wrap_key_data(restored["rng"]["key"])
   return restored["state"], rng
 
 

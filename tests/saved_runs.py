@@ -1,0 +1,78 @@
+"""Helpers for tests that run train.py in subprocesses: start it, wait for a state of its
+workdir, and compare the final states of two runs bit for bit."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from dit.config import DiTConfig
+from rundir.config_file import load_config
+from training import checkpoints
+from training.train_state import abstract_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNFINISHED = ".orbax-checkpoint-tmp"  # orbax's suffix for the folder of a save in progress
+
+
+def train_command(config: str, workdir, *overrides) -> list[str]:
+  return [sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def start(command: list[str], **env) -> subprocess.Popen:
+  return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=dict(os.environ, **env) if env else None)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+  """The output of a process that must exit 0."""
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-3000:]
+  return output
+
+
+def wait_for(condition, *processes: subprocess.Popen, timeout: float = 240,
+             poll: float = 0.02) -> None:
+  """Polls condition() until it holds; fails if a process ends or the time runs out first."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    for process in processes:
+      if process.poll() is not None:
+        raise AssertionError("training ended first: " + process.stdout.read()[-3000:])
+    if time.monotonic() > deadline:
+      for process in processes:
+        process.kill()
+      raise AssertionError("timed out waiting for training to progress")
+    time.sleep(poll)
+
+
+def unfinished_saves(workdir) -> list[str]:
+  folder = checkpoints.checkpoint_dir(workdir)
+  return [n for n in os.listdir(folder) if UNFINISHED in n] if os.path.isdir(folder) else []
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def final_state(workdir):
+  """The train state of the latest checkpoint of a run."""
+  config = load_config(workdir)
+  _, abstract = abstract_train_state(DiTConfig.from_dict(config.model), config.optim)
+  manager = checkpoints.make_manager(workdir, async_save=False)
+  try:
+    return checkpoints.restore(manager, abstract)[0]
+  finally:
+    manager.close()
+
+
+def assert_bitwise_equal(a, b) -> None:
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
