@@ -31,12 +31,20 @@ def randomize_params(model: nnx.Module, key: jax.Array, scale: float = 0.2) -> N
 
 
 def pytest_generate_tests(metafunc):
-  """DIT_TEST_SEEDS=<n> runs each test that takes `key` once per seed 0..n-1: a sweep that finds
+  """DIT_TEST_SEEDS=<n> runs each test that takes `key` once per seed 0..n-1, and no other test: a sweep that finds
   tolerances too tight for some inputs (e.g. DIT_TEST_SEEDS=300 python -m pytest -q -k 'not
   train'); the failures name their seeds."""
   sweep = os.environ.get("DIT_TEST_SEEDS")
   if sweep and "key" in metafunc.fixturenames:
     metafunc.parametrize("seed", range(int(sweep)))
+
+
+def pytest_collection_modifyitems(config, items):
+  """A seed sweep runs only the tests that take `key`."""
+  if os.environ.get("DIT_TEST_SEEDS"):
+    takes_key = ["key" in getattr(item, "fixturenames", ()) for item in items]
+    config.hook.pytest_deselected(items=[i for i, k in zip(items, takes_key) if not k])
+    items[:] = [i for i, k in zip(items, takes_key) if k]
 
 
 @pytest.fixture

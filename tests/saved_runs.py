@@ -61,9 +61,13 @@ def free_port() -> int:
 
 
 def final_state(workdir):
-  """The train state of the latest checkpoint of a run."""
+  """The train state of the latest checkpoint of a run, on this process's first device
+  (whatever processes and devices saved it)."""
   config = load_config(workdir)
   _, abstract = abstract_train_state(DiTConfig.from_dict(config.model), config.optim)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                          abstract)
   manager = checkpoints.make_manager(workdir, async_save=False)
   try:
     return checkpoints.restore(manager, abstract)[0]
