@@ -83,7 +83,7 @@ def read_video_frames(path: str, num_frames: int, stride: int = 1, start: int | 
   return _read_ffmpeg(path, num_frames, stride, start, rng)
 
 
-def _count_frames(reader, path: str) -> int:
+def _count_frames(reader, path: str, retry: bool = True) -> int:
   """The frame count (ffmpeg counts packets without decoding, so it is fast).
 
   imageio-ffmpeg runs this count's ffmpeg in our process group, so a Ctrl-C meant for the
@@ -91,16 +91,14 @@ def _count_frames(reader, path: str) -> int:
   about the file, so it is counted again, and a second kill is raised as itself, never as an
   unreadable video.
   """
-  for attempt in range(2):
-    try:
-      return reader.count_frames()
-    except Exception as e:
-      if _killed_by_signal(e):
-        if attempt == 0:
-          continue
-        raise
+  try:
+    return reader.count_frames()
+  except Exception as e:
+    if not _killed_by_signal(e):
       raise UnreadableVideo(path, _reason(e)) from e
-  raise AssertionError("unreachable")
+    if not retry:
+      raise
+  return _count_frames(reader, path, retry=False)
 
 
 def _killed_by_signal(error: BaseException | None) -> bool:

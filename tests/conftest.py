@@ -31,9 +31,9 @@ def randomize_params(model: nnx.Module, key: jax.Array, scale: float = 0.2) -> N
 
 
 def pytest_generate_tests(metafunc):
-  """DIT_TEST_SEEDS=<n> runs each test that takes `key` once per seed 0..n-1, and no other test: a sweep that finds
-  tolerances too tight for some inputs (e.g. DIT_TEST_SEEDS=300 python -m pytest -q -k 'not
-  train'); the failures name their seeds."""
+  """DIT_TEST_SEEDS=<n> runs each test that takes `key` once per seed 0..n-1, and no other test:
+  a sweep that finds tolerances too tight for some inputs (e.g. DIT_TEST_SEEDS=300 python -m
+  pytest -q tests/test_frechet.py); the failures name their seeds."""
   sweep = os.environ.get("DIT_TEST_SEEDS")
   if sweep and "key" in metafunc.fixturenames:
     metafunc.parametrize("seed", range(int(sweep)))
