@@ -300,9 +300,12 @@ def test_torch_layout_means_what_torch_computes(weights, model, key):
 def test_average_pools_leave_padding_out(key):
   x = jax.random.normal(key, (1, 4, 5, 2))
   got = avg_pool_excluding_padding(x)
-  np.testing.assert_allclose(got[0, 0, 0], x[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
-  np.testing.assert_allclose(got[0, 0, 2], x[0, :2, 1:4].mean(axis=(0, 1)), rtol=1e-6)
-  np.testing.assert_allclose(got[0, 2, 2], x[0, 1:4, 1:4].mean(axis=(0, 1)), rtol=1e-6)
+  np.testing.assert_allclose(got[0, 0, 0], x[0, :2, :2].mean(axis=(0, 1)),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got[0, 0, 2], x[0, :2, 1:4].mean(axis=(0, 1)),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got[0, 2, 2], x[0, 1:4, 1:4].mean(axis=(0, 1)),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_fid_features_are_finite_2048_vectors_at_299(model, key):
