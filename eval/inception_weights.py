@@ -12,7 +12,7 @@ One layout, torchvision's InceptionV3 state dict, which pytorch-fid's FID weight
 num_classes is read from fc.weight. torchvision's AuxLogits.* and every BatchNorm's
 num_batches_tracked are not part of the FID network and are skipped; a `module.` prefix (from
 DataParallel) is removed. The same names are read from three containers: `.pth`/`.pt`
-(torch.save, read without torch by eval.torch_checkpoint), `.safetensors` and `.npz`;
+(torch.save, read without torch by weights.torch_checkpoint), `.safetensors` and `.npz`;
 save_inception_weights writes the last two, so a round trip is exact.
 """
 import os
@@ -85,7 +85,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         "pt_inception-2015-12-05-6726825d.pth, or a conversion of it); leave it empty to skip "
         "FID.")
   if suffix in (".pth", ".pt"):
-    from eval.torch_checkpoint import load_torch_state_dict  # noqa: PLC0415
+    from weights.torch_checkpoint import load_torch_state_dict  # noqa: PLC0415
     return load_torch_state_dict(path)
   if suffix == ".safetensors":
     from safetensors.numpy import load_file  # noqa: PLC0415

@@ -1,18 +1,12 @@
-"""The FID InceptionV3, its weight loader and the torch checkpoint reader.
+"""The FID InceptionV3 and its weight loader.
 
 No published weights are downloaded: each test writes a randomly initialised checkpoint in
 torchvision's layout (random BatchNorm statistics and scales too, so a mix-up of any two
-tensors changes the numbers) and reads it back. The .pth files are written here without torch,
-by a small pickler that emits the globals and persistent ids torch.save does.
+tensors changes the numbers) and reads it back. The .pth files are written without torch by
+tests/torch_files.py.
 """
-import collections
-import io
 import os
-import pickle
-import struct
 import time
-import types
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +18,8 @@ from eval import inception_weights
 from eval.inception import InceptionV3, avg_pool_excluding_padding, fid_features
 from eval.inception_weights import (inception_state_dict, inception_weight_shapes,
                                     load_inception, save_inception_weights)
-from eval.torch_checkpoint import load_torch_state_dict
+from torch_files import write_state_dict
+from weights.torch_checkpoint import load_torch_state_dict
 
 SMALL = 75  # the smallest input the network takes: fast forward passes
 
@@ -79,102 +74,6 @@ def _assert_state_equal(got: dict, want: dict) -> None:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-# A torch.save writer without torch: stand-ins pickled under torch's global names.
-
-def _rebuild_tensor_v2(*args):
-  raise AssertionError("only pickled")
-
-
-class FloatStorage:
-  pass
-
-
-class HalfStorage:
-  pass
-
-
-class LongStorage:
-  pass
-
-
-_TORCH_GLOBALS = {_rebuild_tensor_v2: b"torch._utils\n_rebuild_tensor_v2\n",
-                  FloatStorage: b"torch\nFloatStorage\n", HalfStorage: b"torch\nHalfStorage\n",
-                  LongStorage: b"torch\nLongStorage\n"}
-_STORAGE_TYPES = {np.dtype(np.float32): FloatStorage, np.dtype(np.float16): HalfStorage,
-                  np.dtype(np.int64): LongStorage}
-
-
-class _Storage:
-  def __init__(self, key: str, data: np.ndarray):  # data: 1-D, the storage's elements
-    self.key, self.data = key, data
-
-
-class _Tensor:
-  def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple):
-    self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
-
-  def __reduce__(self):
-    return (_rebuild_tensor_v2, (self.storage, self.offset, self.shape, self.stride, False,
-                                 collections.OrderedDict()))
-
-
-class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch can be changed
-  def __init__(self, file, legacy: bool):
-    super().__init__(file, protocol=2)
-    self.legacy = legacy
-
-  def persistent_id(self, obj):
-    if not isinstance(obj, _Storage):
-      return None
-    pid = ("storage", _STORAGE_TYPES[obj.data.dtype], obj.key, "cpu", obj.data.size)
-    return (*pid, None) if self.legacy else pid  # legacy ids end in view metadata
-
-  def _save_function_or_class(self, obj):
-    if obj in _TORCH_GLOBALS:
-      self.write(pickle.GLOBAL + _TORCH_GLOBALS[obj])
-      self.memoize(obj)
-    else:
-      pickle._Pickler.dispatch[type(obj)](self, obj)
-
-  # The dispatch table holds the base class's functions, so overriding save_global is not enough.
-  dispatch = {**pickle._Pickler.dispatch, types.FunctionType: _save_function_or_class,
-              type: _save_function_or_class}
-
-
-def _contiguous(arrays: dict[str, np.ndarray]) -> tuple[dict, list]:
-  """One storage per array, as torch.save writes a state dict of distinct tensors."""
-  tensors, storages = collections.OrderedDict(), []
-  for i, (name, array) in enumerate(arrays.items()):
-    array = np.array(array, order="C")  # (np.ascontiguousarray makes scalars 1-D)
-    storages.append(_Storage(str(i), array.ravel()))
-    stride = tuple(s // array.itemsize for s in array.strides)
-    tensors[name] = _Tensor(storages[-1], 0, array.shape, stride)
-  return tensors, storages
-
-
-def _write_pth(path, tensors: dict, storages: list, legacy: bool = False) -> None:
-  if legacy:
-    with open(path, "wb") as f:
-      for header in (0x1950a86a20f9469cfc6c, 1001,
-                     {"protocol_version": 1001, "little_endian": True}):
-        pickle.dump(header, f, protocol=2)
-      _TorchPickler(f, legacy=True).dump(tensors)
-      pickle.dump([s.key for s in storages], f, protocol=2)
-      for s in storages:
-        f.write(struct.pack("<q", s.data.size) + s.data.astype(s.data.dtype.newbyteorder("<"))
-                .tobytes())
-    return
-  buffer = io.BytesIO()
-  _TorchPickler(buffer, legacy=False).dump(tensors)
-  with zipfile.ZipFile(path, "w") as zf:
-    zf.writestr("archive/data.pkl", buffer.getvalue())
-    zf.writestr("archive/byteorder", "little")
-    zf.writestr("archive/version", "3\n")
-    for s in storages:
-      zf.writestr(f"archive/data/{s.key}", s.data.astype(s.data.dtype.newbyteorder("<"))
-                  .tobytes())
-
-
 # The loader.
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
@@ -197,53 +96,12 @@ def test_loader_round_trips_a_torch_zip_checkpoint(weights, key, tmp_path):
   extras = {"AuxLogits.fc.bias": np.ones(1000, np.float32),
             "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(7, np.int64)}
   path = tmp_path / "inception.pth"
-  _write_pth(path, *_contiguous({**state, **extras}))
+  write_state_dict(path, {**state, **extras})
   read = load_torch_state_dict(str(path))
   _assert_state_equal(read, {**state, **extras})
   loaded = load_inception(str(path))  # skips torchvision's extras
   assert loaded.num_classes == 1000
   _assert_state_equal(inception_state_dict(loaded), state)
-
-
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_torch_reader_rebuilds_views_dtypes_and_scalars(legacy, key, tmp_path):
-  shared = np.asarray(jax.random.normal(key, (12,)), np.float32)
-  half = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (2, 3)), np.float16)
-  storages = [_Storage("0", shared), _Storage("1", half.ravel()),
-              _Storage("2", np.array([41], np.int64))]
-  tensors = collections.OrderedDict(
-      matrix=_Tensor(storages[0], 0, (3, 4), (4, 1)),
-      transposed_view=_Tensor(storages[0], 1, (3, 2), (1, 4)),  # [i, j] = shared[1 + i + 4j]
-      half=_Tensor(storages[1], 0, (2, 3), (3, 1)),
-      count=_Tensor(storages[2], 0, (), ()))
-  path = tmp_path / "tensors.pth"
-  _write_pth(path, tensors, storages, legacy=legacy)
-  read = load_torch_state_dict(str(path))
-  np.testing.assert_array_equal(read["matrix"], shared.reshape(3, 4))
-  np.testing.assert_array_equal(read["transposed_view"], shared.reshape(3, 4)[:2, 1:4].T)
-  assert read["half"].dtype == np.float16
-  np.testing.assert_array_equal(read["half"], half)
-  assert read["count"].shape == () and read["count"] == 41
-
-
-def test_torch_reader_refuses_other_globals(key, tmp_path):
-  class RunsCode:
-    def __reduce__(self):
-      return (os.system, ("true",))
-
-  tensors, storages = _contiguous({"w": np.asarray(jax.random.normal(key, (3,)), np.float32)})
-  tensors["payload"] = RunsCode()
-  path = tmp_path / "evil.pth"
-  _write_pth(path, tensors, storages)
-  with pytest.raises(pickle.UnpicklingError, match="refusing to load the global .*system"):
-    load_torch_state_dict(str(path))
-
-
-def test_torch_reader_rejects_a_file_that_is_no_checkpoint(tmp_path):
-  path = tmp_path / "notes.pth"
-  path.write_text("not a checkpoint")
-  with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
-    load_torch_state_dict(str(path))
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed(weights, tmp_path):

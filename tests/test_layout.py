@@ -9,7 +9,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_PACKAGES = ("bench", "configs", "data", "diffusion", "dit", "eval", "kernels", "rundir",
-                    "sharding", "text_encoders", "training")
+                    "sharding", "text_encoders", "training", "weights")
 NETWORK_MAY_REACH = ("dit", "kernels", "sharding")
 # What the network must never load: the data, the text encoders, the samplers, the file
 # writers, and the libraries of the entries and the pipelines.
@@ -31,8 +31,9 @@ def imports_of(path: str) -> set[str]:
 
 
 def project_files(package: str) -> list[str]:
-  folder = os.path.join(ROOT, package)
-  return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
+  """Every Python file of a package, its subpackages included."""
+  return sorted(os.path.join(folder, f) for folder, _, files in os.walk(os.path.join(ROOT, package))
+                for f in files if f.endswith(".py"))
 
 
 def test_the_network_imports_only_jax_flax_numpy_kernels_and_sharding():
@@ -58,7 +59,7 @@ def test_importing_the_network_loads_no_data_encoder_sampler_writer_or_entry_lib
   assert result.returncode == 0, result.stderr[-3000:]
   loaded = json.loads(result.stdout.splitlines()[-1])
   assert {m.split(".")[0] for m in loaded["project"]} == set(NETWORK_MAY_REACH)
-  assert "dit.model" in loaded["project"] and "dit.config" in loaded["project"]
+  assert {"dit.model", "dit.config", "dit.vae.model"} <= set(loaded["project"])
   assert not set(loaded["new"]) & set(FORBIDDEN), loaded["new"]
 
 
