@@ -1,6 +1,8 @@
-"""Trains a video DiT with flow matching, as one config file describes.
+"""Trains what one config file describes: a video DiT with flow matching, or (config.trains =
+"vae") the causal video VAE.
 
   python train.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python train.py --config=configs/vae_quickstart.py --workdir=runs/vae
   python train.py --config=configs/video_dit.py:size=B --workdir=runs/b \
       --config.optim.lr=3e-4 --config.train.batch_size=128
   python train.py --config=configs/quickstart.py --workdir=runs/sp \
@@ -19,8 +21,8 @@ every process agrees on (a second Ctrl-C stops without saving); a non-finite los
 and leaves the last good checkpoint as it was. One process trains in a workdir at a time (train.lock; a second one exits with an error).
 
 The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
-tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every) and
-train.lock.
+tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every; a
+VAE's are held-out videos beside their reconstructions) and train.lock.
 """
 import contextlib
 import os
@@ -36,7 +38,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from configs.checks import validate_config
+from configs.checks import trains, validate_config
 from data.pipeline import make_dataset, make_iterator, model_inputs
 from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
@@ -56,6 +58,7 @@ from training.layout import (check_fits_mesh, global_batch, init_sharded_train_s
                              jit_train_step, train_state_layout)
 from training.optimizer import learning_rate_schedule, make_optimizer
 from training.train_step import make_train_step
+from training.vae_step import make_vae_train_step, reconstruct
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
                                 "configs/quickstart.py or configs/video_dit.py:size=B.",
@@ -114,15 +117,16 @@ class TerminationRequest:
       signal.signal(signum, previous)
 
 
-def make_data(config: ml_collections.ConfigDict, text_encoder):
+def make_data(config: ml_collections.ConfigDict, text_encoder, channels: int):
   """The data source and iterator, after checking that the source's videos fit the model."""
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   video = source[0]["video"]
-  expected = (*config.train.video_shape, config.model.in_channels)
+  expected = (*config.train.video_shape, channels)
   if video.shape != expected:
+    section = "vae" if trains(config) == "vae" else "model"
     raise ValueError(f"data {source!r} gives videos of shape {video.shape} (T, H, W, C) but the "
-                     f"config expects {expected} (train.video_shape, model.in_channels): make "
-                     "them agree")
+                     f"config expects {expected} (train.video_shape, {section}.in_channels): "
+                     "make them agree")
   dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
                          text_encoder=text_encoder)
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
@@ -195,8 +199,8 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
 def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0
-  text_encoder = text_encoder_for(config)
-  source, data_iterator = make_data(config, text_encoder)
+  text_encoder = text_encoder_for(config) if trains(config) == "dit" else None
+  source, data_iterator = make_data(config, text_encoder, model.in_channels)
 
   optimizer = make_optimizer(config.optim)
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
@@ -214,16 +218,24 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
 
-  train_step = jit_train_step(make_train_step(
-      graphdef, optimizer, config.flow, config.model.patch_size,
-      ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
-      learning_rate=learning_rate_schedule(config.optim)), shardings, mesh)
-  sampler = None
-  if config.train.sample_every:
-    sampler = VideoSampler(graphdef, state.model_state, config, text_encoder)
+  step_options = dict(ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
+                      learning_rate=learning_rate_schedule(config.optim))
+  if trains(config) == "vae":
+    train_step = make_vae_train_step(graphdef, optimizer, config.vae_loss,
+                                     perceptual=perceptual_loss(config.vae_loss), **step_options)
+    preview = (Reconstructions(graphdef, source, config.vae_loss.reconstructions)
+               if config.train.sample_every else None)
+    throughput = config.train.batch_size * int(np.prod(config.train.video_shape))  # pixels
+  else:
+    train_step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
+                                 **step_options)
+    preview = (Samples(VideoSampler(graphdef, state.model_state, config, text_encoder), config)
+               if config.train.sample_every else None)
+    throughput = config.train.batch_size * num_video_tokens(config.train.video_shape,
+                                                            model.patch_size)
+  train_step = jit_train_step(train_step, shardings, mesh)
+  throughput_name = "pixels_per_sec" if trains(config) == "vae" else "tokens_per_sec"
 
-  tokens_per_step = config.train.batch_size * num_video_tokens(config.train.video_shape,
-                                                                model.patch_size)
   writer = MetricWriter(workdir) if lead else None
   train_cfg = config.train
   start = int(state.step)
@@ -245,7 +257,8 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
           logged = _check_and_average(jax.device_get(pending), done - len(pending), manager)
           now = time.perf_counter()
           steps_per_sec = (done - timer[1]) / (now - timer[0])
-          logged.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * tokens_per_step)
+          logged.update({"steps_per_sec": steps_per_sec,
+                         throughput_name: steps_per_sec * throughput})
           if hasattr(source, "num_skipped"):  # unreadable files met so far (video folders)
             logged["skipped_videos"] = source.num_skipped
           if writer is not None:
@@ -260,13 +273,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
             raise NonFiniteLossError(_non_finite_message("parameters", done, manager))
           checkpoints.save(manager, state, rng, data_iterator, force=True)
           last_saved = done
-        if sampler is not None and (done % train_cfg.sample_every == 0
+        if preview is not None and (done % train_cfg.sample_every == 0
                                     or done == train_cfg.num_steps):
-          videos = sampler.generate(state.ema_params, jax.random.key(config.seed))  # all processes
-          if lead:
-            write_videos(videos, sampler.prompts,
-                         os.path.join(workdir, "samples", f"step_{done}"),
-                         upscale=config.sample.upscale)
+          preview.write(state, os.path.join(workdir, "samples", f"step_{done}"), lead)
         if stop:
           print(f"stopped by {stop} after step {done}, checkpoint saved; run again to resume",
                 flush=True)
@@ -278,6 +287,49 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     manager.wait_until_finished()
     manager.close()
   return state
+
+
+class Samples:
+  """The DiT's previews: videos for the config's sample prompts, from the EMA parameters."""
+
+  def __init__(self, sampler: VideoSampler, config: ml_collections.ConfigDict):
+    self.sampler, self.config = sampler, config
+
+  def write(self, state, out_dir: str, lead: bool) -> None:
+    videos = self.sampler.generate(state.ema_params, jax.random.key(self.config.seed))
+    if lead:  # every process samples (the arrays are global); one writes
+      write_videos(videos, self.sampler.prompts, out_dir, upscale=self.config.sample.upscale)
+
+
+class Reconstructions:
+  """The VAE's previews: the source's first videos (the same every time) beside their
+  reconstructions by the EMA parameters, original left."""
+
+  def __init__(self, graphdef, source, count: int):
+    examples = [source[i] for i in range(min(count, len(source)))]
+    self.videos = np.stack([e["video"] for e in examples]).astype(np.float32)
+    self.captions = [str(e.get("caption", "")) for e in examples]
+    self.reconstruct = jax.jit(lambda params, model_state, video: reconstruct(
+        graphdef, params, model_state, video))
+
+  def write(self, state, out_dir: str, lead: bool) -> None:
+    if not len(self.videos):
+      return
+    recon = self.reconstruct(state.ema_params, state.model_state, self.videos)
+    pairs = np.concatenate([self.videos, np.asarray(jax.device_get(recon))], axis=3)
+    if lead:
+      write_videos(pairs, [f"original | reconstruction: {c}" for c in self.captions], out_dir,
+                   upscale=2)
+
+
+def perceptual_loss(loss: ml_collections.ConfigDict):
+  """(reconstruction, video) -> [B] I3D feature distances when vae_loss.perceptual > 0."""
+  if not loss.perceptual:
+    return None
+  from eval.i3d import load_i3d, perceptual_distance  # noqa: PLC0415  (loads the weights)
+  network = load_i3d()
+  layers = tuple(loss.perceptual_layers)
+  return lambda recon, video: perceptual_distance(network, layers, recon, video)
 
 
 def _check_and_average(metrics: list[dict], first_step: int, manager) -> dict[str, float]:

@@ -2,7 +2,8 @@
 the benchmarks), after the command line's overrides, before any model is built or any step runs.
 Each error says which field is wrong and what to set; code past this boundary trusts the config.
 
-    model = validate_config(config)   # every section; returns the network's DiTConfig
+    model = validate_config(config)   # every section; returns the network's config: a
+                                      # DiTConfig, or a VAEConfig when config.trains == "vae"
 """
 import jax
 import ml_collections
@@ -10,6 +11,7 @@ import ml_collections
 from configs import common
 from dit import attention as attention_lib
 from dit.config import DiTConfig
+from dit.vae.config import VAEConfig
 from sharding import logical
 from sharding import mesh as mesh_lib
 
@@ -31,14 +33,26 @@ SECTIONS = dict(model=None, flow=common.flow_config, optim=common.optim_config,
                 text=common.text_config, eval=common.eval_config, mesh=None, sharding=None)
 
 
+# A VAE experiment's sections (config.trains == "vae").
+VAE_SECTIONS = dict(vae=common.vae_config, vae_loss=common.vae_loss_config,
+                    optim=common.optim_config, train=common.train_config, data=None, mesh=None,
+                    sharding=None)
+
+
+def trains(config: ml_collections.ConfigDict) -> str:
+  """What an experiment trains: config.trains, "dit" when a config has no such field."""
+  return config.get("trains", "dit")
+
+
 def schema_errors(config: ml_collections.ConfigDict) -> list[str]:
   """Sections and fields the config lacks (a config.json written by an older codebase, or a
   config file that dropped one): named, so the error says what to add."""
-  missing = [section for section in SECTIONS if section not in config]
+  sections = VAE_SECTIONS if trains(config) == "vae" else SECTIONS
+  missing = [section for section in sections if section not in config]
   if missing:
     return [f"the config has no {missing} section(s): build them with configs/common.py"]
   errors = []
-  for section, build in SECTIONS.items():
+  for section, build in sections.items():
     if build is not None:
       errors += _missing_fields(section, config[section], build())
   return errors
@@ -186,10 +200,50 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
   raise_if_any("eval", errors)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> DiTConfig:
-  """Every section of an experiment config, and that its videos cut into whole patches;
-  returns the network's config (config.model as a DiTConfig), checked once here."""
+def validate_vae_loss_config(config: ml_collections.ConfigDict) -> None:
+  """config.vae_loss: non-negative weights, something to reconstruct with, I3D layers."""
+  from eval.i3d import FEATURE_LAYERS  # noqa: PLC0415
+
+  errors = [f"vae_loss.{field}={config[field]} must be >= 0"
+            for field in ("l1", "kl", "perceptual", "reconstructions") if config[field] < 0]
+  if not (config.l1 > 0 or config.perceptual > 0):
+    errors.append("vae_loss.l1 or vae_loss.perceptual must be positive: nothing else asks for "
+                  "a reconstruction")
+  unknown = [layer for layer in config.perceptual_layers if layer not in FEATURE_LAYERS]
+  if unknown or not config.perceptual_layers:
+    errors.append(f"vae_loss.perceptual_layers={tuple(config.perceptual_layers)}: choose one "
+                  f"or more of I3D's {list(FEATURE_LAYERS)}")
+  raise_if_any("vae_loss", errors)
+
+
+def validate_vae_experiment(config: ml_collections.ConfigDict) -> VAEConfig:
+  """A VAE experiment's sections; the videos must code whole (1 + 4k frames, sizes a multiple
+  of the spatial factor, the VAE's channels). Returns the VAEConfig."""
+  try:
+    vae = VAEConfig.from_dict(config.vae)
+  except ValueError as e:
+    raise ValueError(str(e).replace("invalid VAE config", "invalid vae config")) from None
+  validate_mesh_config(config)
+  validate_optim_config(config.optim)
+  validate_train_config(config.train, (1, 1, 1))
+  shape = (*config.train.video_shape, vae.in_channels)
+  raise_if_any("train", [e.replace("video has", "train.video_shape has").replace(
+      "video is", "train.video_shape is") for e in vae.video_shape_errors(shape)
+      if "channels" not in e])
+  validate_vae_loss_config(config.vae_loss)
+  validate_data_config(config.data)
+  return vae
+
+
+def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
+  """Every section of an experiment config, and that its videos cut into whole patches (or
+  code whole, for a VAE); returns the network's config (config.model as a DiTConfig, or
+  config.vae as a VAEConfig), checked once here."""
+  if trains(config) not in common.TRAINS:
+    raise ValueError(f"config.trains={trains(config)!r}; choose one of {list(common.TRAINS)}")
   raise_if_any("experiment", schema_errors(config))
+  if trains(config) == "vae":
+    return validate_vae_experiment(config)
   model = validate_model_config(config.model)
   validate_mesh_config(config)
   validate_flow_config(config.flow)

@@ -221,3 +221,38 @@ def mesh_config(**sizes) -> ml_collections.ConfigDict:
 def sharding_config() -> ml_collections.ConfigDict:
   """config.sharding: the rules from logical axis names to mesh axes (sharding/logical.py)."""
   return ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
+
+
+# What an experiment trains (config.trains): "dit" (the default when absent: config.model and
+# flow matching) or "vae" (config.vae and config.vae_loss).
+TRAINS = ("dit", "vae")
+
+
+def vae_config(**overrides) -> ml_collections.ConfigDict:
+  """config.vae: the causal VAE (dit/vae/config.py: VAEConfig holds the same fields and checks
+  them); the defaults are Wan2.1's architecture without its latent statistics."""
+  return _section(overrides,
+      in_channels=3,                  # video channels
+      base_channels=96,               # width of the first level
+      channel_multipliers=(1, 2, 4, 4),  # level widths; every level but the last halves H, W
+      num_res_blocks=2,
+      temporal_downsample=(False, True, True),  # levels that also halve the frames after the
+                                      # first: 1 + 4k frames -> 1 + k latent frames
+      latent_channels=16,
+      decoder_base_channels=0,        # 0: base_channels
+      latents_mean=(),                # per latent channel, what the DiT's latents are centred
+      latents_std=(),                 # and scaled by; (): measured after training
+      dtype="float32",                # compute dtype
+  )
+
+
+def vae_loss_config(**overrides) -> ml_collections.ConfigDict:
+  """config.vae_loss: the VAE's training objective (training/vae_step.py)."""
+  return _section(overrides,
+      l1=1.0,                 # weight of the mean absolute reconstruction error
+      kl=1e-6,                # weight of the KL to N(0, 1), per latent value
+      perceptual=0.0,         # weight of the I3D feature distance (eval/i3d.py's Kinetics
+                              # weights; grey videos are repeated to RGB)
+      perceptual_layers=("Conv3d_2c_3x3", "Mixed_3c"),  # I3D layers compared, unit-normalised
+      reconstructions=4,      # videos reconstructed in samples/step_<N>/ (train.sample_every)
+  )

@@ -57,6 +57,10 @@ _LAYERS = (
 )
 
 
+# Layers whose activations I3D.features returns (a perceptual distance compares them).
+FEATURE_LAYERS = tuple(layer[1] for layer in _LAYERS if layer[0] != "pool")
+
+
 def _max_pool(x: jax.Array, window, strides) -> jax.Array:
   """Max pooling over (T, H, W) of [B, T, H, W, C] with TF's SAME padding."""
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
@@ -115,6 +119,18 @@ class I3D(nnx.Module):
         setattr(self, layer[1], block)
         channels = block.out_features
     self.logits = nnx.Conv(channels, num_classes, (1, 1, 1), use_bias=True, rngs=rngs)
+
+  def features(self, videos: jax.Array, layers) -> list[jax.Array]:
+    """The activations [B, T', H', W', C'] of `layers` (names in FEATURE_LAYERS), in that
+    order, running the network only as far as the last of them; any frame size works."""
+    wanted, found, x = set(layers), {}, videos
+    for layer in _LAYERS:
+      if wanted <= set(found):
+        break
+      x = _max_pool(x, layer[1], layer[2]) if layer[0] == "pool" else getattr(self, layer[1])(x)
+      if layer[0] != "pool" and layer[1] in wanted:
+        found[layer[1]] = x
+    return [found[name] for name in layers]
 
   def __call__(self, videos: jax.Array) -> jax.Array:
     x = videos
@@ -265,3 +281,19 @@ def fvd_network(batch_size: int = 8, path: str | None = None) -> FeatureNetwork:
   """The FVD feature extractor: videos [N, T, H, W, C] in [-1, 1] -> logits [N, 400]. Clips
   must be cut to FVD_FRAMES first (fit_frames)."""
   return FeatureNetwork(load_i3d(path), fvd_preprocess, batch_size, desc="I3D")
+
+
+def perceptual_distance(network: I3D, layers, a: jax.Array, b: jax.Array) -> jax.Array:
+  """A feature distance between videos a and b [B, T, H, W, C] in [-1, 1] (grey repeated to
+  RGB): at each of `layers`, the squared distance of the unit-normalised channel vectors,
+  averaged over positions, summed over layers (LPIPS without its learned weights). -> [B]."""
+  def rgb(x):
+    return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+  total = 0.0
+  for fa, fb in zip(network.features(rgb(a), layers), network.features(rgb(b), layers)):
+    unit = lambda f: f * jax.lax.rsqrt(jnp.sum(jnp.square(f), -1, keepdims=True) + 1e-10)
+    total = total + jnp.mean(jnp.sum(jnp.square(unit(fa) - unit(fb)), -1),
+                             axis=tuple(range(1, fa.ndim - 1)))
+  return total
+

@@ -40,17 +40,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 # parameters or what they mean.
 RUNTIME_MODEL_FIELDS = ("size", "attention", "sparse_pattern", "sparse_window", "sparse_block",
                         "sequence_parallel", "ulysses_degree", "remat", "dtype")
+# The same for config.vae (a VAE run): the latent statistics are set after training.
+RUNTIME_VAE_FIELDS = ("dtype", "latents_mean", "latents_std")
 
 
 def identity_changes(saved: ml_collections.ConfigDict,
                      config: ml_collections.ConfigDict) -> list[str]:
-  """What `config` changes of a saved run's identity: its model (all but RUNTIME_MODEL_FIELDS)
-  and its video shape, as "field: saved -> new" lines; [] when it may resume the run."""
+  """What `config` changes of a saved run's identity: what it trains, its network (config.model
+  but RUNTIME_MODEL_FIELDS, or config.vae but RUNTIME_VAE_FIELDS) and its video shape, as
+  "field: saved -> new" lines; [] when it may resume the run."""
   old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
+  trains = old.get("trains", "dit"), new.get("trains", "dit")
+  if trains[0] != trains[1]:
+    return [f"trains: {trains[0]!r} -> {trains[1]!r}"]
+  section, runtime = ("vae", RUNTIME_VAE_FIELDS) if trains[1] == "vae" else (
+      "model", RUNTIME_MODEL_FIELDS)
   # A field the saved run does not have was added to the code after it: not a change.
-  pairs = [(f"model.{name}", old["model"][name], value)
-           for name, value in new["model"].items()
-           if name not in RUNTIME_MODEL_FIELDS and name in old["model"]]
+  pairs = [(f"{section}.{name}", old[section][name], value)
+           for name, value in new[section].items()
+           if name not in runtime and name in old[section]]
   pairs.append(("train.video_shape", old["train"].get("video_shape"),
                 new["train"]["video_shape"]))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

@@ -19,12 +19,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dit.config import DiTConfig
 from dit.patchify import num_video_tokens
 from sharding import sequence_parallel as sequence_parallel_lib
 from sharding import ulysses
 from sharding.logical import Rules, tree_shardings
-from training.train_state import TrainState, abstract_train_state, initial_train_state
+from training.train_state import (NetworkConfig, TrainState, abstract_train_state,
+                                  initial_train_state)
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -39,8 +39,11 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     errors.append(f"train.batch_size={config.train.batch_size} (/ train.grad_accum="
                   f"{config.train.grad_accum}) must be a multiple of the mesh's data x fsdp = "
                   f"{degree} devices")
-  model, seq = config.model, mesh.shape["seq"]
-  if model.sequence_parallel != "none":
+  model, seq = config.get("model"), mesh.shape["seq"]
+  if model is None:  # a VAE: convolutions, no token sequence to split
+    if seq > 1:
+      errors.append(f"mesh.seq={seq}: the VAE has no sequence parallelism; set mesh.seq=1")
+  elif model.sequence_parallel != "none":
     video = num_video_tokens(config.train.video_shape, model.patch_size)
     text = config.text.max_length if model.conditioning == "text" else 0
     if (video + text) % seq:
@@ -73,7 +76,7 @@ def with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-def train_state_layout(model: DiTConfig, optim: ml_collections.ConfigDict,
+def train_state_layout(model: NetworkConfig, optim: ml_collections.ConfigDict,
                        mesh: jax.sharding.Mesh,
                        rules: Rules) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract state carrying its shardings, shardings) of the DiT of `model` with
@@ -85,7 +88,7 @@ def train_state_layout(model: DiTConfig, optim: ml_collections.ConfigDict,
   return graphdef, with_shardings(abstract, shardings), shardings
 
 
-def init_sharded_train_state(model: DiTConfig, optim: ml_collections.ConfigDict, seed: int,
+def init_sharded_train_state(model: NetworkConfig, optim: ml_collections.ConfigDict, seed: int,
                              shardings: TrainState) -> TrainState:
   """The initial state built directly in its shards (jit with out_shardings), so no device
   ever holds the whole model; the values equal an unsharded init's with the same seed."""

@@ -11,7 +11,11 @@ from flax import nnx, struct
 
 from dit.config import DiTConfig
 from dit.model import DiT
+from dit.vae.config import VAEConfig
+from dit.vae.model import CausalVAE
 from training.optimizer import make_optimizer
+
+NetworkConfig = DiTConfig | VAEConfig
 
 
 @struct.dataclass
@@ -31,14 +35,20 @@ def init_train_state(model: nnx.Module,
                               model_state=model_state, opt_state=optimizer.init(params))
 
 
-def initial_train_state(model: DiTConfig, optim: ml_collections.ConfigDict,
+def build_network(model: NetworkConfig, seed: int) -> nnx.Module:
+  """The network a config describes (the DiT or the causal VAE), initialised from `seed`."""
+  network = DiT if isinstance(model, DiTConfig) else CausalVAE
+  return network(model, rngs=nnx.Rngs(seed))
+
+
+def initial_train_state(model: NetworkConfig, optim: ml_collections.ConfigDict,
                         seed: int) -> tuple[nnx.GraphDef, TrainState]:
-  """(graphdef, TrainState at step 0): the DiT initialised from `seed`, config.optim's
+  """(graphdef, TrainState at step 0): the network initialised from `seed`, config.optim's
   optimizer."""
-  return init_train_state(DiT(model, rngs=nnx.Rngs(seed)), make_optimizer(optim))
+  return init_train_state(build_network(model, seed), make_optimizer(optim))
 
 
-def abstract_train_state(model: DiTConfig,
+def abstract_train_state(model: NetworkConfig,
                          optim: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState]:
   """The graphdef and the shapes and dtypes of the TrainState, allocating nothing: the target
   a checkpoint restores into."""

@@ -1,5 +1,6 @@
 """The pure training step: (state, batch, key) -> (state, metrics), jit-able, no hidden state:
-the flow-matching gradients (averaged over microbatches), one optimizer update, the EMA.
+the gradients of a loss (flow matching for the DiT here; the VAE's in training/vae_step.py),
+averaged over microbatches, one optimizer update, the EMA.
 """
 import jax
 import jax.numpy as jnp
@@ -42,14 +43,21 @@ def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    flow: ml_collections.ConfigDict, patch_size, *, ema_decay: float = 0.999,
-                    grad_accum: int = 1, learning_rate: optax.Schedule | None = None):
-  """A pure step function: (TrainState, batch, key) -> (TrainState, metrics dict).
+                    flow: ml_collections.ConfigDict, patch_size, **kwargs):
+  """The DiT's pure step function: (TrainState, batch, key) -> (TrainState, metrics dict), on
+  the flow-matching loss; keywords as step_from_grads'."""
+  return step_from_grads(make_grad_fn(graphdef, flow, patch_size), optimizer, **kwargs)
+
+
+def step_from_grads(grad_fn, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.999, grad_accum: int = 1,
+                    learning_rate: optax.Schedule | None = None):
+  """A pure step function from a (params, model_state, batch, key) -> (grads, metrics) function:
+  one optimizer update and the EMA.
 
   With grad_accum = k the batch is cut into k microbatches whose gradients are averaged (a
   lax.scan, so activation memory is that of one microbatch) before one optimizer update.
   """
-  grad_fn = make_grad_fn(graphdef, flow, patch_size)
 
   def accumulated_grads(state: TrainState, batch: dict, key: jax.Array):
     if grad_accum == 1:

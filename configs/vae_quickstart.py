@@ -1,0 +1,47 @@
+"""The latent quick start's first half: a causal video VAE of moving digits, on a laptop CPU.
+
+  python train.py --config=configs/vae_quickstart.py --workdir=runs/vae_quickstart
+
+Videos are 17 frames of 64x64 grayscale pixels (data/moving_digits.py); the VAE compresses them
+4x in time and 8x in height and width into 4 channels: 17x64x64x1 -> 5x8x8x4, 54x fewer values.
+It has Wan2.1's architecture (dit/vae) at a fraction of its width. samples/step_<N>/ shows
+held-out videos beside their reconstructions.
+
+Variants, as `--config=configs/vae_quickstart.py:steps=600`:
+  steps   training steps
+  tiny    shrink everything to a seconds-long smoke run (the tests use it)
+"""
+import ml_collections
+
+from configs.common import (data_config, mesh_config, optim_config, parse_arg, sharding_config,
+                            train_config, vae_config, vae_loss_config)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, steps=1000, tiny=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.trains = "vae"
+  config.vae = vae_config(in_channels=1, base_channels=8, channel_multipliers=(1, 2, 4, 4),
+                          num_res_blocks=1, temporal_downsample=(False, True, True),
+                          latent_channels=4)
+  config.vae_loss = vae_loss_config(l1=1.0, kl=1e-6, perceptual=0.0, reconstructions=4)
+  config.optim = optim_config(lr=1e-3, warmup_steps=min(50, arg.steps // 10),
+                              decay_steps=arg.steps, final_lr_ratio=0.05, weight_decay=0.0)
+  config.train = train_config(
+      batch_size=8, num_steps=arg.steps, video_shape=(17, 64, 64), ema_decay=0.99,
+      log_every=25, checkpoint_every=250, keep_checkpoints=2, sample_every=500)
+  config.data = data_config("moving_digits", num_examples=100_000, num_frames=17, size=64,
+                            digit_scale=3, speed=2)
+  config.mesh = mesh_config()
+  config.sharding = sharding_config()
+
+  if arg.tiny:
+    config.vae.update(channel_multipliers=(1, 2, 2), temporal_downsample=(True, True))
+    config.train.update(batch_size=4, num_steps=6, video_shape=(5, 16, 16), log_every=2,
+                        checkpoint_every=3, sample_every=6)
+    config.data.kwargs.update(num_examples=64, num_frames=5, size=16, digit_scale=1, speed=1)
+    config.optim.update(warmup_steps=2, decay_steps=6)
+    config.vae_loss.update(reconstructions=2)
+  config.lock()
+  return config
