@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.tiny:
     config.vae.update(channel_multipliers=(1, 2, 2), temporal_downsample=(True, True))
-    config.train.update(batch_size=4, num_steps=6, video_shape=(5, 16, 16), log_every=2,
+    config.train.update(batch_size=8, num_steps=6, video_shape=(5, 16, 16), log_every=2,
                         checkpoint_every=3, sample_every=6)
     config.data.kwargs.update(num_examples=64, num_frames=5, size=16, digit_scale=1, speed=1)
     config.optim.update(warmup_steps=2, decay_steps=6)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from dit.config import DiTConfig
+from dit.vae.config import VAEConfig
 from rundir.config_file import load_config
 from training import checkpoints
 from training.train_state import abstract_train_state
@@ -64,7 +65,9 @@ def final_state(workdir):
   """The train state of the latest checkpoint of a run, on this process's first device
   (whatever processes and devices saved it)."""
   config = load_config(workdir)
-  _, abstract = abstract_train_state(DiTConfig.from_dict(config.model), config.optim)
+  model = (VAEConfig.from_dict(config.vae) if config.get("trains") == "vae"
+           else DiTConfig.from_dict(config.model))
+  _, abstract = abstract_train_state(model, config.optim)
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
                           abstract)
