@@ -35,10 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from configs.checks import trains, validate_config
+from configs.common import latent_vae
 from data.pipeline import make_dataset, make_iterator, model_inputs
 from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
@@ -48,6 +50,8 @@ from rundir.config_file import identity_changes, load_config, write_config
 from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
+from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, open_vae,
+                             write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -117,16 +121,17 @@ class TerminationRequest:
       signal.signal(signum, previous)
 
 
-def make_data(config: ml_collections.ConfigDict, text_encoder, channels: int):
-  """The data source and iterator, after checking that the source's videos fit the model."""
+def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
+  """The data source and iterator, after checking that the source's videos have the `expected`
+  shape (T, H, W, C): the model's input, or what the VAE encodes to its latents."""
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   video = source[0]["video"]
-  expected = (*config.train.video_shape, channels)
-  if video.shape != expected:
+  if video.shape != tuple(expected):
     section = "vae" if trains(config) == "vae" else "model"
+    what = (f"(train.video_shape, {section}.in_channels)" if not latent_vae(config) else
+            f"(what the VAE {latent_vae(config)} decodes train.video_shape's latents to)")
     raise ValueError(f"data {source!r} gives videos of shape {video.shape} (T, H, W, C) but the "
-                     f"config expects {expected} (train.video_shape, {section}.in_channels): "
-                     "make them agree")
+                     f"config expects {tuple(expected)} {what}: make them agree")
   dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
                          text_encoder=text_encoder)
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
@@ -200,7 +205,10 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0
   text_encoder = text_encoder_for(config) if trains(config) == "dit" else None
-  source, data_iterator = make_data(config, text_encoder, model.in_channels)
+  vae = open_latent_vae(config)  # None in pixel space
+  pixels = (*config.train.video_shape, model.in_channels) if vae is None else pixel_shape(
+      vae.config, config.train.video_shape)
+  source, data_iterator = make_data(config, text_encoder, pixels)
 
   optimizer = make_optimizer(config.optim)
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
@@ -228,8 +236,11 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     throughput = config.train.batch_size * int(np.prod(config.train.video_shape))  # pixels
   else:
     train_step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
+                                 encode=None if vae is None else latent_encoder(vae),
                                  **step_options)
-    preview = (Samples(VideoSampler(graphdef, state.model_state, config, text_encoder), config)
+    decoder = None if vae is None else latent_decoder(vae)
+    preview = (Samples(VideoSampler(graphdef, state.model_state, config, text_encoder,
+                                    decoder=decoder), config)
                if config.train.sample_every else None)
     throughput = config.train.batch_size * num_video_tokens(config.train.video_shape,
                                                             model.patch_size)
@@ -280,6 +291,11 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
           print(f"stopped by {stop} after step {done}, checkpoint saved; run again to resume",
                 flush=True)
           break
+    if trains(config) == "vae" and int(state.step) == train_cfg.num_steps and lead:
+      vae = nnx.merge(graphdef, state.ema_params, state.model_state)
+      measured = write_latent_statistics(workdir, vae, source, step=int(state.step))
+      print(f"latent statistics of {measured['videos']} videos written to {workdir}/"
+            f"{STATISTICS_FILE}", flush=True)
   finally:
     progress.close()
     if writer is not None:
@@ -287,6 +303,26 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     manager.wait_until_finished()
     manager.close()
   return state
+
+
+def open_latent_vae(config: ml_collections.ConfigDict):
+  """The VAE config.latents names (None in pixel space), after checking that the DiT takes its
+  latents: model.in_channels its latent channels."""
+  path = latent_vae(config)
+  if not path:
+    return None
+  vae = open_vae(path)
+  if config.model.in_channels != vae.config.latent_channels:
+    raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
+                     f"{vae.config.latent_channels} latent channels: make them agree")
+  return vae
+
+
+def pixel_shape(vae_config, latent_shape) -> tuple[int, int, int, int]:
+  """(T, H, W, C) of the videos whose latents are `latent_shape` (T', H', W')."""
+  frames, height, width = latent_shape
+  return (1 + vae_config.temporal_factor * (frames - 1), height * vae_config.spatial_factor,
+          width * vae_config.spatial_factor, vae_config.in_channels)
 
 
 class Samples:

@@ -256,3 +256,19 @@ def vae_loss_config(**overrides) -> ml_collections.ConfigDict:
       perceptual_layers=("Conv3d_2c_3x3", "Mixed_3c"),  # I3D layers compared, unit-normalised
       reconstructions=4,      # videos reconstructed in samples/step_<N>/ (train.sample_every)
   )
+
+
+def latents_config(**overrides) -> ml_collections.ConfigDict:
+  """config.latents: a DiT trained in a VAE's latent space (absent or vae="": pixel space).
+  train.video_shape and model.in_channels are then the latents' (T', H', W') and channels; the
+  data gives the videos the VAE encodes, and samples are decoded with it."""
+  return _section(overrides,
+      vae="",   # a VAE run's workdir (train.py with config.trains="vae"), or Wan2.1's VAE
+                # weights (Wan2.1_VAE.pth, or diffusers' .safetensors)
+  )
+
+
+def latent_vae(config: ml_collections.ConfigDict) -> str:
+  """The VAE a DiT experiment trains in the latent space of, or "" (pixel space)."""
+  latents = config.get("latents")
+  return latents.vae if latents is not None else ""

@@ -23,10 +23,11 @@ class VideoSampler:
 
   def __init__(self, graphdef: nnx.GraphDef, model_state: nnx.State,
                config: ml_collections.ConfigDict, text_encoder=None,
-               prompts=None, labels=None):
+               prompts=None, labels=None, decoder=None):
     """config: the experiment (checked by configs.checks.validate_config); text_encoder: the
     run's caption encoder (text models); prompts or labels: what to sample (default: the
-    config's train.sample_prompts or train.sample_labels)."""
+    config's train.sample_prompts or train.sample_labels); decoder: latents -> videos, for a
+    DiT of a VAE's latents (rundir.open_vae.latent_decoder), run in the same compiled call."""
     self.config = config
     self.text_encoder = text_encoder
     if config.model.conditioning == "text" and labels:
@@ -54,7 +55,8 @@ class VideoSampler:
 
     def generate(params, key, cond):
       model = nnx.merge(graphdef, params, model_state)
-      return sample_scheduled(model, key, self.shape, cond, config=sparse, **options)
+      videos, searches = sample_scheduled(model, key, self.shape, cond, config=sparse, **options)
+      return (videos if decoder is None else decoder(videos)), searches
 
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()

@@ -149,7 +149,7 @@ def test_chunked_decoding_memory_does_not_grow_with_frames(key):
     z = jax.ShapeDtypeStruct((1, frames, 4, 4, 4), jnp.float32)
     return fn.lower(z).compile().memory_analysis().temp_size_in_bytes
 
-  chunked = jax.jit(lambda z: coding._decode_chunks(graphdef, state, z, 1))
+  chunked = jax.jit(lambda z: coding.decode_in_chunks(graphdef, state, z, 1))
   whole = jax.jit(lambda z: nnx.merge(graphdef, state).decode(z)[0])
   assert temp_bytes(chunked, 17) == temp_bytes(chunked, 65)
   assert temp_bytes(whole, 65) > 3 * temp_bytes(whole, 17)

@@ -1,12 +1,25 @@
 """train.py on a VAE config (configs/vae_quickstart.py:tiny): what the run directory holds, a
-resumed run equal to an uninterrupted one to the bit, and a changed VAE refused."""
+resumed run equal to an uninterrupted one to the bit, a changed VAE refused; then a DiT trained
+and sampled in that VAE's latent space (configs/latent_quickstart.py:tiny)."""
+import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 import train
+from configs.latent_quickstart import get_config as latent_config
 from configs.vae_quickstart import get_config
+from data.sources import make_source
+from diffusion.video_sampler import VideoSampler
+from dit.config import DiTConfig
+from dit.model import DiT
+from rundir.open_vae import STATISTICS_FILE, latent_decoder, latent_encoder, open_vae
+from text_encoders.encoders import text_encoder_for
 from rundir.config_file import load_config
 from rundir.metric_writers import read_metrics
 from saved_runs import assert_bitwise_equal, final_state
@@ -66,3 +79,49 @@ def test_a_video_shape_the_vae_cannot_code_is_an_error_before_training(tmp_path)
                                        r"16x18; height and width must be multiples"):
     train.train(config, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def get_source(config):
+  return make_source(config.data.name, seed=config.seed, **config.data.kwargs)
+
+
+def test_the_vae_run_measures_its_latent_statistics(vae_run):
+  measured = json.loads((vae_run / STATISTICS_FILE).read_text())
+  assert measured["step"] == 6 and measured["videos"] == 64
+  assert len(measured["mean"]) == len(measured["std"]) == 4 and min(measured["std"]) > 0
+  vae = open_vae(str(vae_run))
+  np.testing.assert_allclose(vae.latents_std[...], measured["std"], rtol=1e-6)
+
+
+def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_path):
+  config = latent_config(f"tiny,vae={vae_run}")
+  state = train.train(config, str(tmp_path))
+  assert int(state.step) == 4
+  assert "grid.png" in os.listdir(tmp_path / "samples" / "step_4")
+  vae = open_vae(str(vae_run))
+  graphdef = nnx.graphdef(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(0)))
+  sampler = VideoSampler(graphdef, state.model_state, config, text_encoder_for(config),
+                         decoder=latent_decoder(vae))
+  videos = sampler.generate(state.ema_params, jax.random.key(0))
+  assert videos.shape == (2, 5, 16, 16, 1)  # 2x4x4x4 latents decoded
+  assert np.abs(videos).max() <= 1.0 and np.isfinite(videos).all()
+  # The latents the step trains on are the VAE's normalized posterior means.
+  video = jnp.asarray(np.stack([get_source(config)[i]["video"] for i in range(2)]))
+  latents = latent_encoder(vae)(video)
+  assert latents.shape == (2, 2, 4, 4, 4)
+  (mean, _), _ = vae.encode(video)
+  np.testing.assert_allclose(latents, (mean - vae.latents_mean[...]) / vae.latents_std[...],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_latent_data_of_the_wrong_size_is_rejected_before_training(vae_run, tmp_path):
+  config = latent_config(f"tiny,vae={vae_run}")
+  config.unlock()
+  config.data.kwargs.size = 24
+  with pytest.raises(ValueError, match=r"shape \(5, 24, 24, 1\).*expects \(5, 16, 16, 1\) \(what "
+                                       r"the VAE .* decodes"):
+    train.train(config, str(tmp_path))
+  config.data.kwargs.size = 16
+  config.model.in_channels = 8
+  with pytest.raises(ValueError, match="model.in_channels=8 but the VAE .* has 4 latent"):
+    train.train(config, str(tmp_path))

@@ -31,10 +31,15 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_size):
-  """(params, model_state, batch, key) -> (gradients of the flow-matching loss, metrics)."""
+def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_size,
+                 encode=None):
+  """(params, model_state, batch, key) -> (gradients of the flow-matching loss, metrics).
+  encode: videos -> latents (rundir.open_vae.latent_encoder), applied to batch["video"] first
+  when the DiT trains in a VAE's latent space."""
 
   def loss_fn(params, model_state, batch, key):
+    if encode is not None:
+      batch = dict(batch, video=jax.lax.stop_gradient(encode(batch["video"])))
     model = nnx.merge(graphdef, params, model_state)
     num_tokens = num_video_tokens(batch["video"].shape[1:4], patch_size)
     return flow_matching_loss(model, batch, key, num_tokens, flow)
@@ -43,10 +48,10 @@ def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    flow: ml_collections.ConfigDict, patch_size, **kwargs):
+                    flow: ml_collections.ConfigDict, patch_size, encode=None, **kwargs):
   """The DiT's pure step function: (TrainState, batch, key) -> (TrainState, metrics dict), on
-  the flow-matching loss; keywords as step_from_grads'."""
-  return step_from_grads(make_grad_fn(graphdef, flow, patch_size), optimizer, **kwargs)
+  the flow-matching loss (of latents, given `encode`); keywords as step_from_grads'."""
+  return step_from_grads(make_grad_fn(graphdef, flow, patch_size, encode), optimizer, **kwargs)
 
 
 def step_from_grads(grad_fn, optimizer: optax.GradientTransformation, *,

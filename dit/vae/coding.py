@@ -24,7 +24,7 @@ from dit.vae.model import CausalVAE
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _encode_chunks(graphdef, state, video: jax.Array, chunk: int) -> jax.Array:
+def encode_in_chunks(graphdef, state, video: jax.Array, chunk: int) -> jax.Array:
   """The first frame alone, then `chunk` * temporal_factor frames per step: the posterior's
   moments [B, T', H', W', 2Z] (mean | logvar)."""
   vae = nnx.merge(graphdef, state)
@@ -37,7 +37,7 @@ def _encode_chunks(graphdef, state, video: jax.Array, chunk: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _decode_chunks(graphdef, state, z: jax.Array, chunk: int) -> jax.Array:
+def decode_in_chunks(graphdef, state, z: jax.Array, chunk: int) -> jax.Array:
   """The first latent frame alone, then `chunk` latent frames per step."""
   vae = nnx.merge(graphdef, state)
   return _scan_chunks(lambda latents, cache: nnx.merge(graphdef, state).decode(latents, cache),
@@ -79,7 +79,7 @@ def encode(vae: CausalVAE, video: jax.Array, *, chunk: int = 1, tile: int | None
     raise ValueError("cannot encode: " + "; ".join(errors))
   graphdef, state = nnx.split(vae)
   chunk = _largest_divisor((video.shape[1] - 1) // vae.config.temporal_factor, chunk)
-  code = lambda v: _encode_chunks(graphdef, state, v, chunk)
+  code = lambda v: encode_in_chunks(graphdef, state, v, chunk)
   factor = vae.config.spatial_factor
   moments = _tiled(code, video, tile, overlap, scale=1 / factor, align=factor)
   return tuple(jnp.split(moments, 2, axis=-1))
@@ -96,7 +96,7 @@ def decode(vae: CausalVAE, z: jax.Array, *, chunk: int = 1, tile: int | None = N
   graphdef, state = nnx.split(vae)
   chunk = _largest_divisor(z.shape[1] - 1, chunk)
   factor = vae.config.spatial_factor
-  code = lambda latents: _decode_chunks(graphdef, state, latents, chunk)
+  code = lambda latents: decode_in_chunks(graphdef, state, latents, chunk)
   return _tiled(code, z, None if tile is None else tile // factor,
                 overlap // factor, scale=factor, align=1)
 

@@ -33,6 +33,27 @@ def per_frame(layer, x: jax.Array) -> jax.Array:
   return y.reshape(batch, frames, *y.shape[1:])
 
 
+def conv3d_as_2d(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+  """nnx.Conv's 3D convolution (valid in time, spatial stride 1) as one 2D convolution whose
+  input channels hold the kt frames of each window: the same numbers, 3-4x faster on XLA's CPU
+  backend, whose 3D convolutions are slow (a 3x3x3 conv of 8 channels at 64x64, forward and
+  backward: 1.13 s as 3D, 0.28 s as 2D)."""
+  kernel = conv.kernel[...].astype(conv.dtype or x.dtype)
+  taps, kh, kw, cin, cout = kernel.shape
+  batch, frames, height, width, _ = x.shape
+  stride = conv.strides[0] if isinstance(conv.strides, tuple) else conv.strides
+  out_frames = (frames - taps) // stride + 1
+  last = stride * (out_frames - 1) + 1
+  windows = jnp.concatenate([x[:, k:k + last:stride] for k in range(taps)], axis=-1)
+  padding = "VALID" if conv.padding == "VALID" else conv.padding[1:]
+  y = jax.lax.conv_general_dilated(
+      windows.reshape(batch * out_frames, height, width, taps * cin),
+      jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, taps * cin, cout), (1, 1),
+      padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = y.reshape(batch, out_frames, *y.shape[1:])
+  return y + conv.bias[...].astype(y.dtype) if conv.bias is not None else y
+
+
 class CausalConv3d(nnx.Module):
   """A 3D convolution whose output frame t sees input frames t - (kt - 1) .. t only; the
   spatial axes are padded to keep their size."""
@@ -48,7 +69,12 @@ class CausalConv3d(nnx.Module):
     if not self.past_frames:
       return self.conv(x), None
     padded = jnp.concatenate([_past(cache, x, self.past_frames), x], axis=1)
-    return self.conv(padded), padded[:, -self.past_frames:]
+    y = conv3d_as_2d(self.conv, padded) if _on_cpu() else self.conv(padded)
+    return y, padded[:, -self.past_frames:]
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
 
 
 class ChannelRMSNorm(nnx.Module):
@@ -143,7 +169,8 @@ class Resample(nnx.Module):
       head, windows = x[:, :1], (x if x.shape[1] >= 3 else None)
     else:  # windows starting at the previous chunk's last frame
       head, windows = None, jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-    parts = [p for p in (head, None if windows is None else self.time(windows)) if p is not None]
+    parts = [p for p in (head, None if windows is None else self.time(windows))
+             if p is not None]
     return jnp.concatenate(parts, axis=1), x[:, -1:]
 
   def _up_time(self, x: jax.Array, cache):

@@ -1,0 +1,125 @@
+"""Opening a VAE for latent training and sampling: a VAE run of train.py, or Wan2.1's weights.
+
+    vae = open_vae("runs/vae_quickstart")      # its EMA weights and latent statistics
+    vae = open_vae("Wan2.1_VAE.pth")            # or diffusers' .safetensors: dit.vae.WAN21
+
+A VAE run's latent statistics (the per-channel mean and std of the posterior means over the
+training data, what makes the DiT's latents zero-mean and unit-variance) are measured when its
+training ends and written to latent_statistics.json beside its checkpoints;
+`write_latent_statistics` measures them again (e.g. for an earlier checkpoint).
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dit.vae import coding
+from dit.vae.config import WAN21, VAEConfig
+from dit.vae.model import CausalVAE
+from rundir.config_file import load_config
+from training import checkpoints
+from training.train_state import abstract_train_state
+
+STATISTICS_FILE = "latent_statistics.json"
+
+
+def is_weights_file(path: str) -> bool:
+  return os.path.splitext(path)[1] in (".safetensors", ".pth", ".pt")
+
+
+def vae_config_of(path: str) -> VAEConfig:
+  """The VAEConfig of a VAE run (its config.json) or of Wan2.1's weights."""
+  if is_weights_file(path):
+    return WAN21
+  config = load_config(path)
+  if config.get("trains") != "vae":
+    raise ValueError(f"{path} is not a VAE run (its config.trains is "
+                     f"{config.get('trains', 'dit')!r}); train one with "
+                     "configs/vae_quickstart.py, or give Wan2.1's VAE weights")
+  return VAEConfig.from_dict(config.vae)
+
+
+def open_vae(path: str) -> CausalVAE:
+  """The VAE at `path`, on this process's default device: a VAE run's workdir (its newest
+  checkpoint's EMA parameters, its latent statistics) or a Wan2.1 weights file."""
+  if is_weights_file(path):
+    from weights.wan_vae import load_wan_vae  # noqa: PLC0415
+    return load_wan_vae(path)
+  vae_config = vae_config_of(path)
+  statistics = os.path.join(path, STATISTICS_FILE)
+  if not os.path.exists(statistics):
+    raise FileNotFoundError(f"{statistics} not found: the VAE run writes it when its training "
+                            "ends (finish the run, or call rundir.open_vae."
+                            "write_latent_statistics)")
+  with open(statistics) as f:
+    measured = json.load(f)
+  vae = _restore(path, vae_config)
+  vae.latents_mean.set_value(jnp.asarray(measured["mean"], jnp.float32))
+  vae.latents_std.set_value(jnp.asarray(measured["std"], jnp.float32))
+  return vae
+
+
+def _restore(workdir: str, vae_config: VAEConfig) -> CausalVAE:
+  config = load_config(workdir)
+  graphdef, abstract = abstract_train_state(vae_config, config.optim)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                          abstract)
+  params, model_state, _ = checkpoints.restore_params(workdir, abstract, use_ema=True)
+  return nnx.merge(graphdef, params, model_state)
+
+
+def measure_latent_statistics(vae: CausalVAE, videos) -> dict:
+  """Per latent channel, the mean and std of the posterior means of `videos` (an iterable of
+  [B, T, H, W, C] batches)."""
+  total, total_sq, count = 0.0, 0.0, 0
+  for batch in videos:
+    mean, _ = coding.encode(vae, jnp.asarray(batch))
+    mean = np.asarray(mean, np.float64).reshape(-1, mean.shape[-1])
+    total, total_sq, count = total + mean.sum(0), total_sq + (mean ** 2).sum(0), count + len(mean)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+  return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def write_latent_statistics(workdir: str, vae: CausalVAE, source, num_videos: int = 256,
+                            batch_size: int = 8, step: int | None = None) -> dict:
+  """Measures the latent statistics on the first `num_videos` videos of `source` and writes
+  them to <workdir>/latent_statistics.json; returns them."""
+  count = min(num_videos, len(source))
+  batches = (np.stack([source[i]["video"] for i in range(start, min(start + batch_size, count))])
+             for start in range(0, count, batch_size))
+  measured = dict(measure_latent_statistics(vae, batches), videos=count, step=step)
+  path = os.path.join(workdir, STATISTICS_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(measured, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return measured
+
+
+def latent_encoder(vae: CausalVAE):
+  """videos [B, T, H, W, C] in [-1, 1] -> the DiT's latents: normalized posterior means. Pure
+  and jit-able (the VAE's weights are constants of it)."""
+  graphdef, state = nnx.split(vae)
+
+  def encode(videos):
+    model = nnx.merge(graphdef, state)
+    (mean, _), _ = model.encode(videos)
+    return model.normalize(mean)
+
+  return encode
+
+
+def latent_decoder(vae: CausalVAE):
+  """The DiT's latents [B, T', H', W', Z] -> videos [B, T, H, W, C] in [-1, 1], decoded in
+  chunks (dit/vae/coding.py). Pure and jit-able."""
+  graphdef, state = nnx.split(vae)
+
+  def decode(latents):
+    z = nnx.merge(graphdef, state).denormalize(latents.astype(jnp.float32))
+    return coding.decode_in_chunks(graphdef, state, z, 1)
+
+  return decode
