@@ -205,10 +205,11 @@ def validate_vae_loss_config(config: ml_collections.ConfigDict) -> None:
   from eval.i3d import FEATURE_LAYERS  # noqa: PLC0415
 
   errors = [f"vae_loss.{field}={config[field]} must be >= 0"
-            for field in ("l1", "kl", "perceptual", "reconstructions") if config[field] < 0]
-  if not (config.l1 > 0 or config.perceptual > 0):
-    errors.append("vae_loss.l1 or vae_loss.perceptual must be positive: nothing else asks for "
-                  "a reconstruction")
+            for field in ("l1", "l2", "kl", "perceptual", "reconstructions")
+            if config[field] < 0]
+  if not (config.l1 > 0 or config.l2 > 0 or config.perceptual > 0):
+    errors.append("vae_loss.l1, l2 or perceptual must be positive: nothing else asks for a "
+                  "reconstruction")
   unknown = [layer for layer in config.perceptual_layers if layer not in FEATURE_LAYERS]
   if unknown or not config.perceptual_layers:
     errors.append(f"vae_loss.perceptual_layers={tuple(config.perceptual_layers)}: choose one "

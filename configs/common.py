@@ -250,6 +250,7 @@ def vae_loss_config(**overrides) -> ml_collections.ConfigDict:
   """config.vae_loss: the VAE's training objective (training/vae_step.py)."""
   return _section(overrides,
       l1=1.0,                 # weight of the mean absolute reconstruction error
+      l2=0.0,                 # weight of the mean squared reconstruction error
       kl=1e-6,                # weight of the KL to N(0, 1), per latent value
       perceptual=0.0,         # weight of the I3D feature distance (eval/i3d.py's Kinetics
                               # weights; grey videos are repeated to RGB)

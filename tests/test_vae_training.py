@@ -37,9 +37,9 @@ def test_a_vae_run_logs_reconstruction_metrics_and_writes_reconstructions(vae_ru
   assert load_config(vae_run).trains == "vae"
   metrics = read_metrics(vae_run)
   assert [m["step"] for m in metrics] == [2, 3, 4, 6]
-  assert {"loss", "l1", "kl", "psnr", "ssim", "grad_norm", "lr", "pixels_per_sec"} <= set(
+  assert {"loss", "l1", "l2", "kl", "psnr", "ssim", "grad_norm", "lr", "pixels_per_sec"} <= set(
       metrics[0])
-  assert metrics[-1]["l1"] < metrics[0]["l1"]  # it learns
+  assert metrics[-1]["l2"] < metrics[0]["l2"]  # it learns (the tiny config: squared error)
   samples = vae_run / "samples" / "step_6"
   assert {"0.mp4", "1.gif", "grid.png", "prompts.txt"} <= set(os.listdir(samples))
   assert (samples / "prompts.txt").read_text().startswith("0: original | reconstruction: the "
