@@ -311,6 +311,11 @@ def open_latent_vae(config: ml_collections.ConfigDict):
   path = latent_vae(config)
   if not path:
     return None
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"config.latents.vae={path!r} does not exist: train the VAE first (python train.py "
+        f"--config=configs/vae_quickstart.py --workdir={path}), or point it at a VAE run or at "
+        "Wan2.1's VAE weights")
   vae = open_vae(path)
   if config.model.in_channels != vae.config.latent_channels:
     raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
