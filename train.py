@@ -51,7 +51,7 @@ from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
 from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, open_vae,
-                             write_latent_statistics)
+                             pixel_shape, write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -321,13 +321,6 @@ def open_latent_vae(config: ml_collections.ConfigDict):
     raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
                      f"{vae.config.latent_channels} latent channels: make them agree")
   return vae
-
-
-def pixel_shape(vae_config, latent_shape) -> tuple[int, int, int, int]:
-  """(T, H, W, C) of the videos whose latents are `latent_shape` (T', H', W')."""
-  frames, height, width = latent_shape
-  return (1 + vae_config.temporal_factor * (frames - 1), height * vae_config.spatial_factor,
-          width * vae_config.spatial_factor, vae_config.in_channels)
 
 
 class Samples:

@@ -22,7 +22,7 @@ from configs.common import (data_config, mesh_config, optim_config, parse_arg, s
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, steps=350, tiny=False)
+  arg = parse_arg(arg, steps=280, tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.trains = "vae"
@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               decay_steps=arg.steps, final_lr_ratio=0.05, weight_decay=0.0)
   config.train = train_config(
       batch_size=8, num_steps=arg.steps, video_shape=(9, 64, 64), ema_decay=0.99,
-      log_every=25, checkpoint_every=100, keep_checkpoints=2, sample_every=350)
+      log_every=25, checkpoint_every=100, keep_checkpoints=2, sample_every=280)
   config.data = data_config("moving_digits", num_examples=100_000, num_frames=9, size=64,
                             digit_scale=3, speed=4)
   config.mesh = mesh_config()

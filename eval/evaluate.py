@@ -94,6 +94,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
   from eval import videos  # noqa: PLC0415
   from rundir.open_run import restore_run  # noqa: PLC0415
+  from rundir.open_vae import video_shape  # noqa: PLC0415
   from training.checkpoints import checkpoint_dir  # noqa: PLC0415
 
   start = time.perf_counter()
@@ -105,8 +106,8 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   if reference_dir and not videos_dir:
     raise ValueError("--reference_videos pairs with --videos; pass both")
   settings = config.eval
-  shape = tuple(config.train.video_shape)
-  channels = config.model.in_channels
+  *shape, channels = video_shape(config)  # the videos, decoded from latents for a latent DiT
+  shape = tuple(shape)
   generated = captions = None
   if videos_dir:
     generated, captions = videos.folder_videos(videos_dir, shape, channels,

@@ -17,9 +17,11 @@ import ml_collections
 from flax import nnx
 
 from configs.checks import validate_config
+from configs.common import latent_vae
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from rundir.config_file import load_config
+from rundir.open_vae import latent_decoder, open_vae
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 from text_encoders.encoders import text_encoder_for
@@ -39,6 +41,7 @@ class Run:
   model_state: nnx.State
   step: int
   text_encoder: object               # captions -> the model's text input; None for labels
+  decoder: object = None             # latents -> videos, for a DiT in a VAE's latent space
   _context: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
   def __enter__(self) -> "Run":
@@ -54,7 +57,7 @@ class Run:
     config's train.sample_prompts or sample_labels), with the run's sample settings or those of
     `config` (a variant of run.config, checked by the caller)."""
     return VideoSampler(self.graphdef, self.model_state, config or self.config,
-                        self.text_encoder, prompts=prompts, labels=labels)
+                        self.text_encoder, prompts=prompts, labels=labels, decoder=self.decoder)
 
 
 def open_run(workdir: str, step: int | None = None, ema: bool = True,
@@ -83,6 +86,8 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
     graphdef, abstract, _ = train_state_layout(model, config.optim, mesh, config.sharding.rules)
     params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=ema,
                                                           step=step)
+  vae = latent_vae(config)
   return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
              params=params, model_state=model_state, step=step,
-             text_encoder=text_encoder_for(config))
+             text_encoder=text_encoder_for(config),
+             decoder=latent_decoder(open_vae(vae)) if vae else None)

@@ -72,6 +72,22 @@ def _restore(workdir: str, vae_config: VAEConfig) -> CausalVAE:
   return nnx.merge(graphdef, params, model_state)
 
 
+def pixel_shape(vae_config: VAEConfig, latent_shape) -> tuple[int, int, int, int]:
+  """(T, H, W, C) of the videos whose latents are `latent_shape` (T', H', W')."""
+  frames, height, width = latent_shape
+  return (1 + vae_config.temporal_factor * (frames - 1), height * vae_config.spatial_factor,
+          width * vae_config.spatial_factor, vae_config.in_channels)
+
+
+def video_shape(config) -> tuple[int, int, int, int]:
+  """(T, H, W, C) of the videos a DiT experiment makes: its train.video_shape and
+  model.in_channels in pixel space, what its VAE decodes those latents to otherwise."""
+  from configs.common import latent_vae  # noqa: PLC0415
+  if not latent_vae(config):
+    return (*config.train.video_shape, config.model.in_channels)
+  return pixel_shape(vae_config_of(latent_vae(config)), config.train.video_shape)
+
+
 def measure_latent_statistics(vae: CausalVAE, videos) -> dict:
   """Per latent channel, the mean and std of the posterior means of `videos` (an iterable of
   [B, T, H, W, C] batches)."""

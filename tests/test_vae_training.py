@@ -9,17 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import train
+from eval import reconstruction
 from configs.latent_quickstart import get_config as latent_config
 from configs.vae_quickstart import get_config
 from data.sources import make_source
-from diffusion.video_sampler import VideoSampler
-from dit.config import DiTConfig
-from dit.model import DiT
-from rundir.open_vae import STATISTICS_FILE, latent_decoder, latent_encoder, open_vae
-from text_encoders.encoders import text_encoder_for
+from rundir.open_run import open_run
+from rundir.open_vae import STATISTICS_FILE, latent_encoder, open_vae, video_shape
 from rundir.config_file import load_config
 from rundir.metric_writers import read_metrics
 from saved_runs import assert_bitwise_equal, final_state
@@ -95,16 +92,16 @@ def test_the_vae_run_measures_its_latent_statistics(vae_run):
 
 def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_path):
   config = latent_config(f"tiny,vae={vae_run}")
+  config.unlock()
+  config.train.sample_every = 0  # sampled below, as sample.py does
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 4
-  assert "grid.png" in os.listdir(tmp_path / "samples" / "step_4")
-  vae = open_vae(str(vae_run))
-  graphdef = nnx.graphdef(DiT(DiTConfig.from_dict(config.model), rngs=nnx.Rngs(0)))
-  sampler = VideoSampler(graphdef, state.model_state, config, text_encoder_for(config),
-                         decoder=latent_decoder(vae))
-  videos = sampler.generate(state.ema_params, jax.random.key(0))
-  assert videos.shape == (2, 5, 16, 16, 1)  # 2x4x4x4 latents decoded
+  assert video_shape(config) == (5, 16, 16, 1)  # what its 2x4x4x4 latents decode to
+  with open_run(str(tmp_path)) as run:  # as sample.py and python -m eval open it
+    videos = run.sampler().generate(run.params, jax.random.key(0))
+  assert videos.shape == (2, 5, 16, 16, 1)
   assert np.abs(videos).max() <= 1.0 and np.isfinite(videos).all()
+  vae = open_vae(str(vae_run))
   # The latents the step trains on are the VAE's normalized posterior means.
   video = jnp.asarray(np.stack([get_source(config)[i]["video"] for i in range(2)]))
   latents = latent_encoder(vae)(video)
@@ -125,3 +122,10 @@ def test_latent_data_of_the_wrong_size_is_rejected_before_training(vae_run, tmp_
   config.model.in_channels = 8
   with pytest.raises(ValueError, match="model.in_channels=8 but the VAE .* has 4 latent"):
     train.train(config, str(tmp_path))
+
+
+def test_held_out_reconstructions_are_scored(vae_run):
+  results = reconstruction.evaluate(str(vae_run), frames=9, num_videos=3, batch_size=2)
+  assert results["video_shape"] == [9, 16, 16, 1] and results["latent_shape"] == [3, 4, 4, 4]
+  assert results["compression"] == pytest.approx(9 * 16 * 16 / (3 * 4 * 4 * 4))
+  assert 0 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1
