@@ -94,16 +94,16 @@ def test_an_image_codes_as_the_first_frame_of_a_video(key):
   np.testing.assert_allclose(image, frames[:, :1], atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [1, 2])
-def test_chunked_coding_equals_whole_video_coding(key, chunk):
+def test_chunked_coding_equals_whole_video_coding(key):
+  """One latent frame per chunk encoding (Wan's four frames), two per chunk decoding."""
   vae = random_vae(key)
   video = random_video(key, frames=17)
   mean, logvar = encode(vae, video)
-  chunked_mean, chunked_logvar = coding.encode(vae, video, chunk=chunk)
+  chunked_mean, chunked_logvar = coding.encode(vae, video, chunk=1)
   np.testing.assert_allclose(chunked_mean, mean, atol=2e-5)
   np.testing.assert_allclose(chunked_logvar, logvar, atol=2e-5)
   decoded = decode(vae, mean)
-  np.testing.assert_allclose(coding.decode(vae, mean, chunk=chunk), decoded, atol=2e-5)
+  np.testing.assert_allclose(coding.decode(vae, mean, chunk=2), decoded, atol=2e-5)
 
 
 def test_a_tile_as_large_as_the_frame_is_whole_frame_coding(key):
