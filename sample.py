@@ -30,7 +30,7 @@ from configs.common import parse_arg
 from diffusion.sparse_sampling import SPARSE_ATTENTION
 from rundir.config_file import load_config
 from rundir.logs import quiet_library_logs
-from rundir.open_run import open_run
+from rundir.open_run import check_dit_run, open_run
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.mesh import MESH_AXES
@@ -100,6 +100,10 @@ def main(argv):
   try:
     config = load_config(workdir)
   except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    check_dit_run(workdir, config)
+  except ValueError as e:
     raise app.UsageError(str(e)) from None
   for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):

@@ -22,7 +22,7 @@ and leaves the last good checkpoint as it was. One process trains in a workdir a
 
 The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
 tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every; a
-VAE's are held-out videos beside their reconstructions) and train.lock.
+VAE's are the data's first videos beside their reconstructions) and train.lock.
 """
 import contextlib
 import os
@@ -50,8 +50,8 @@ from rundir.config_file import identity_changes, load_config, write_config
 from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
-from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, open_vae,
-                             pixel_shape, write_latent_statistics)
+from rundir.open_vae import (STATISTICS_FILE, is_weights_file, latent_decoder, latent_encoder,
+                             open_vae, pixel_shape, write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -150,6 +150,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains to config.train.num_steps (resuming from workdir) on the mesh config.mesh
   describes, and returns the TrainState (its arrays sharded over that mesh)."""
   model = validate_config(config)
+  if latent_vae(config) and os.path.exists(latent_vae(config)):  # found wherever run from
+    config.latents.vae = os.path.abspath(latent_vae(config))
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
@@ -291,11 +293,12 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
           print(f"stopped by {stop} after step {done}, checkpoint saved; run again to resume",
                 flush=True)
           break
-    if trains(config) == "vae" and int(state.step) == train_cfg.num_steps and lead:
+    if trains(config) == "vae" and int(state.step) == train_cfg.num_steps:  # every process
       vae = nnx.merge(graphdef, state.ema_params, state.model_state)
-      measured = write_latent_statistics(workdir, vae, source, step=int(state.step))
-      print(f"latent statistics of {measured['videos']} videos written to {workdir}/"
-            f"{STATISTICS_FILE}", flush=True)
+      measured = write_latent_statistics(workdir, vae, source, step=int(state.step), write=lead)
+      if lead:
+        print(f"latent statistics of {measured['videos']} videos written to {workdir}/"
+              f"{STATISTICS_FILE}", flush=True)
   finally:
     progress.close()
     if writer is not None:
@@ -312,10 +315,11 @@ def open_latent_vae(config: ml_collections.ConfigDict):
   if not path:
     return None
   if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"config.latents.vae={path!r} does not exist: train the VAE first (python train.py "
-        f"--config=configs/vae_quickstart.py --workdir={path}), or point it at a VAE run or at "
-        "Wan2.1's VAE weights")
+    hint = ("download Wan2.1's VAE weights there" if is_weights_file(path) else
+            f"train the VAE first (python train.py --config=configs/vae_quickstart.py "
+            f"--workdir={path})")
+    raise FileNotFoundError(f"config.latents.vae={path!r} does not exist: {hint}, or point it "
+                            "at a VAE run or at Wan2.1's VAE weights")
   vae = open_vae(path)
   if config.model.in_channels != vae.config.latent_channels:
     raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
@@ -382,8 +386,8 @@ def _non_finite_message(what: str, step: int, manager) -> str:
   kept = (f"the last good checkpoint, step {last}, is intact in {manager.directory}"
           if last is not None else "no checkpoint had been saved yet")
   return (f"training stopped: non-finite {what} at step {step}; {kept}. Lower optim.lr, "
-          "tighten optim.grad_clip or use a float32 model.dtype, then run again (it resumes "
-          "from that checkpoint).")
+          "tighten optim.grad_clip or use a float32 model.dtype (vae.dtype for a VAE), then run "
+          "again (it resumes from that checkpoint).")
 
 
 def _progress_bar(start: int, total: int):

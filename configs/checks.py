@@ -130,12 +130,15 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
   raise_if_any("sample", errors)
 
 
-def validate_train_config(config: ml_collections.ConfigDict, patch_size) -> None:
-  """config.train: positive sizes and intervals, videos that cut into whole patches."""
+def validate_train_config(config: ml_collections.ConfigDict, patch_size=None) -> None:
+  """config.train: positive sizes and intervals, videos that cut into whole patches (a DiT's
+  `patch_size`; None: three sizes)."""
   errors = positive("train", config, ("batch_size", "num_steps", "grad_accum", "log_every",
                                       "checkpoint_every", "keep_checkpoints"))
-  shape, patch = tuple(config.video_shape), tuple(patch_size)
-  if len(shape) != 3 or any(s % p for s, p in zip(shape, patch)):
+  shape, patch = tuple(config.video_shape), tuple(patch_size or (1, 1, 1))
+  if len(shape) != 3 or any(s < 1 for s in shape):
+    errors.append(f"train.video_shape={shape} must be three positive sizes (T, H, W)")
+  elif any(s % p for s, p in zip(shape, patch)):
     errors.append(f"train.video_shape={shape} (T, H, W) must be divisible by "
                   f"model.patch_size={patch}")
   if config.grad_accum > 0 and config.batch_size % config.grad_accum:
@@ -226,7 +229,7 @@ def validate_vae_experiment(config: ml_collections.ConfigDict) -> VAEConfig:
     raise ValueError(str(e).replace("invalid VAE config", "invalid vae config")) from None
   validate_mesh_config(config)
   validate_optim_config(config.optim)
-  validate_train_config(config.train, (1, 1, 1))
+  validate_train_config(config.train)
   shape = (*config.train.video_shape, vae.in_channels)
   raise_if_any("train", [e.replace("video has", "train.video_shape has").replace(
       "video is", "train.video_shape is") for e in vae.video_shape_errors(shape)

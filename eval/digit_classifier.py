@@ -229,14 +229,15 @@ def main(argv):
   from absl import app, flags  # noqa: PLC0415
   from rundir.config_file import load_config  # noqa: PLC0415
   from rundir.logs import quiet_library_logs  # noqa: PLC0415
+  from rundir.open_vae import video_shape  # noqa: PLC0415
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_library_logs()
   workdir = flags.FLAGS.workdir
   config = load_config(workdir)
-  shape = config.train.video_shape
-  model, meta = trained_classifier(workdir, config.data, shape[0], config.model.in_channels,
+  frames, *_, channels = video_shape(config)  # decoded videos' for a DiT of latents
+  model, meta = trained_classifier(workdir, config.data, frames, channels,
                                    steps=flags.FLAGS.steps)
   print(f"digit classifier in {cache_dir(workdir, config.data)}: held-out accuracy digit "
         f"{meta['held_out_digit_accuracy']:.3f}, direction "

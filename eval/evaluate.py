@@ -97,8 +97,11 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   from rundir.open_vae import video_shape  # noqa: PLC0415
   from training.checkpoints import checkpoint_dir  # noqa: PLC0415
 
+  from rundir.open_run import check_dit_run  # noqa: PLC0415
+
   start = time.perf_counter()
   log = log or (lambda message: None)
+  check_dit_run(workdir, config)
   model = validate_config(config)
   if videos_dir is None and not os.path.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(f"{workdir} has no checkpoints/ to sample: train first, or pass "

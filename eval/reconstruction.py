@@ -32,12 +32,12 @@ def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
   from training.reconstruction_metrics import psnr, ssim  # noqa: PLC0415
 
   config = load_config(workdir)
-  vae = open_vae(workdir)
+  vae = open_vae(workdir, statistics=False)
   kwargs = dict(config.data.kwargs, num_frames=frames, num_examples=num_videos)
   if config.data.name == "moving_digits":  # held-out digits, slowed to stay on the canvas
     kwargs["split"] = "test"
     room = kwargs.get("size", 32) - 8 * kwargs.get("digit_scale", 2)
-    kwargs["speed"] = min(kwargs.get("speed", 2), room // max(frames - 1, 1))
+    kwargs["speed"] = max(1, min(kwargs.get("speed", 2), room // max(frames - 1, 1)))
   source = make_source(config.data.name, seed=config.seed + 1, **kwargs)
   scores = {"psnr": [], "ssim": []}
   tiling = dict(tile=tile, overlap=tile // 4) if tile else {}

@@ -47,8 +47,8 @@ RUNTIME_VAE_FIELDS = ("dtype", "latents_mean", "latents_std")
 def identity_changes(saved: ml_collections.ConfigDict,
                      config: ml_collections.ConfigDict) -> list[str]:
   """What `config` changes of a saved run's identity: what it trains, its network (config.model
-  but RUNTIME_MODEL_FIELDS, or config.vae but RUNTIME_VAE_FIELDS) and its video shape, as
-  "field: saved -> new" lines; [] when it may resume the run."""
+  but RUNTIME_MODEL_FIELDS, or config.vae but RUNTIME_VAE_FIELDS), its video shape and the VAE
+  of its latents, as "field: saved -> new" lines; [] when it may resume the run."""
   old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
   trains = old.get("trains", "dit"), new.get("trains", "dit")
   if trains[0] != trains[1]:
@@ -61,4 +61,7 @@ def identity_changes(saved: ml_collections.ConfigDict,
            if name not in runtime and name in old[section]]
   pairs.append(("train.video_shape", old["train"].get("video_shape"),
                 new["train"]["video_shape"]))
+  if trains[1] == "dit":  # the latent space the DiT was trained in ("": pixels)
+    pairs.append(("latents.vae", old.get("latents", {}).get("vae", ""),
+                  new.get("latents", {}).get("vae", "")))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

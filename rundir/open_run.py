@@ -70,7 +70,18 @@ def open_run(workdir: str, step: int | None = None, ema: bool = True,
   overrides (default: its config.json); it is checked here, before anything is restored.
   """
   config = load_config(workdir) if config is None else config
+  check_dit_run(workdir, config)
   return restore_run(workdir, config, validate_config(config), step=step, ema=ema, mesh=mesh)
+
+
+def check_dit_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Sampling and evaluating open DiT runs; a VAE run's workdir is an error that says what
+  opens it."""
+  if config.get("trains") == "vae":
+    raise ValueError(f"{workdir} is a VAE run (config.trains='vae'): it has no videos to "
+                     "sample; score its reconstructions with python -m eval.reconstruction "
+                     f"--vae={workdir}, or train a DiT in its latent space with "
+                     f"--config.latents.vae={workdir}")
 
 
 def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfig, *,
@@ -78,6 +89,7 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
                 mesh: jax.sharding.Mesh | dict | None = None) -> Run:
   """open_run for a config its caller has checked already (model: what
   configs.checks.validate_config returned for it), e.g. after checks of its own."""
+  check_dit_run(workdir, config)
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first")
   if not isinstance(mesh, jax.sharding.Mesh):

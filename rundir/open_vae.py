@@ -42,13 +42,16 @@ def vae_config_of(path: str) -> VAEConfig:
   return VAEConfig.from_dict(config.vae)
 
 
-def open_vae(path: str) -> CausalVAE:
-  """The VAE at `path`, on this process's default device: a VAE run's workdir (its newest
-  checkpoint's EMA parameters, its latent statistics) or a Wan2.1 weights file."""
+def open_vae(path: str, statistics: bool = True) -> CausalVAE:
+  """The VAE at `path`, on this process's first device: a VAE run's workdir (its newest
+  checkpoint's EMA parameters, its latent statistics unless `statistics=False`) or a Wan2.1
+  weights file."""
   if is_weights_file(path):
     from weights.wan_vae import load_wan_vae  # noqa: PLC0415
     return load_wan_vae(path)
   vae_config = vae_config_of(path)
+  if not statistics:
+    return _restore(path, vae_config)
   statistics = os.path.join(path, STATISTICS_FILE)
   if not os.path.exists(statistics):
     raise FileNotFoundError(f"{statistics} not found: the VAE run writes it when its training "
@@ -65,7 +68,7 @@ def open_vae(path: str) -> CausalVAE:
 def _restore(workdir: str, vae_config: VAEConfig) -> CausalVAE:
   config = load_config(workdir)
   graphdef, abstract = abstract_train_state(vae_config, config.optim)
-  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
                           abstract)
   params, model_state, _ = checkpoints.restore_params(workdir, abstract, use_ema=True)
@@ -102,13 +105,17 @@ def measure_latent_statistics(vae: CausalVAE, videos) -> dict:
 
 
 def write_latent_statistics(workdir: str, vae: CausalVAE, source, num_videos: int = 256,
-                            batch_size: int = 8, step: int | None = None) -> dict:
+                            batch_size: int = 8, step: int | None = None,
+                            write: bool = True) -> dict:
   """Measures the latent statistics on the first `num_videos` videos of `source` and writes
-  them to <workdir>/latent_statistics.json; returns them."""
+  them to <workdir>/latent_statistics.json (unless `write=False`: every process of a multi-host
+  run measures, one writes); returns them."""
   count = min(num_videos, len(source))
   batches = (np.stack([source[i]["video"] for i in range(start, min(start + batch_size, count))])
              for start in range(0, count, batch_size))
   measured = dict(measure_latent_statistics(vae, batches), videos=count, step=step)
+  if not write:
+    return measured
   path = os.path.join(workdir, STATISTICS_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(measured, f, indent=2)

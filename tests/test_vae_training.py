@@ -42,6 +42,8 @@ def test_a_vae_run_logs_reconstruction_metrics_and_writes_reconstructions(vae_ru
   assert (samples / "prompts.txt").read_text().startswith("0: original | reconstruction: the "
                                                            "digit")
   assert sorted(os.listdir(vae_run / "checkpoints")) == ["3", "6"]
+  with pytest.raises(ValueError, match="is a VAE run .* python -m eval.reconstruction"):
+    open_run(str(vae_run))  # sample.py and python -m eval open DiT runs
 
 
 def test_a_resumed_vae_run_equals_the_uninterrupted_one_bitwise(vae_run, tmp_path):
@@ -96,6 +98,11 @@ def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_
   config.train.sample_every = 0  # sampled below, as sample.py does
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 4
+  saved = load_config(tmp_path)
+  assert saved.latents.vae == str(vae_run) and os.path.isabs(saved.latents.vae)
+  pixels = load_config(tmp_path)
+  pixels.latents.vae = ""  # the same DiT in pixel space: another run
+  assert train.identity_changes(saved, pixels) == [f"latents.vae: {str(vae_run)!r} -> ''"]
   assert video_shape(config) == (5, 16, 16, 1)  # what its 2x4x4x4 latents decode to
   with open_run(str(tmp_path)) as run:  # as sample.py and python -m eval open it
     videos = run.sampler().generate(run.params, jax.random.key(0))

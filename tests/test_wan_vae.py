@@ -48,6 +48,8 @@ def test_the_diffusers_layout_gives_diffusers_numbers(diffusers_file):
   np.testing.assert_allclose(decoded[0, :, 5, 7], DIFFUSERS_DECODED, atol=5e-6)
   for name, value in (("mean", mean), ("logvar", logvar), ("decoded", decoded)):
     assert float(jnp.abs(value).sum()) == pytest.approx(DIFFUSERS_ABS_SUMS[name], rel=2e-6)
+  # The files hold no latent statistics: the config's (none here: zero mean, unit std).
+  np.testing.assert_array_equal(vae.normalize(mean), mean)
 
 
 def test_the_original_layout_loads_the_same_weights(diffusers_file, tmp_path):

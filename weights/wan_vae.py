@@ -16,6 +16,7 @@ into a model. The latent mean and std are not in either file: they come from the
 """
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -150,6 +151,9 @@ def load_wan_vae(path: str, config: VAEConfig = WAN21) -> CausalVAE:
   state_dict = read_state_dict(path)
   model = nnx.eval_shape(lambda: CausalVAE(config, rngs=nnx.Rngs(0)))
   set_wan_vae_state(model, state_dict, where=path)
+  z = config.latent_channels  # not in the file: the config's (WAN21: the published ones)
+  model.latents_mean.set_value(jnp.asarray(config.latents_mean or [0.0] * z, jnp.float32))
+  model.latents_std.set_value(jnp.asarray(config.latents_std or [1.0] * z, jnp.float32))
   return model
 
 

@@ -96,6 +96,9 @@ def decode(vae: CausalVAE, z: jax.Array, *, chunk: int = 1, tile: int | None = N
   graphdef, state = nnx.split(vae)
   chunk = _largest_divisor(z.shape[1] - 1, chunk)
   factor = vae.config.spatial_factor
+  if tile is not None and (tile % factor or overlap % factor):
+    raise ValueError(f"decoding tiles of {tile} pixels overlapping by {overlap} must be "
+                     f"multiples of the VAE's spatial factor {factor}")
   code = lambda latents: decode_in_chunks(graphdef, state, latents, chunk)
   return _tiled(code, z, None if tile is None else tile // factor,
                 overlap // factor, scale=factor, align=1)
