@@ -5,7 +5,20 @@ module imports jax. On a machine with a GPU the tests run there too; the 8 CPU d
 available as jax.devices("cpu").
 """
 import os
+import shutil
+import tempfile
 import time
+
+# One persistent compilation cache for the test run: the xdist workers (which inherit this
+# process's environment) and every train.py/sample.py subprocess share it, so a step function
+# that several tests compile (a run and its resumption, the quick start in many tests) is
+# compiled once. A size limit turns on JAX's file lock, so concurrent writers and readers are
+# safe. The folder is removed when the run ends.
+_OWNS_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWNS_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dit-tests-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -28,6 +41,14 @@ def randomize_params(model: nnx.Module, key: jax.Array, scale: float = 0.2) -> N
   keys = jax.random.split(key, len(leaves))
   new = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
   nnx.update(model, jax.tree.unflatten(treedef, new))
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache (xdist's controller, or the only process)
+  removes it."""
+  del config
+  if _OWNS_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_generate_tests(metafunc):
