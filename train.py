@@ -40,7 +40,9 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from configs.checks import trains, validate_config
-from configs.common import latent_vae
+from configs.common import latent_shards_folder, latent_vae
+from data.encode_latents import shards_identity
+from data.latent_shards import LatentShards, manifest_mismatches
 from data.pipeline import make_dataset, make_iterator, model_inputs
 from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
@@ -50,8 +52,8 @@ from rundir.config_file import identity_changes, load_config, write_config
 from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
-from rundir.open_vae import (STATISTICS_FILE, is_weights_file, latent_decoder, latent_encoder,
-                             open_vae, pixel_shape, write_latent_statistics)
+from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, latent_normalizer,
+                             open_latent_vae, pixel_shape, write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -123,7 +125,13 @@ class TerminationRequest:
 
 def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
   """The data source and iterator, after checking that the source's videos have the `expected`
-  shape (T, H, W, C): the model's input, or what the VAE encodes to its latents."""
+  shape (T, H, W, C): the model's input, or what the VAE encodes to its latents. With
+  config.latents.shards the source is those shards, checked against the config."""
+  if latent_shards_folder(config):
+    source = open_latent_shards(config)
+    dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
+                           text_encoder=text_encoder)
+    return source, make_iterator(dataset, num_threads=config.data.num_threads)
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   video = source[0]["video"]
   if video.shape != tuple(expected):
@@ -135,6 +143,21 @@ def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
   dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
                          text_encoder=text_encoder)
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
+
+
+def open_latent_shards(config: ml_collections.ConfigDict) -> LatentShards:
+  """config.latents.shards as a data source, refused unless they were encoded from this
+  config's VAE (its current checkpoint), data, seed and latent shape."""
+  folder = latent_shards_folder(config)
+  source = LatentShards(folder)
+  mismatches = manifest_mismatches(source.manifest, shards_identity(config))
+  if mismatches:
+    raise ValueError(
+        f"config.latents.shards={folder!r} were encoded from something else than this config "
+        "gives:\n  " + "\n  ".join(mismatches) + "\nEncode them again (python -m "
+        "data.encode_latents --config=<this config> --out=<a new folder>), or train without "
+        "--config.latents.shards to encode on the fly")
+  return source
 
 
 @jax.jit
@@ -152,6 +175,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   model = validate_config(config)
   if latent_vae(config) and os.path.exists(latent_vae(config)):  # found wherever run from
     config.latents.vae = os.path.abspath(latent_vae(config))
+  if latent_shards_folder(config):
+    config.latents.shards = os.path.abspath(latent_shards_folder(config))
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
@@ -167,6 +192,14 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     on_every_process(claim_workdir)
     held.enter_context(use_mesh(mesh, config.sharding.rules))
     return _train(config, model, workdir, mesh)
+
+
+def latent_step_input(config: ml_collections.ConfigDict, vae):
+  """What the DiT's step applies to a batch's "video": None in pixel space; the VAE's encoder
+  (to normalized posterior means) on the fly; only the normalization for latent shards."""
+  if vae is None:
+    return None
+  return latent_normalizer(vae) if latent_shards_folder(config) else latent_encoder(vae)
 
 
 def on_every_process(start) -> None:
@@ -238,7 +271,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     throughput = config.train.batch_size * int(np.prod(config.train.video_shape))  # pixels
   else:
     train_step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
-                                 encode=None if vae is None else latent_encoder(vae),
+                                 encode=latent_step_input(config, vae),
                                  **step_options)
     decoder = None if vae is None else latent_decoder(vae)
     preview = (Samples(VideoSampler(graphdef, state.model_state, config, text_encoder,
@@ -306,25 +339,6 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     manager.wait_until_finished()
     manager.close()
   return state
-
-
-def open_latent_vae(config: ml_collections.ConfigDict):
-  """The VAE config.latents names (None in pixel space), after checking that the DiT takes its
-  latents: model.in_channels its latent channels."""
-  path = latent_vae(config)
-  if not path:
-    return None
-  if not os.path.exists(path):
-    hint = ("download Wan2.1's VAE weights there" if is_weights_file(path) else
-            f"train the VAE first (python train.py --config=configs/vae_quickstart.py "
-            f"--workdir={path})")
-    raise FileNotFoundError(f"config.latents.vae={path!r} does not exist: {hint}, or point it "
-                            "at a VAE run or at Wan2.1's VAE weights")
-  vae = open_vae(path)
-  if config.model.in_channels != vae.config.latent_channels:
-    raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
-                     f"{vae.config.latent_channels} latent channels: make them agree")
-  return vae
 
 
 class Samples:

@@ -266,6 +266,8 @@ def latents_config(**overrides) -> ml_collections.ConfigDict:
   return _section(overrides,
       vae="",   # a VAE run's workdir (train.py with config.trains="vae"), or Wan2.1's VAE
                 # weights (Wan2.1_VAE.pth, or diffusers' .safetensors)
+      shards="",  # "": encode each batch on the fly; else a folder of latent shards of the data
+                  # (python -m data.encode_latents) to train on
   )
 
 
@@ -273,3 +275,9 @@ def latent_vae(config: ml_collections.ConfigDict) -> str:
   """The VAE a DiT experiment trains in the latent space of, or "" (pixel space)."""
   latents = config.get("latents")
   return latents.vae if latents is not None else ""
+
+
+def latent_shards_folder(config: ml_collections.ConfigDict) -> str:
+  """The latent shards a latent DiT trains on, or "" (it encodes its data on the fly)."""
+  latents = config.get("latents")
+  return latents.get("shards", "") if latents is not None and latents.vae else ""

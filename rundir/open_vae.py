@@ -65,6 +65,35 @@ def open_vae(path: str, statistics: bool = True) -> CausalVAE:
   return vae
 
 
+def open_latent_vae(config):
+  """The VAE config.latents names (None in pixel space), after checking that the DiT takes its
+  latents: model.in_channels its latent channels."""
+  from configs.common import latent_vae  # noqa: PLC0415
+  path = latent_vae(config)
+  if not path:
+    return None
+  if not os.path.exists(path):
+    hint = ("download Wan2.1's VAE weights there" if is_weights_file(path) else
+            f"train the VAE first (python train.py --config=configs/vae_quickstart.py "
+            f"--workdir={path})")
+    raise FileNotFoundError(f"config.latents.vae={path!r} does not exist: {hint}, or point it "
+                            "at a VAE run or at Wan2.1's VAE weights")
+  vae = open_vae(path)
+  if config.model.in_channels != vae.config.latent_channels:
+    raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
+                     f"{vae.config.latent_channels} latent channels: make them agree")
+  return vae
+
+
+def vae_version(path: str) -> dict:
+  """What identifies the weights open_vae(path) gives: a VAE run's newest checkpoint step, or a
+  weights file's size (recorded with latent shards, so shards of other weights are refused)."""
+  path = os.path.abspath(path)
+  if is_weights_file(path):
+    return {"vae": path, "vae_checkpoint": os.path.getsize(path)}
+  return {"vae": path, "vae_checkpoint": max(checkpoints.saved_steps(path), default=None)}
+
+
 def _restore(workdir: str, vae_config: VAEConfig) -> CausalVAE:
   config = load_config(workdir)
   graphdef, abstract = abstract_train_state(vae_config, config.optim)
@@ -134,6 +163,13 @@ def latent_encoder(vae: CausalVAE):
     return model.normalize(mean)
 
   return encode
+
+
+def latent_normalizer(vae: CausalVAE):
+  """Raw posterior means [B, T', H', W', Z] (latent shards) -> the DiT's latents. Pure and
+  jit-able."""
+  graphdef, state = nnx.split(vae)
+  return lambda mean: nnx.merge(graphdef, state).normalize(mean)
 
 
 def latent_decoder(vae: CausalVAE):

@@ -14,6 +14,8 @@ import train
 from eval import reconstruction
 from configs.latent_quickstart import get_config as latent_config
 from configs.vae_quickstart import get_config
+from data.encode_latents import encode_dataset
+from data.latent_shards import LatentShards
 from data.sources import make_source
 from rundir.open_run import open_run
 from rundir.open_vae import STATISTICS_FILE, latent_encoder, open_vae, video_shape
@@ -136,3 +138,48 @@ def test_held_out_reconstructions_are_scored(vae_run):
   assert results["video_shape"] == [9, 16, 16, 1] and results["latent_shape"] == [3, 4, 4, 4]
   assert results["compression"] == pytest.approx(9 * 16 * 16 / (3 * 4 * 4 * 4))
   assert 0 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1
+
+
+def test_latent_shards_are_deterministic_resumable_and_train_a_dit(vae_run, tmp_path):
+  config = latent_config(f"tiny,vae={vae_run}")
+  out = tmp_path / "shards"
+  written = []
+  encode_dataset(config, str(out), num_examples=20, shard_size=8, batch_size=4,
+                 progress=written.append)
+  names = sorted(n for n in os.listdir(out) if n.endswith(".array_record"))
+  assert names == [f"latents-0000{k}-of-00003.array_record" for k in range(3)] and len(written) == 3
+  shards = LatentShards(str(out))
+  assert len(shards) == 20
+  source, vae = get_source(config), open_vae(str(vae_run))
+  for i in (0, 9, 19):  # each shard's examples in order, with the raw posterior mean
+    (mean, _), _ = vae.encode(jnp.asarray(source[i]["video"][None]))
+    example = shards[i]
+    np.testing.assert_allclose(example["video"], mean[0], rtol=1e-5, atol=1e-5)
+    assert example["caption"] == source[i]["caption"] and example["label"] == source[i]["label"]
+
+  # Resumable and deterministic: a lost shard and an unfinished one are encoded again, to the
+  # same bytes; the finished shards are left alone.
+  original = {n: (out / n).read_bytes() for n in names}
+  (out / names[1]).rename(out / (names[1] + ".tmp"))
+  with pytest.raises(FileNotFoundError, match="lacks 1 of its 3 shards .* run python -m "
+                                              "data.encode_latents again"):
+    LatentShards(str(out))
+  written.clear()
+  encode_dataset(config, str(out), num_examples=20, shard_size=8, batch_size=4,
+                 progress=written.append)
+  assert len(written) == 1 and written[0].startswith(names[1])
+  assert {n: (out / n).read_bytes() for n in names} == original
+  with pytest.raises(ValueError, match=r"(?s)holds latent shards of something else.*"
+                                       r"shard_size: 8 -> 4"):
+    encode_dataset(config, str(out), num_examples=20, shard_size=4, batch_size=4)
+  assert {n: (out / n).read_bytes() for n in names} == original
+
+  config.unlock()
+  config.latents.shards = str(out)
+  config.train.sample_every = 0
+  state = train.train(config, str(tmp_path / "run"))
+  assert int(state.step) == 4 and np.isfinite(read_metrics(tmp_path / "run")[-1]["loss"])
+  config.data.kwargs.speed = 2  # not the data the shards were encoded from
+  with pytest.raises(ValueError, match=r"(?s)were encoded from something else.*'speed': 1.*"
+                                       r"'speed': 2"):
+    train.train(config, str(tmp_path / "other"))

@@ -1,0 +1,114 @@
+"""Latent shards: a dataset's videos encoded once by a VAE, stored as ArrayRecord files with
+their captions and labels, and read back as a data source.
+
+    python -m data.encode_latents --config=configs/latent_quickstart.py --out=runs/latents
+    python train.py --config=configs/latent_quickstart.py --workdir=runs/latent_dit \\
+        --config.latents.shards=runs/latents
+
+A folder of shards holds latents.json (what was encoded: the VAE and its checkpoint, the data
+section and seed, the latent shape, the sizes) and latents-<k>-of-<n>.array_record, shard k
+holding examples [k * shard_size, (k + 1) * shard_size) of the source in order. Each record is
+a msgpack (flax.serialization) of the example with its video replaced by "latent": the VAE's
+posterior mean, float32 [T', H', W', Z], not yet normalized (the DiT's step normalizes it with
+the VAE's latent statistics, so re-measuring them does not make shards stale).
+"""
+import json
+import os
+
+import grain
+import numpy as np
+from flax import serialization
+
+MANIFEST = "latents.json"
+FORMAT = 1  # of the records and the manifest; bumped when either changes
+
+
+def shard_name(index: int, count: int) -> str:
+  return f"latents-{index:05d}-of-{count:05d}.array_record"
+
+
+def shard_ranges(num_examples: int, shard_size: int) -> list[range]:
+  """The example indices of each shard, in order."""
+  return [range(start, min(start + shard_size, num_examples))
+          for start in range(0, num_examples, shard_size)]
+
+
+def to_record(example: dict, latent: np.ndarray) -> bytes:
+  """An example of a data source, its video replaced by its latent, as bytes."""
+  fields = {k: v for k, v in example.items() if k != "video"}
+  return serialization.msgpack_serialize(
+      dict(fields, latent=np.asarray(latent, np.float32)))
+
+
+def from_record(record: bytes) -> dict:
+  """A record as a data source's example: the latent is its "video", what the DiT consumes."""
+  example = serialization.msgpack_restore(record)
+  example["video"] = example.pop("latent")
+  if "caption" in example:
+    example["caption"] = str(example["caption"])
+  return example
+
+
+def read_manifest(folder: str) -> dict:
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{folder} holds no latent shards ({MANIFEST} is missing): encode a "
+                            "dataset into it with python -m data.encode_latents --config=<the "
+                            f"DiT's config> --out={folder}")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path} is format {manifest.get('format')}, this code reads format "
+                     f"{FORMAT}: encode the shards again into a new folder")
+  return manifest
+
+
+def missing_shards(folder: str, manifest: dict) -> list[str]:
+  count = manifest["shards"]
+  return [shard_name(k, count) for k in range(count)
+          if not os.path.exists(os.path.join(folder, shard_name(k, count)))]
+
+
+class LatentShards:
+  """A data source over a folder of latent shards: example i is the source's example i, its
+  "video" the VAE's raw posterior mean [T', H', W', Z] (float32)."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    self.manifest = read_manifest(folder)
+    missing = missing_shards(folder, self.manifest)
+    if missing:
+      raise FileNotFoundError(
+          f"{folder} lacks {len(missing)} of its {self.manifest['shards']} shards (e.g. "
+          f"{missing[0]}): its encoding did not finish; run python -m data.encode_latents "
+          "again with the same arguments to finish it")
+    count = self.manifest["shards"]
+    paths = [os.path.join(folder, shard_name(k, count)) for k in range(count)]
+    self._records = grain.sources.ArrayRecordDataSource(paths)
+    if len(self._records) != self.manifest["examples"]:
+      raise ValueError(f"{folder} holds {len(self._records)} records but its {MANIFEST} says "
+                       f"{self.manifest['examples']}: encode it again into a new folder")
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __repr__(self) -> str:
+    return (f"LatentShards({self.folder!r}, n={len(self)}, "
+            f"latent={tuple(self.manifest['latent_shape'])})")
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {self!r}")
+    return from_record(self._records[index])
+
+
+def manifest_mismatches(manifest: dict, expected: dict) -> list[str]:
+  """The fields of `expected` that the manifest records differently, as "field: in the shards
+  -> expected" lines."""
+  return [f"{k}: {manifest.get(k)!r} -> {v!r}" for k, v in expected.items()
+          if _plain(manifest.get(k)) != _plain(v)]
+
+
+def _plain(value):
+  """JSON's view of a value (tuples are lists), so a manifest read back compares equal."""
+  return json.loads(json.dumps(value))
