@@ -203,13 +203,18 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
   raise_if_any("eval", errors)
 
 
-def validate_vae_loss_config(config: ml_collections.ConfigDict) -> None:
-  """config.vae_loss: non-negative weights, something to reconstruct with, I3D layers."""
+def validate_vae_loss_config(config: ml_collections.ConfigDict, vae: VAEConfig) -> None:
+  """config.vae_loss: non-negative weights, something to reconstruct with, I3D layers, a
+  discriminator for an adversarial weight."""
   from eval.i3d import FEATURE_LAYERS  # noqa: PLC0415
 
   errors = [f"vae_loss.{field}={config[field]} must be >= 0"
-            for field in ("l1", "l2", "kl", "perceptual", "reconstructions")
+            for field in ("l1", "l2", "kl", "perceptual", "reconstructions", "adversarial",
+                          "adversarial_start")
             if config[field] < 0]
+  if config.adversarial > 0 and not vae.discriminator_channels:
+    errors.append(f"vae_loss.adversarial={config.adversarial} needs a discriminator: set "
+                  "vae.discriminator_channels (e.g. 32)")
   if not (config.l1 > 0 or config.l2 > 0 or config.perceptual > 0):
     errors.append("vae_loss.l1, l2 or perceptual must be positive: nothing else asks for a "
                   "reconstruction")
@@ -234,7 +239,7 @@ def validate_vae_experiment(config: ml_collections.ConfigDict) -> VAEConfig:
   raise_if_any("train", [e.replace("video has", "train.video_shape has").replace(
       "video is", "train.video_shape is") for e in vae.video_shape_errors(shape)
       if "channels" not in e])
-  validate_vae_loss_config(config.vae_loss)
+  validate_vae_loss_config(config.vae_loss, vae)
   validate_data_config(config.data)
   return vae
 

@@ -243,6 +243,8 @@ def vae_config(**overrides) -> ml_collections.ConfigDict:
       latents_mean=(),                # per latent channel, what the DiT's latents are centred
       latents_std=(),                 # and scaled by; (): measured after training
       dtype="float32",                # compute dtype
+      discriminator_channels=0,       # a 3D patch discriminator, trained with the VAE when
+      discriminator_layers=3,         # vae_loss.adversarial > 0 (0 channels: none)
   )
 
 
@@ -256,6 +258,9 @@ def vae_loss_config(**overrides) -> ml_collections.ConfigDict:
                               # weights; grey videos are repeated to RGB)
       perceptual_layers=("Conv3d_2c_3x3", "Mixed_3c"),  # I3D layers compared, unit-normalised
       reconstructions=4,      # videos reconstructed in samples/step_<N>/ (train.sample_every)
+      adversarial=0.0,        # weight of the hinge GAN loss of vae.discriminator_channels'
+                              # 3D patch discriminator (0: none)
+      adversarial_start=0,    # step from which the discriminator and that loss train
   )
 
 

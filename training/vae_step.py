@@ -3,13 +3,19 @@
     loss = l1 * mean |x - decode(z)|  +  l2 * mean (x - decode(z))^2
            + kl * KL(q(z|x) || N(0, 1)) / values of x
            + perceptual * distance(x, decode(z))          z ~ q(z|x), reparameterised
+           + adversarial * -D(decode(z))   and the discriminator D's hinge loss, once
+                                           step >= adversarial_start
 
 The KL is summed over each example's latent and divided by its video's values, LDM's weighting
 (Rombach et al. 2022; their KL weight 1e-6 means the same here). `perceptual` is a function
 (reconstruction, video) -> [B] given by the caller (train.py builds eval/i3d.py's feature
 distance), so this module needs no feature network. Logged: loss, l1, kl (nats per latent
-value), psnr and ssim of the clipped reconstruction, and the perceptual distance when used. L1 seeks the median: on sparse videos (a digit on black) it can sit at
-an empty frame for hundreds of steps, where the squared error moves at once.
+value), psnr and ssim of the clipped reconstruction, the perceptual distance and the two
+players' adversarial losses when used. L1 seeks the median: on sparse videos (a digit on
+black) it can sit at an empty frame for hundreds of steps, where the squared error moves at
+once. The discriminator (dit/vae/discriminator.py) is part of the VAE's parameters, so one
+optimizer, EMA and checkpoint carry both players; before the warm-up ends neither is trained
+(their gradients are zero; AdamW's weight decay still applies).
 """
 import jax
 import jax.numpy as jnp
@@ -17,9 +23,12 @@ import ml_collections
 import optax
 from flax import nnx
 
+from dit.vae.discriminator import discriminator_loss, generator_loss
 from dit.vae.model import kl_divergence, sample_posterior
 from training.reconstruction_metrics import psnr, ssim
 from training.train_step import step_from_grads
+
+ADVERSARIAL_ON = "adversarial_on"  # the batch's flag: 1.0 once the adversarial loss has started
 
 
 def make_vae_grad_fn(graphdef: nnx.GraphDef, loss: ml_collections.ConfigDict, perceptual=None):
@@ -42,15 +51,42 @@ def make_vae_grad_fn(graphdef: nnx.GraphDef, loss: ml_collections.ConfigDict, pe
       distance = jnp.mean(perceptual(recon, video))
       total = total + loss.perceptual * distance
       metrics["perceptual"] = distance
+    if loss.adversarial:
+      generator, critic = adversarial_losses(vae.discriminator, video, recon)
+      on = batch[ADVERSARIAL_ON][0]  # 0 during the warm-up: neither player trains
+      total = total + on * (loss.adversarial * generator + critic)
+      metrics.update(adversarial=generator, discriminator=critic)
     return total, dict(metrics, loss=total)
 
   return jax.grad(loss_fn, has_aux=True)
 
 
+def adversarial_losses(discriminator: nnx.Module, video: jax.Array, recon: jax.Array):
+  """(the decoder's hinge loss, the discriminator's). Each reaches only its own player's
+  parameters: the decoder's sees a frozen discriminator, the discriminator's a fixed
+  reconstruction, so one gradient of their sum trains both."""
+  graphdef, state = nnx.split(discriminator)
+  frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+  generator = generator_loss(frozen(recon))
+  critic = discriminator_loss(discriminator(video), discriminator(jax.lax.stop_gradient(recon)))
+  return generator, critic
+
+
 def make_vae_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                         loss: ml_collections.ConfigDict, *, perceptual=None, **kwargs):
-  """The VAE's pure step; keywords as training.train_step.step_from_grads'."""
-  return step_from_grads(make_vae_grad_fn(graphdef, loss, perceptual), optimizer, **kwargs)
+  """The VAE's pure step; keywords as training.train_step.step_from_grads'. With
+  loss.adversarial the discriminator and its loss join at step loss.adversarial_start."""
+  step = step_from_grads(make_vae_grad_fn(graphdef, loss, perceptual), optimizer, **kwargs)
+  if not loss.adversarial:
+    return step
+
+  def train_step(state, batch, key):
+    on = (state.step >= loss.adversarial_start).astype(jnp.float32)
+    # One flag per example, so that microbatches (train.grad_accum) split it as the videos.
+    flags = jnp.broadcast_to(on, batch["video"].shape[:1])
+    return step(state, dict(batch, **{ADVERSARIAL_ON: flags}), key)
+
+  return train_step
 
 
 def reconstruct(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State,

@@ -25,6 +25,8 @@ class VAEConfig:
   latents_mean: tuple = ()                # per latent channel; () = zeros. The DiT sees
   latents_std: tuple = ()                 # (z - mean) / std; () = ones
   dtype: str = "float32"                  # compute dtype; the weights stay float32
+  discriminator_channels: int = 0         # width of a 3D patch discriminator trained with it
+  discriminator_layers: int = 3           # (vae_loss.adversarial); 0: none
 
   def __post_init__(self):
     for name in ("channel_multipliers", "temporal_downsample",
@@ -124,6 +126,10 @@ def _errors(config: VAEConfig) -> list[str]:
                     "channels: give one per channel, or () for the default")
   if any(s <= 0 for s in config.latents_std):
     errors.append("vae.latents_std must be positive")
+  if config.discriminator_channels < 0 or config.discriminator_layers < 1:
+    errors.append(f"vae.discriminator_channels={config.discriminator_channels} must be >= 0 "
+                  f"(0: no discriminator) and vae.discriminator_layers="
+                  f"{config.discriminator_layers} positive")
   if config.dtype not in DTYPES:
     errors.append(f"vae.dtype={config.dtype!r}; choose one of {list(DTYPES)}")
   return errors

@@ -33,22 +33,28 @@ def per_frame(layer, x: jax.Array) -> jax.Array:
   return y.reshape(batch, frames, *y.shape[1:])
 
 
+def conv3d(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+  """nnx.Conv's 3D convolution (valid in time), computed as conv3d_as_2d on CPU."""
+  return conv3d_as_2d(conv, x) if _on_cpu() else conv(x)
+
+
 def conv3d_as_2d(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-  """nnx.Conv's 3D convolution (valid in time, spatial stride 1) as one 2D convolution whose
-  input channels hold the kt frames of each window: the same numbers, 3-4x faster on XLA's CPU
-  backend, whose 3D convolutions are slow (a 3x3x3 conv of 8 channels at 64x64, forward and
-  backward: 1.13 s as 3D, 0.28 s as 2D)."""
+  """nnx.Conv's 3D convolution (valid in time) as one 2D convolution whose input channels hold
+  the kt frames of each window: the same numbers, 3-4x faster on XLA's CPU backend, whose 3D
+  convolutions are slow (a 3x3x3 conv of 8 channels at 64x64, forward and backward: 1.13 s as
+  3D, 0.28 s as 2D)."""
   kernel = conv.kernel[...].astype(conv.dtype or x.dtype)
   taps, kh, kw, cin, cout = kernel.shape
   batch, frames, height, width, _ = x.shape
-  stride = conv.strides[0] if isinstance(conv.strides, tuple) else conv.strides
+  strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides or 1,) * 3
+  stride = strides[0]
   out_frames = (frames - taps) // stride + 1
   last = stride * (out_frames - 1) + 1
   windows = jnp.concatenate([x[:, k:k + last:stride] for k in range(taps)], axis=-1)
   padding = "VALID" if conv.padding == "VALID" else conv.padding[1:]
   y = jax.lax.conv_general_dilated(
       windows.reshape(batch * out_frames, height, width, taps * cin),
-      jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, taps * cin, cout), (1, 1),
+      jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, taps * cin, cout), tuple(strides[1:]),
       padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   y = y.reshape(batch, out_frames, *y.shape[1:])
   return y + conv.bias[...].astype(y.dtype) if conv.bias is not None else y
@@ -69,7 +75,7 @@ class CausalConv3d(nnx.Module):
     if not self.past_frames:
       return self.conv(x), None
     padded = jnp.concatenate([_past(cache, x, self.past_frames), x], axis=1)
-    y = conv3d_as_2d(self.conv, padded) if _on_cpu() else self.conv(padded)
+    y = conv3d(self.conv, padded)
     return y, padded[:, -self.past_frames:]
 
 

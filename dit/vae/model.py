@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit.vae.config import VAEConfig
+from dit.vae.discriminator import PatchDiscriminator3D
 from dit.vae.layers import CausalConv3d, ChannelRMSNorm, FrameAttention, Resample
 from dit.vae.layers import ResidualBlock, run_layers
 
@@ -118,6 +119,10 @@ class CausalVAE(nnx.Module):
                                                     jnp.float32))
     self.latents_std = LatentStatistic(jnp.asarray(config.latents_std or [1.0] * z,
                                                    jnp.float32))
+    # Trained beside the VAE (training/vae_step.py) and saved with it; coding never uses it.
+    self.discriminator = PatchDiscriminator3D(
+        config.in_channels, config.discriminator_channels, config.discriminator_layers,
+        rngs=rngs) if config.discriminator_channels else None
 
   def encode(self, video: jax.Array, cache=None):
     """video [B, T, H, W, C] -> ((mean, logvar) each [B, T', H', W', Z] float32, cache)."""
