@@ -30,6 +30,7 @@ from configs.common import latent_vae
 from data import latent_shards
 from data.sources import make_source
 from dit.vae import coding
+from rundir.logs import quiet_library_logs
 from rundir.open_vae import open_latent_vae, pixel_shape, vae_version
 
 FLAGS = flags.FLAGS
@@ -129,6 +130,7 @@ def _write_shard(path: str, source, indices: range, encode, state, batch_size: i
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
   try:
     manifest = encode_dataset(FLAGS.config, FLAGS.out, FLAGS.num_examples, FLAGS.shard_size,
                               FLAGS.batch_size, FLAGS.tile)
