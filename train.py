@@ -53,7 +53,8 @@ from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
 from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, latent_normalizer,
-                             open_latent_vae, pixel_shape, write_latent_statistics)
+                             open_latent_vae, pin_vae_step, pixel_shape,
+                             write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
@@ -177,6 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     config.latents.vae = os.path.abspath(latent_vae(config))
   if latent_shards_folder(config):
     config.latents.shards = os.path.abspath(latent_shards_folder(config))
+  pin_vae_step(config, workdir)  # one VAE checkpoint for the whole run, resumed or not
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints

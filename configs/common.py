@@ -273,6 +273,8 @@ def latents_config(**overrides) -> ml_collections.ConfigDict:
                 # weights (Wan2.1_VAE.pth, or diffusers' .safetensors)
       shards="",  # "": encode each batch on the fly; else a folder of latent shards of the data
                   # (python -m data.encode_latents) to train on
+      vae_step=0,  # the VAE run's checkpoint: 0 takes its newest when training starts and
+                   # records it, so the run trains and decodes with one VAE throughout
   )
 
 
@@ -280,6 +282,12 @@ def latent_vae(config: ml_collections.ConfigDict) -> str:
   """The VAE a DiT experiment trains in the latent space of, or "" (pixel space)."""
   latents = config.get("latents")
   return latents.vae if latents is not None else ""
+
+
+def latent_vae_step(config: ml_collections.ConfigDict) -> int | None:
+  """The VAE run checkpoint a latent DiT uses (None: the newest)."""
+  latents = config.get("latents")
+  return (latents.get("vae_step") or None) if latents is not None else None
 
 
 def latent_shards_folder(config: ml_collections.ConfigDict) -> str:

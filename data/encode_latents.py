@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from configs.checks import trains, validate_config
-from configs.common import latent_vae
+from configs.common import latent_vae, latent_vae_step
 from data import latent_shards
 from data.sources import make_source
 from dit.vae import coding
@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 def shards_identity(config: ml_collections.ConfigDict) -> dict:
   """What a DiT experiment needs its latent shards to have been encoded from: its VAE (and that
   VAE's checkpoint), data section, seed and latent shape."""
-  return dict(vae_version(latent_vae(config)),
+  return dict(vae_version(latent_vae(config), latent_vae_step(config)),
               data={"name": config.data.name, "kwargs": config.data.kwargs.to_dict()},
               seed=config.seed,
               latent_shape=[*config.train.video_shape, config.model.in_channels])

@@ -64,4 +64,8 @@ def identity_changes(saved: ml_collections.ConfigDict,
   if trains[1] == "dit":  # the latent space the DiT was trained in ("": pixels)
     pairs.append(("latents.vae", old.get("latents", {}).get("vae", ""),
                   new.get("latents", {}).get("vae", "")))
+    saved_step = old.get("latents", {}).get("vae_step") or 0  # 0: not pinned (older runs)
+    new_step = new.get("latents", {}).get("vae_step") or 0
+    if saved_step and new_step:  # train.py pins an unset one to the saved run's
+      pairs.append(("latents.vae_step", saved_step, new_step))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

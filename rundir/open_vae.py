@@ -42,16 +42,16 @@ def vae_config_of(path: str) -> VAEConfig:
   return VAEConfig.from_dict(config.vae)
 
 
-def open_vae(path: str, statistics: bool = True) -> CausalVAE:
-  """The VAE at `path`, on this process's first device: a VAE run's workdir (its newest
-  checkpoint's EMA parameters, its latent statistics unless `statistics=False`) or a Wan2.1
-  weights file."""
+def open_vae(path: str, statistics: bool = True, step: int | None = None) -> CausalVAE:
+  """The VAE at `path`, on this process's first device: a VAE run's workdir (the EMA parameters
+  of its checkpoint `step`, the newest when None; its latent statistics unless
+  `statistics=False`) or a Wan2.1 weights file."""
   if is_weights_file(path):
     from weights.wan_vae import load_wan_vae  # noqa: PLC0415
     return load_wan_vae(path)
   vae_config = vae_config_of(path)
   if not statistics:
-    return _restore(path, vae_config)
+    return _restore(path, vae_config, step)
   statistics = os.path.join(path, STATISTICS_FILE)
   if not os.path.exists(statistics):
     raise FileNotFoundError(f"{statistics} not found: the VAE run writes it when its training "
@@ -59,7 +59,7 @@ def open_vae(path: str, statistics: bool = True) -> CausalVAE:
                             "write_latent_statistics)")
   with open(statistics) as f:
     measured = json.load(f)
-  vae = _restore(path, vae_config)
+  vae = _restore(path, vae_config, step)
   vae.latents_mean.set_value(jnp.asarray(measured["mean"], jnp.float32))
   vae.latents_std.set_value(jnp.asarray(measured["std"], jnp.float32))
   return vae
@@ -68,7 +68,7 @@ def open_vae(path: str, statistics: bool = True) -> CausalVAE:
 def open_latent_vae(config):
   """The VAE config.latents names (None in pixel space), after checking that the DiT takes its
   latents: model.in_channels its latent channels."""
-  from configs.common import latent_vae  # noqa: PLC0415
+  from configs.common import latent_vae, latent_vae_step  # noqa: PLC0415
   path = latent_vae(config)
   if not path:
     return None
@@ -78,29 +78,51 @@ def open_latent_vae(config):
             f"--workdir={path})")
     raise FileNotFoundError(f"config.latents.vae={path!r} does not exist: {hint}, or point it "
                             "at a VAE run or at Wan2.1's VAE weights")
-  vae = open_vae(path)
+  vae = open_vae(path, step=latent_vae_step(config))
   if config.model.in_channels != vae.config.latent_channels:
     raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
                      f"{vae.config.latent_channels} latent channels: make them agree")
   return vae
 
 
-def vae_version(path: str) -> dict:
-  """What identifies the weights open_vae(path) gives: a VAE run's newest checkpoint step, or a
-  weights file's size (recorded with latent shards, so shards of other weights are refused)."""
+def vae_version(path: str, step: int | None = None) -> dict:
+  """What identifies the weights open_vae(path, step=step) gives: a VAE run's checkpoint step
+  (the newest when None), or a weights file's size (recorded with latent shards, so shards of
+  other weights are refused)."""
   path = os.path.abspath(path)
   if is_weights_file(path):
     return {"vae": path, "vae_checkpoint": os.path.getsize(path)}
-  return {"vae": path, "vae_checkpoint": max(checkpoints.saved_steps(path), default=None)}
+  return {"vae": path, "vae_checkpoint": step or max(checkpoints.saved_steps(path), default=None)}
 
 
-def _restore(workdir: str, vae_config: VAEConfig) -> CausalVAE:
+def pin_vae_step(config, workdir: str) -> None:
+  """Records in config.latents.vae_step the VAE run checkpoint a latent DiT run uses: the one
+  its saved config names when it resumes, else the VAE run's newest. Wan2.1's weights and
+  pixel-space runs are left alone."""
+  from configs.common import latent_vae, latent_vae_step  # noqa: PLC0415
+  path = latent_vae(config)
+  if not path or is_weights_file(path) or latent_vae_step(config) or not os.path.isdir(path):
+    return
+  step = None
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    saved = load_config(workdir)
+    if latent_vae(saved) == path:
+      step = latent_vae_step(saved)
+  with config.unlocked():
+    config.latents.vae_step = step or max(checkpoints.saved_steps(path), default=0)
+
+
+def _restore(workdir: str, vae_config: VAEConfig, step: int | None = None) -> CausalVAE:
   config = load_config(workdir)
   graphdef, abstract = abstract_train_state(vae_config, config.optim)
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
                           abstract)
-  params, model_state, _ = checkpoints.restore_params(workdir, abstract, use_ema=True)
+  if step is not None and step not in checkpoints.saved_steps(workdir):
+    raise FileNotFoundError(f"the VAE run {workdir} has no checkpoint {step} (it has "
+                            f"{checkpoints.saved_steps(workdir)}); the latent DiT was trained "
+                            "with that one: restore it, or train a new DiT")
+  params, model_state, _ = checkpoints.restore_params(workdir, abstract, use_ema=True, step=step)
   return nnx.merge(graphdef, params, model_state)
 
 

@@ -102,6 +102,12 @@ def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_
   assert int(state.step) == 4
   saved = load_config(tmp_path)
   assert saved.latents.vae == str(vae_run) and os.path.isabs(saved.latents.vae)
+  assert saved.latents.vae_step == 6  # pinned: a VAE run that trains on is not picked up
+  changed = load_config(tmp_path)
+  changed.latents.vae_step = 3
+  assert train.identity_changes(saved, changed) == ["latents.vae_step: 6 -> 3"]
+  with pytest.raises(FileNotFoundError, match="has no checkpoint 9 .* trained with that one"):
+    open_vae(str(vae_run), step=9)
   pixels = load_config(tmp_path)
   pixels.latents.vae = ""  # the same DiT in pixel space: another run
   assert train.identity_changes(saved, pixels) == [f"latents.vae: {str(vae_run)!r} -> ''"]
