@@ -7,7 +7,8 @@ training reads latents instead of running the VAE's encoder every step.
         --config.latents.shards=runs/latents
 
 The config's data section and seed give the videos (example i of the source, in order), its
-latents.vae the VAE (a VAE run's newest checkpoint, or Wan2.1's weights). Shard k holds examples
+latents.vae the VAE (Wan2.1's weights, or a VAE run's checkpoint latents.vae_step: its newest
+when 0). Shard k holds examples
 [k * shard_size, (k + 1) * shard_size). The result is deterministic: the same arguments give
 the same bytes. It is resumable: each shard is written under a temporary name and renamed when
 complete, so running the command again after an interruption encodes only the shards that are
