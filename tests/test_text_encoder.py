@@ -100,8 +100,10 @@ def test_bert_forward_matches_a_float64_reference_and_ignores_padding(key, tmp_p
   states = np.asarray(jax.jit(bert_forward, static_argnums=3)(params, ids, mask, config))
   assert states.shape == (3, 12, TINY["hidden_size"]) and states.dtype == np.float32
   for row, n in enumerate(lengths):
+    # float32 through two layers of unit-scale LayerNorm outputs: over 200 seeds the worst
+    # error was 3.4e-5 on one CPU, and another CPU's matmul order went past 1e-5.
     np.testing.assert_allclose(states[row, :n], reference_bert(weights, list(ids[row, :n])),
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prefix", ["bert.", "0.auto_model."])
