@@ -53,7 +53,7 @@ from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
 from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, latent_normalizer,
-                             open_latent_vae, pin_vae_step, pixel_shape,
+                             open_latent_vae, pin_latent_vae, pixel_shape,
                              write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
@@ -63,7 +63,8 @@ from text_encoders.encoders import text_encoder_for
 from training import checkpoints
 from training.layout import (check_fits_mesh, global_batch, init_sharded_train_state,
                              jit_train_step, train_state_layout)
-from training.optimizer import learning_rate_schedule, make_optimizer
+from training.optimizer import learning_rate_schedule
+from training.train_state import optimizer_for
 from training.train_step import make_train_step
 from training.vae_step import make_vae_train_step, reconstruct
 
@@ -178,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     config.latents.vae = os.path.abspath(latent_vae(config))
   if latent_shards_folder(config):
     config.latents.shards = os.path.abspath(latent_shards_folder(config))
-  pin_vae_step(config, workdir)  # one VAE checkpoint for the whole run, resumed or not
+  pin_latent_vae(config, workdir)  # one VAE for the whole run, resumed or not
   mesh = make_mesh(dict(config.mesh))
   check_fits_mesh(config, mesh)
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
@@ -247,7 +248,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
       vae.config, config.train.video_shape)
   source, data_iterator = make_data(config, text_encoder, pixels)
 
-  optimizer = make_optimizer(config.optim)
+  optimizer = optimizer_for(model, config.optim)
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
                                                      config.sharding.rules)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -263,11 +264,17 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
 
+  image_step = None
   step_options = dict(ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
                       learning_rate=learning_rate_schedule(config.optim))
   if trains(config) == "vae":
+    perceptual = perceptual_loss(config.vae_loss)
     train_step = make_vae_train_step(graphdef, optimizer, config.vae_loss,
-                                     perceptual=perceptual_loss(config.vae_loss), **step_options)
+                                     perceptual=perceptual, **step_options)
+    if config.vae_loss.image_steps:  # the first steps train on the videos' first frames
+      image_step = jit_train_step(
+          make_vae_train_step(graphdef, optimizer, config.vae_loss, perceptual=perceptual,
+                              images=True, **step_options), shardings, mesh)
     preview = (Reconstructions(graphdef, source, config.vae_loss.reconstructions)
                if config.train.sample_every else None)
     throughput = config.train.batch_size * int(np.prod(config.train.video_shape))  # pixels
@@ -294,7 +301,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     with TerminationRequest() as termination:
       for step in range(start, train_cfg.num_steps):
         batch = global_batch(model_inputs(next(data_iterator)), mesh)
-        state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
+        step_fn = (image_step if image_step and step < config.vae_loss.image_steps
+                   else train_step)
+        state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
         pending.append(metrics)
         done = step + 1
         progress.update(1)

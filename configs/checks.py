@@ -210,7 +210,7 @@ def validate_vae_loss_config(config: ml_collections.ConfigDict, vae: VAEConfig) 
 
   errors = [f"vae_loss.{field}={config[field]} must be >= 0"
             for field in ("l1", "l2", "kl", "perceptual", "reconstructions", "adversarial",
-                          "adversarial_start")
+                          "adversarial_start", "image_steps")
             if config[field] < 0]
   if config.adversarial > 0 and not vae.discriminator_channels:
     errors.append(f"vae_loss.adversarial={config.adversarial} needs a discriminator: set "
@@ -240,8 +240,43 @@ def validate_vae_experiment(config: ml_collections.ConfigDict) -> VAEConfig:
       "video is", "train.video_shape is") for e in vae.video_shape_errors(shape)
       if "channels" not in e])
   validate_vae_loss_config(config.vae_loss, vae)
+  if config.vae_loss.image_steps >= config.train.num_steps:
+    raise_if_any("vae_loss", [
+        f"vae_loss.image_steps={config.vae_loss.image_steps} leaves none of the "
+        f"train.num_steps={config.train.num_steps} steps to videos: the VAE would never learn "
+        "motion; make it smaller"])
+  if vae.discriminator_channels:
+    cell = 2 ** vae.discriminator_layers
+    _, height, width = config.train.video_shape
+    if height % cell or width % cell:
+      raise_if_any("vae", [
+          f"vae.discriminator_layers={vae.discriminator_layers} halves the frames that many "
+          f"times, so train.video_shape's height and width must be multiples of {cell}, got "
+          f"{height}x{width}: use fewer discriminator layers or another size"])
   validate_data_config(config.data)
   return vae
+
+
+def validate_latents_config(config: ml_collections.ConfigDict) -> None:
+  """config.latents (a DiT in a VAE's latent space): shards need a VAE; pinned statistics give
+  a mean and a positive std per latent channel."""
+  latents = config.get("latents")
+  if latents is None:
+    return
+  errors = []
+  if latents.get("shards") and not latents.vae:
+    errors.append(f"latents.shards={latents.shards!r} needs latents.vae, the VAE they were "
+                  "encoded with (or set --config.latents.shards= to train in pixel space)")
+  mean, std = tuple(latents.get("latents_mean") or ()), tuple(latents.get("latents_std") or ())
+  if len(mean) != len(std):  # their count is checked against the VAE's when it is opened
+    errors.append(f"latents.latents_mean and latents_std give {len(mean)} and {len(std)} "
+                  "values: give one of each per latent channel, or neither (the VAE run's are "
+                  "taken)")
+  if any(not v > 0 for v in std):
+    errors.append(f"latents.latents_std={std} must be positive")
+  if latents.get("vae_step", 0) < 0:
+    errors.append(f"latents.vae_step={latents.vae_step} must be >= 0 (0: the newest)")
+  raise_if_any("latents", errors)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
@@ -262,4 +297,5 @@ def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
   validate_data_config(config.data)
   validate_text_config(config.text)
   validate_eval_config(config.eval)
+  validate_latents_config(config)
   return model

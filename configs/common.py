@@ -261,6 +261,9 @@ def vae_loss_config(**overrides) -> ml_collections.ConfigDict:
       adversarial=0.0,        # weight of the hinge GAN loss of vae.discriminator_channels'
                               # 3D patch discriminator (0: none)
       adversarial_start=0,    # step from which the discriminator and that loss train
+      image_steps=0,          # the first steps train on each video's first frame alone (an
+                              # image: the causal VAE codes it alone), ~T times cheaper a step:
+                              # the spatial layers learn shapes before motion is asked of them
   )
 
 
@@ -275,6 +278,9 @@ def latents_config(**overrides) -> ml_collections.ConfigDict:
                   # (python -m data.encode_latents) to train on
       vae_step=0,  # the VAE run's checkpoint: 0 takes its newest when training starts and
                    # records it, so the run trains and decodes with one VAE throughout
+      latents_mean=(),  # the VAE run's per-channel latent statistics the DiT's latents are
+      latents_std=(),   # normalized by; () takes its latent_statistics.json's when training
+                        # starts and records them (a VAE run that trains on re-measures them)
   )
 
 
@@ -288,6 +294,14 @@ def latent_vae_step(config: ml_collections.ConfigDict) -> int | None:
   """The VAE run checkpoint a latent DiT uses (None: the newest)."""
   latents = config.get("latents")
   return (latents.get("vae_step") or None) if latents is not None else None
+
+
+def latent_statistics(config: ml_collections.ConfigDict) -> tuple | None:
+  """The (mean, std) per latent channel a latent DiT pinned (None: its VAE's own)."""
+  latents = config.get("latents")
+  if latents is None or not latents.get("latents_std"):
+    return None
+  return tuple(latents.latents_mean), tuple(latents.latents_std)
 
 
 def latent_shards_folder(config: ml_collections.ConfigDict) -> str:

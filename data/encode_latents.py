@@ -32,7 +32,7 @@ from data import latent_shards
 from data.sources import make_source
 from dit.vae import coding
 from rundir.logs import quiet_library_logs
-from rundir.open_vae import open_latent_vae, pixel_shape, vae_version
+from rundir.open_vae import open_latent_vae, pin_latent_vae, pixel_shape, vae_version
 
 FLAGS = flags.FLAGS
 
@@ -62,7 +62,13 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
   if shard_size < 1 or batch_size < 1 or tile < 0 or num_examples < 0:
     raise ValueError("--shard_size and --batch_size must be positive, --tile and "
                      "--num_examples at least 0")
+  pin_latent_vae(config)  # one VAE checkpoint for the manifest and the encoding
   vae = open_latent_vae(config)
+  factor = vae.config.spatial_factor
+  overlap = tile // 4 // factor * factor  # tiles overlap by a quarter, in whole latent pixels
+  if tile and tile % factor:
+    raise ValueError(f"--tile={tile} must be a multiple of the VAE's spatial factor {factor} "
+                     f"(e.g. {max(factor, tile // factor * factor)})")
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   count = min(num_examples or len(source), len(source))
   pixels = pixel_shape(vae.config, config.train.video_shape)
@@ -77,7 +83,8 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
 
   graphdef, state = nnx.split(vae)
   encode = jax.jit(lambda state, videos: coding.encode(nnx.merge(graphdef, state), videos,
-                                                       tile=tile or None)[0])
+                                                       tile=tile or None,
+                                                       overlap=overlap)[0])
   ranges = latent_shards.shard_ranges(count, shard_size)
   todo = set(latent_shards.missing_shards(out, manifest))
   done, started = len(ranges) - len(todo), time.perf_counter()
@@ -101,7 +108,7 @@ def _claim(out: str, manifest: dict) -> None:
                        + "\n  ".join(mismatches) + "\nEncode into a new --out (or run with "
                        "the arguments it was started with). Nothing in it was changed.")
     return
-  if os.path.isdir(out) and os.listdir(out):
+  if os.path.isdir(out) and [n for n in os.listdir(out) if n != latent_shards.MANIFEST + ".tmp"]:
     raise ValueError(f"{out} is not empty and holds no {latent_shards.MANIFEST}: choose a new "
                      "or empty --out")
   os.makedirs(out, exist_ok=True)

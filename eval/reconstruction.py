@@ -2,11 +2,14 @@
 
     python -m eval.reconstruction --vae=runs/vae_quickstart            # 64 test-split videos
     python -m eval.reconstruction --vae=runs/vae_quickstart --frames=17 --num_videos=256
+    python -m eval.reconstruction --vae=runs/vae_quickstart --size=64   # another frame size
 
 The videos come from the VAE run's data source with split="test" (moving digits keep their
-test digits apart; slower when --frames would carry a digit off the canvas) and --frames frames, are encoded to posterior means and decoded a chunk at a
-time (dit/vae/coding.py), and compared in [-1, 1] (training/reconstruction_metrics.py). The
-results are printed and written to <vae>/eval/reconstruction_<frames>f.json.
+test digits apart; slower when --frames would carry a digit off the canvas), with --frames
+frames of --size pixels (a VAE is convolutional: one trained on small frames codes larger
+ones), are encoded to posterior means and decoded a chunk at a time (dit/vae/coding.py), and
+compared in [-1, 1] (training/reconstruction_metrics.py). The results are printed and written
+to <vae>/eval/reconstruction_<frames>f[_<size>px].json.
 """
 import json
 import os
@@ -18,13 +21,14 @@ from absl import app, flags
 flags.DEFINE_string("vae", None, "a VAE run's workdir (train.py with config.trains='vae')")
 flags.DEFINE_integer("frames", 17, "frames per video (1 + 4k)")
 flags.DEFINE_integer("num_videos", 64, "held-out videos")
+flags.DEFINE_integer("size", 0, "frame height and width of moving digits (0: the VAE run's)")
 flags.DEFINE_integer("batch_size", 8, "videos per call")
 flags.DEFINE_integer("tile", 0, "code in tiles of this many pixels (0: whole frames)")
 FLAGS = flags.FLAGS
 
 
 def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
-             tile: int = 0) -> dict:
+             tile: int = 0, size: int = 0) -> dict:
   from data.sources import make_source  # noqa: PLC0415
   from dit.vae import coding  # noqa: PLC0415
   from rundir.config_file import load_config  # noqa: PLC0415
@@ -34,6 +38,11 @@ def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
   config = load_config(workdir)
   vae = open_vae(workdir, statistics=False)
   kwargs = dict(config.data.kwargs, num_frames=frames, num_examples=num_videos)
+  if size:
+    if config.data.name != "moving_digits":
+      raise ValueError(f"--size={size} sets the frame size of moving digits; {workdir} trained "
+                       f"on {config.data.name!r}")
+    kwargs["size"] = size
   if config.data.name == "moving_digits":  # held-out digits, slowed to stay on the canvas
     kwargs["split"] = "test"
     room = kwargs.get("size", 32) - 8 * kwargs.get("digit_scale", 2)
@@ -60,8 +69,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_library_logs()
-  results = evaluate(FLAGS.vae, FLAGS.frames, FLAGS.num_videos, FLAGS.batch_size, FLAGS.tile)
+  results = evaluate(FLAGS.vae, FLAGS.frames, FLAGS.num_videos, FLAGS.batch_size, FLAGS.tile,
+                     FLAGS.size)
   out = os.path.join(FLAGS.vae, "eval", f"reconstruction_{FLAGS.frames}f"
+                     + (f"_{FLAGS.size}px" if FLAGS.size else "")
                      + (f"_tile{FLAGS.tile}" if FLAGS.tile else "") + ".json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:

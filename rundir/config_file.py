@@ -68,4 +68,9 @@ def identity_changes(saved: ml_collections.ConfigDict,
     new_step = new.get("latents", {}).get("vae_step") or 0
     if saved_step and new_step:  # train.py pins an unset one to the saved run's
       pairs.append(("latents.vae_step", saved_step, new_step))
+    for name in ("latents_mean", "latents_std"):  # the same
+      saved_value = tuple(old.get("latents", {}).get(name) or ())
+      new_value = tuple(new.get("latents", {}).get(name) or ())
+      if saved_value and new_value:
+        pairs.append((f"latents.{name}", saved_value, new_value))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from configs.checks import validate_config
-from configs.common import latent_vae, latent_vae_step
+from configs.common import latent_statistics, latent_vae, latent_vae_step
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from rundir.config_file import load_config
@@ -102,5 +102,5 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
   return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
              params=params, model_state=model_state, step=step,
              text_encoder=text_encoder_for(config),
-             decoder=latent_decoder(open_vae(vae, step=latent_vae_step(config))) if vae
-             else None)
+             decoder=latent_decoder(open_vae(vae, statistics=latent_statistics(config) or True,
+                                             step=latent_vae_step(config))) if vae else None)

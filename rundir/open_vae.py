@@ -42,33 +42,45 @@ def vae_config_of(path: str) -> VAEConfig:
   return VAEConfig.from_dict(config.vae)
 
 
-def open_vae(path: str, statistics: bool = True, step: int | None = None) -> CausalVAE:
+def open_vae(path: str, statistics=True, step: int | None = None) -> CausalVAE:
   """The VAE at `path`, on this process's first device: a VAE run's workdir (the EMA parameters
-  of its checkpoint `step`, the newest when None; its latent statistics unless
-  `statistics=False`) or a Wan2.1 weights file."""
+  of its checkpoint `step`, the newest when None) or a Wan2.1 weights file. A VAE run's latent
+  statistics are its latent_statistics.json's (statistics=True), left unset (False), or the
+  given (mean, std) per channel (what a latent DiT pinned)."""
   if is_weights_file(path):
     from weights.wan_vae import load_wan_vae  # noqa: PLC0415
     return load_wan_vae(path)
   vae_config = vae_config_of(path)
-  if not statistics:
-    return _restore(path, vae_config, step)
+  if statistics is True:
+    measured = read_latent_statistics(path)
+    statistics = measured["mean"], measured["std"]
+  vae = _restore(path, vae_config, step)
+  if statistics:
+    mean, std = statistics
+    if len(mean) != vae_config.latent_channels or len(std) != vae_config.latent_channels:
+      raise ValueError(f"latent statistics of {len(mean)} and {len(std)} channels for the VAE "
+                       f"{path} of {vae_config.latent_channels}: give one mean and std per "
+                       "latent channel")
+    vae.latents_mean.set_value(jnp.asarray(mean, jnp.float32))
+    vae.latents_std.set_value(jnp.asarray(std, jnp.float32))
+  return vae
+
+
+def read_latent_statistics(path: str) -> dict:
+  """A VAE run's latent_statistics.json: {"mean", "std", "videos", "step"}."""
   statistics = os.path.join(path, STATISTICS_FILE)
   if not os.path.exists(statistics):
     raise FileNotFoundError(f"{statistics} not found: the VAE run writes it when its training "
                             "ends (finish the run, or call rundir.open_vae."
                             "write_latent_statistics)")
   with open(statistics) as f:
-    measured = json.load(f)
-  vae = _restore(path, vae_config, step)
-  vae.latents_mean.set_value(jnp.asarray(measured["mean"], jnp.float32))
-  vae.latents_std.set_value(jnp.asarray(measured["std"], jnp.float32))
-  return vae
+    return json.load(f)
 
 
 def open_latent_vae(config):
   """The VAE config.latents names (None in pixel space), after checking that the DiT takes its
   latents: model.in_channels its latent channels."""
-  from configs.common import latent_vae, latent_vae_step  # noqa: PLC0415
+  from configs.common import latent_statistics, latent_vae, latent_vae_step  # noqa: PLC0415
   path = latent_vae(config)
   if not path:
     return None
@@ -78,7 +90,8 @@ def open_latent_vae(config):
             f"--workdir={path})")
     raise FileNotFoundError(f"config.latents.vae={path!r} does not exist: {hint}, or point it "
                             "at a VAE run or at Wan2.1's VAE weights")
-  vae = open_vae(path, step=latent_vae_step(config))
+  vae = open_vae(path, statistics=latent_statistics(config) or True,
+                 step=latent_vae_step(config))
   if config.model.in_channels != vae.config.latent_channels:
     raise ValueError(f"model.in_channels={config.model.in_channels} but the VAE {path} has "
                      f"{vae.config.latent_channels} latent channels: make them agree")
@@ -95,21 +108,54 @@ def vae_version(path: str, step: int | None = None) -> dict:
   return {"vae": path, "vae_checkpoint": step or max(checkpoints.saved_steps(path), default=None)}
 
 
-def pin_vae_step(config, workdir: str) -> None:
-  """Records in config.latents.vae_step the VAE run checkpoint a latent DiT run uses: the one
-  its saved config names when it resumes, else the VAE run's newest. Wan2.1's weights and
-  pixel-space runs are left alone."""
-  from configs.common import latent_vae, latent_vae_step  # noqa: PLC0415
+def pin_latent_vae(config, workdir: str | None = None) -> None:
+  """Records in config.latents the VAE run checkpoint (vae_step) and latent statistics
+  (latents_mean, latents_std) a latent DiT run trains and decodes with: those its saved config
+  names when it resumes, else the VAE run's newest checkpoint and latent_statistics.json. What
+  the config sets already is kept. Process 0 decides for all. Wan2.1's weights (their
+  statistics are built in) and pixel-space runs are left alone."""
+  from configs.common import latent_statistics, latent_vae, latent_vae_step  # noqa: PLC0415
   path = latent_vae(config)
-  if not path or is_weights_file(path) or latent_vae_step(config) or not os.path.isdir(path):
+  if not path or is_weights_file(path) or not os.path.isdir(path):
     return
-  step = None
-  if os.path.exists(os.path.join(workdir, "config.json")):
-    saved = load_config(workdir)
-    if latent_vae(saved) == path:
-      step = latent_vae_step(saved)
+  step, statistics = latent_vae_step(config), latent_statistics(config)
+  if step and statistics:
+    return
+  saved = _saved_latents(workdir, path)
+  step = step or saved.get("vae_step") or max(checkpoints.saved_steps(path), default=0)
+  if not statistics and saved.get("latents_std"):
+    statistics = saved["latents_mean"], saved["latents_std"]
+  if not statistics and step:
+    measured = read_latent_statistics(path)
+    if measured.get("step") not in (None, step):
+      print(f"note: {path}'s latent statistics were measured at its step {measured['step']}; "
+            f"the DiT uses its checkpoint {step} and normalizes its latents by them")
+    statistics = measured["mean"], measured["std"]
+  if jax.process_count() > 1:  # a VAE run that saves meanwhile must not split the processes
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    channels = len(statistics[0]) if statistics else 0
+    packed = np.asarray([step, *(statistics[0] if statistics else ()),
+                         *(statistics[1] if statistics else ())], np.float64)
+    packed = np.asarray(multihost_utils.broadcast_one_to_all(packed))
+    step = int(packed[0])
+    statistics = (tuple(packed[1:1 + channels]), tuple(packed[1 + channels:])) if channels else None
   with config.unlocked():
-    config.latents.vae_step = step or max(checkpoints.saved_steps(path), default=0)
+    config.latents.vae_step = step
+    if statistics:
+      config.latents.latents_mean = tuple(float(v) for v in statistics[0])
+      config.latents.latents_std = tuple(float(v) for v in statistics[1])
+
+
+def _saved_latents(workdir: str | None, vae_path: str) -> dict:
+  """The config.latents a saved DiT run in `workdir` trained with, if it trained (has
+  checkpoints) with the VAE at `vae_path`; else {}."""
+  if not workdir or not (os.path.exists(os.path.join(workdir, "config.json"))
+          and checkpoints.saved_steps(workdir)):
+    return {}
+  latents = load_config(workdir).get("latents")
+  if latents is None or latents.get("vae") != vae_path:
+    return {}
+  return latents.to_dict()
 
 
 def _restore(workdir: str, vae_config: VAEConfig, step: int | None = None) -> CausalVAE:
@@ -120,8 +166,10 @@ def _restore(workdir: str, vae_config: VAEConfig, step: int | None = None) -> Ca
                           abstract)
   if step is not None and step not in checkpoints.saved_steps(workdir):
     raise FileNotFoundError(f"the VAE run {workdir} has no checkpoint {step} (it has "
-                            f"{checkpoints.saved_steps(workdir)}); the latent DiT was trained "
-                            "with that one: restore it, or train a new DiT")
+                            f"{checkpoints.saved_steps(workdir)}): a latent DiT trained with "
+                            "that one (its config.latents.vae_step) decodes only with it; "
+                            "restore it, or train a new DiT (--config.latents.vae_step=0 takes "
+                            "the newest)")
   params, model_state, _ = checkpoints.restore_params(workdir, abstract, use_ema=True, step=step)
   return nnx.merge(graphdef, params, model_state)
 

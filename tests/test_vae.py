@@ -80,6 +80,20 @@ def test_no_latent_or_frame_sees_the_future(key):
   assert not np.allclose(decoded[:, 5:], decoded_later[:, 5:], atol=1e-3)
 
 
+def test_a_new_vae_codes_each_latent_frame_from_one_frame(key):
+  """Initialised as an image VAE inflated to video: latent frame k holds frame 4k alone, and
+  the decoder repeats each latent frame's image over its four frames."""
+  vae = CausalVAE(TINY, rngs=nnx.Rngs(0))
+  video = random_video(key)
+  others = video.at[:, jnp.array([1, 2, 3, 5, 6, 7])].set(0.5)
+  mean, _ = encode(vae, video)
+  np.testing.assert_array_equal(encode(vae, others)[0], mean)
+  frames = decode(vae, mean, clip=False)
+  np.testing.assert_allclose(frames[:, 1:5], jnp.repeat(frames[:, 4:5], 4, axis=1), atol=1e-6)
+  np.testing.assert_allclose(frames[:, 5:], jnp.repeat(frames[:, 8:9], 4, axis=1), atol=1e-6)
+  assert not np.allclose(frames[:, 0], frames[:, 4], atol=1e-3)
+
+
 def test_an_image_codes_as_the_first_frame_of_a_video(key):
   vae = random_vae(key)
   video = random_video(key)

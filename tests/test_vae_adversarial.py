@@ -65,10 +65,10 @@ def test_neither_player_trains_before_the_warm_up_ends(key):
   config = get_config("tiny")
   config.unlock()
   config.vae_loss.update(adversarial=0.5, adversarial_start=1)
-  config.optim.update(warmup_steps=0, weight_decay=0.0)
-  graphdef, state = init_train_state(CausalVAE(TINY, rngs=nnx.Rngs(2)),
-                                     make_optimizer(config.optim))
-  step = jax.jit(make_vae_train_step(graphdef, make_optimizer(config.optim), config.vae_loss))
+  config.optim.update(warmup_steps=0, weight_decay=0.1)  # decay, yet not on the waiting critic
+  optimizer = make_optimizer(config.optim, discriminator=True)
+  graphdef, state = init_train_state(CausalVAE(TINY, rngs=nnx.Rngs(2)), optimizer)
+  step = jax.jit(make_vae_train_step(graphdef, optimizer, config.vae_loss))
   batch = {"video": jax.random.uniform(key, (2, *SHAPE, 1), minval=-1, maxval=1)}
   critic = lambda s: s.params["discriminator"]
   before = critic(state)

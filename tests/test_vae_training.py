@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import train
+from configs.checks import validate_config
 from eval import reconstruction
 from configs.latent_quickstart import get_config as latent_config
 from configs.vae_quickstart import get_config
@@ -102,12 +103,26 @@ def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_
   assert int(state.step) == 4
   saved = load_config(tmp_path)
   assert saved.latents.vae == str(vae_run) and os.path.isabs(saved.latents.vae)
-  assert saved.latents.vae_step == 6  # pinned: a VAE run that trains on is not picked up
+  # Pinned: a VAE run that trains on (a newer checkpoint, re-measured statistics) is not
+  # picked up by this DiT, resumed or sampled.
+  measured = json.loads((vae_run / STATISTICS_FILE).read_text())
+  assert saved.latents.vae_step == 6
+  assert list(saved.latents.latents_std) == pytest.approx(measured["std"], rel=1e-12)
+  assert list(saved.latents.latents_mean) == pytest.approx(measured["mean"], rel=1e-12)
   changed = load_config(tmp_path)
   changed.latents.vae_step = 3
-  assert train.identity_changes(saved, changed) == ["latents.vae_step: 6 -> 3"]
-  with pytest.raises(FileNotFoundError, match="has no checkpoint 9 .* trained with that one"):
+  changed.latents.latents_std = (1.0,) * 4
+  assert train.identity_changes(saved, changed) == [
+      "latents.vae_step: 6 -> 3",
+      f"latents.latents_std: {tuple(saved.latents.latents_std)!r} -> (1.0, 1.0, 1.0, 1.0)"]
+  with pytest.raises(FileNotFoundError, match=r"has no checkpoint 9 .*\(its config\.latents\."
+                                              r"vae_step\)"):
     open_vae(str(vae_run), step=9)
+  shards_only = latent_config("tiny")
+  shards_only.unlock()
+  shards_only.latents.update(vae="", shards="x")
+  with pytest.raises(ValueError, match="latents.shards='x' needs latents.vae"):
+    validate_config(shards_only)
   pixels = load_config(tmp_path)
   pixels.latents.vae = ""  # the same DiT in pixel space: another run
   assert train.identity_changes(saved, pixels) == [f"latents.vae: {str(vae_run)!r} -> ''"]
@@ -178,6 +193,10 @@ def test_latent_shards_are_deterministic_resumable_and_train_a_dit(vae_run, tmp_
   with pytest.raises(ValueError, match=r"(?s)holds latent shards of something else.*"
                                        r"shard_size: 8 -> 4"):
     encode_dataset(config, str(out), num_examples=20, shard_size=4, batch_size=4)
+  with pytest.raises(ValueError, match="--tile=6 must be a multiple of the VAE's spatial "
+                                       "factor 4"):
+    encode_dataset(config, str(tmp_path / "tiled"), num_examples=20, tile=6)
+  assert not (tmp_path / "tiled").exists()  # refused before anything was written
   assert {n: (out / n).read_bytes() for n in names} == original
 
   config.unlock()

@@ -23,9 +23,35 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm gradient clipping."""
-  return optax.chain(
+def make_optimizer(config: ml_collections.ConfigDict,
+                   discriminator: bool = False) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay and global-norm gradient clipping. With `discriminator`
+  (a VAE trained with a 3D patch discriminator, its parameters under params["discriminator"]):
+  the discriminator has its own optimizer, Adam with betas (0.5, 0.9) at the constant config.lr
+  with its own clipping and no weight decay (the usual choice for a GAN's critic, e.g.
+  taming-transformers'). Its gradients are zero until vae_loss.adversarial_start, and so are
+  its updates: it stays as initialised through the warm-up."""
+  network = optax.chain(
       optax.clip_by_global_norm(config.grad_clip),
       optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
                   weight_decay=config.weight_decay, mask=decay_mask))
+  if not discriminator:
+    return network
+  critic = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                       optax.adam(config.lr, b1=0.5, b2=0.9))
+  return optax.multi_transform({"network": network, DISCRIMINATOR: critic}, player_labels)
+
+
+DISCRIMINATOR = "discriminator"  # the VAE's submodule that holds the discriminator
+
+
+def player_labels(params):
+  """Each parameter's optimizer: "discriminator" under params["discriminator"], else
+  "network"."""
+
+  def label(path, _):
+    first = path[0]
+    return (DISCRIMINATOR if isinstance(first, jax.tree_util.DictKey)
+            and first.key == DISCRIMINATOR else "network")
+
+  return jax.tree_util.tree_map_with_path(label, params)

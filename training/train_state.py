@@ -45,7 +45,14 @@ def initial_train_state(model: NetworkConfig, optim: ml_collections.ConfigDict,
                         seed: int) -> tuple[nnx.GraphDef, TrainState]:
   """(graphdef, TrainState at step 0): the network initialised from `seed`, config.optim's
   optimizer."""
-  return init_train_state(build_network(model, seed), make_optimizer(optim))
+  return init_train_state(build_network(model, seed), optimizer_for(model, optim))
+
+
+def optimizer_for(model: NetworkConfig,
+                  optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """config.optim's optimizer for the network `model` describes; a VAE's discriminator, if it
+  has one, gets its own (training/optimizer.py)."""
+  return make_optimizer(optim, discriminator=bool(getattr(model, "discriminator_channels", 0)))
 
 
 def abstract_train_state(model: NetworkConfig,

@@ -14,8 +14,12 @@ value), psnr and ssim of the clipped reconstruction, the perceptual distance and
 players' adversarial losses when used. L1 seeks the median: on sparse videos (a digit on
 black) it can sit at an empty frame for hundreds of steps, where the squared error moves at
 once. The discriminator (dit/vae/discriminator.py) is part of the VAE's parameters, so one
-optimizer, EMA and checkpoint carry both players; before the warm-up ends neither is trained
-(their gradients are zero; AdamW's weight decay still applies).
+train state and checkpoint carry both players; it has its own optimizer within it
+(training/optimizer.py). Before the warm-up ends neither is trained by the adversarial loss:
+its gradients are zero. With loss.image_steps the first steps train on each video's first
+frame alone, an image the causal VAE codes on its own: about T times cheaper a step, they
+teach the spatial layers shapes before motion is asked of them (the VAE starts as an image VAE
+inflated to video, dit/vae/layers.py).
 """
 import jax
 import jax.numpy as jnp
@@ -48,7 +52,9 @@ def make_vae_grad_fn(graphdef: nnx.GraphDef, loss: ml_collections.ConfigDict, pe
     metrics = dict(l1=l1, l2=l2, kl=kl / mean[0].size,
                    psnr=jnp.mean(psnr(clipped, video)), ssim=jnp.mean(ssim(clipped, video)))
     if perceptual is not None and loss.perceptual:
-      distance = jnp.mean(perceptual(recon, video))
+      # I3D needs 9 frames or more: images (loss.image_steps) are judged by the pixels alone.
+      distance = (jnp.mean(perceptual(recon, video)) if video.shape[1] >= 9
+                  else jnp.zeros((), jnp.float32))
       total = total + loss.perceptual * distance
       metrics["perceptual"] = distance
     if loss.adversarial:
@@ -73,10 +79,19 @@ def adversarial_losses(discriminator: nnx.Module, video: jax.Array, recon: jax.A
 
 
 def make_vae_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                        loss: ml_collections.ConfigDict, *, perceptual=None, **kwargs):
+                        loss: ml_collections.ConfigDict, *, perceptual=None, images: bool = False,
+                        **kwargs):
   """The VAE's pure step; keywords as training.train_step.step_from_grads'. With
-  loss.adversarial the discriminator and its loss join at step loss.adversarial_start."""
-  step = step_from_grads(make_vae_grad_fn(graphdef, loss, perceptual), optimizer, **kwargs)
+  loss.adversarial the discriminator and its loss join at step loss.adversarial_start. With
+  `images` it trains on each video's first frame alone (the steps before loss.image_steps: the
+  caller compiles both and picks one per step; a lax.cond of the two ran an image step as slowly
+  as a video step on XLA's CPU backend)."""
+  grad_fn = make_vae_grad_fn(graphdef, loss, perceptual)
+  if images:
+    video_grad_fn = grad_fn
+    grad_fn = lambda params, model_state, batch, key: video_grad_fn(
+        params, model_state, dict(batch, video=batch["video"][:, :1]), key)
+  step = step_from_grads(grad_fn, optimizer, **kwargs)
   if not loss.adversarial:
     return step
 
