@@ -154,11 +154,15 @@ def open_latent_shards(config: ml_collections.ConfigDict) -> LatentShards:
   source = LatentShards(folder)
   mismatches = manifest_mismatches(source.manifest, shards_identity(config))
   if mismatches:
+    hint = ""
+    if any(m.startswith("vae_checkpoint") for m in mismatches):
+      hint = (f"; or train with the VAE checkpoint they were encoded with "
+              f"(--config.latents.vae_step={source.manifest.get('vae_checkpoint')})")
     raise ValueError(
         f"config.latents.shards={folder!r} were encoded from something else than this config "
         "gives:\n  " + "\n  ".join(mismatches) + "\nEncode them again (python -m "
-        "data.encode_latents --config=<this config> --out=<a new folder>), or train without "
-        "--config.latents.shards to encode on the fly")
+        "data.encode_latents --config=<this config> --out=<a new folder>), or train with "
+        f"--config.latents.shards= (empty) to encode on the fly{hint}")
   return source
 
 

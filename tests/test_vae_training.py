@@ -208,3 +208,8 @@ def test_latent_shards_are_deterministic_resumable_and_train_a_dit(vae_run, tmp_
   with pytest.raises(ValueError, match=r"(?s)were encoded from something else.*'speed': 1.*"
                                        r"'speed': 2"):
     train.train(config, str(tmp_path / "other"))
+  config.data.kwargs.speed = 1
+  config.latents.vae_step = 3  # another checkpoint of the VAE run: the error names theirs
+  with pytest.raises(ValueError, match=r"(?s)vae_checkpoint: 6 -> 3.*--config\.latents\."
+                                       r"vae_step=6\)"):
+    train.train(config, str(tmp_path / "older"))
