@@ -52,8 +52,8 @@ from rundir.config_file import identity_changes, load_config, write_config
 from rundir.workdir_lock import WorkdirInUse, WorkdirLock
 from rundir.logs import quiet_library_logs
 from rundir.metric_writers import MetricWriter
-from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, latent_normalizer,
-                             open_latent_vae, pin_latent_vae, pixel_shape,
+from rundir.open_vae import (STATISTICS_FILE, is_weights_file, latent_decoder, latent_encoder,
+                             latent_normalizer, open_latent_vae, pin_latent_vae, pixel_shape,
                              write_latent_statistics)
 from rundir.videos import write_videos
 from sharding import distributed
@@ -155,7 +155,9 @@ def open_latent_shards(config: ml_collections.ConfigDict) -> LatentShards:
   mismatches = manifest_mismatches(source.manifest, shards_identity(config))
   if mismatches:
     hint = ""
-    if any(m.startswith("vae_checkpoint") for m in mismatches):
+    same_run = (source.manifest.get("vae") == shards_identity(config)["vae"]
+                and not is_weights_file(latent_vae(config)))
+    if same_run and any(m.startswith("vae_checkpoint") for m in mismatches):
       hint = (f"; or train with the VAE checkpoint they were encoded with "
               f"(--config.latents.vae_step={source.manifest.get('vae_checkpoint')})")
     raise ValueError(

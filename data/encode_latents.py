@@ -78,7 +78,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
                      f"{pixels}: make them agree")
   manifest = dict(shards_identity(config), format=latent_shards.FORMAT, examples=count,
                   shard_size=shard_size, shards=len(latent_shards.shard_ranges(count, shard_size)),
-                  batch_size=batch_size, tile=tile)
+                  batch_size=batch_size, tile=tile, **({"overlap": overlap} if tile else {}))
   _claim(out, manifest)
 
   graphdef, state = nnx.split(vae)

@@ -132,18 +132,30 @@ def pin_latent_vae(config, workdir: str | None = None) -> None:
             f"the DiT uses its checkpoint {step} and normalizes its latents by them")
     statistics = measured["mean"], measured["std"]
   if jax.process_count() > 1:  # a VAE run that saves meanwhile must not split the processes
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-    channels = len(statistics[0]) if statistics else 0
-    packed = np.asarray([step, *(statistics[0] if statistics else ()),
-                         *(statistics[1] if statistics else ())], np.float64)
-    packed = np.asarray(multihost_utils.broadcast_one_to_all(packed))
-    step = int(packed[0])
-    statistics = (tuple(packed[1:1 + channels]), tuple(packed[1 + channels:])) if channels else None
+    step, statistics = _from_process_0(config.model.in_channels, step, statistics)
   with config.unlocked():
     config.latents.vae_step = step
     if statistics:
       config.latents.latents_mean = tuple(float(v) for v in statistics[0])
       config.latents.latents_std = tuple(float(v) for v in statistics[1])
+
+
+def _from_process_0(channels: int, step: int, statistics) -> tuple:
+  """(step, (mean, std) or None) as process 0 has them, sent bit for bit: float64 values
+  travel as uint32 pairs, since JAX without x64 would round them."""
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  if statistics and not len(statistics[0]) == len(statistics[1]) == channels:
+    raise ValueError(f"the VAE's latent statistics have {len(statistics[0])} channels but "
+                     f"model.in_channels={channels}: make them agree")
+  values = np.zeros(2 + 2 * channels, np.float64)
+  values[0], values[1] = step, bool(statistics)
+  if statistics:
+    values[2:] = [*statistics[0], *statistics[1]]
+  values = np.asarray(multihost_utils.broadcast_one_to_all(values.view(np.uint32)),
+                      np.uint32).view(np.float64)
+  if not values[1]:
+    return int(values[0]), None
+  return int(values[0]), (tuple(values[2:2 + channels]), tuple(values[2 + channels:]))
 
 
 def _saved_latents(workdir: str | None, vae_path: str) -> dict:

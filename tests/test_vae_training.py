@@ -213,3 +213,12 @@ def test_latent_shards_are_deterministic_resumable_and_train_a_dit(vae_run, tmp_
   with pytest.raises(ValueError, match=r"(?s)vae_checkpoint: 6 -> 3.*--config\.latents\."
                                        r"vae_step=6\)"):
     train.train(config, str(tmp_path / "older"))
+
+
+def test_pinned_statistics_travel_from_process_0_bit_for_bit():
+  from rundir.open_vae import _from_process_0  # noqa: PLC0415
+  statistics = ((0.1234567890123456, -2.0), (1.0000000000000002, 3.5))
+  assert _from_process_0(2, 6, statistics) == (6, statistics)  # float64, not rounded to float32
+  assert _from_process_0(2, 0, None) == (0, None)
+  with pytest.raises(ValueError, match="2 channels but model.in_channels=4"):
+    _from_process_0(4, 6, statistics)

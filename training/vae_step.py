@@ -52,9 +52,7 @@ def make_vae_grad_fn(graphdef: nnx.GraphDef, loss: ml_collections.ConfigDict, pe
     metrics = dict(l1=l1, l2=l2, kl=kl / mean[0].size,
                    psnr=jnp.mean(psnr(clipped, video)), ssim=jnp.mean(ssim(clipped, video)))
     if perceptual is not None and loss.perceptual:
-      # I3D needs 9 frames or more: images (loss.image_steps) are judged by the pixels alone.
-      distance = (jnp.mean(perceptual(recon, video)) if video.shape[1] >= 9
-                  else jnp.zeros((), jnp.float32))
+      distance = jnp.mean(perceptual(recon, video))
       total = total + loss.perceptual * distance
       metrics["perceptual"] = distance
     if loss.adversarial:
