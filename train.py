@@ -152,10 +152,11 @@ def open_latent_shards(config: ml_collections.ConfigDict) -> LatentShards:
   config's VAE (its current checkpoint), data, seed and latent shape."""
   folder = latent_shards_folder(config)
   source = LatentShards(folder)
-  mismatches = manifest_mismatches(source.manifest, shards_identity(config))
+  expected = shards_identity(config)
+  mismatches = manifest_mismatches(source.manifest, expected)
   if mismatches:
     hint = ""
-    same_run = (source.manifest.get("vae") == shards_identity(config)["vae"]
+    same_run = (source.manifest.get("vae") == expected["vae"]
                 and not is_weights_file(latent_vae(config)))
     if same_run and any(m.startswith("vae_checkpoint") for m in mismatches):
       hint = (f"; or train with the VAE checkpoint they were encoded with "

@@ -65,7 +65,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
   pin_latent_vae(config)  # one VAE checkpoint for the manifest and the encoding
   vae = open_latent_vae(config)
   factor = vae.config.spatial_factor
-  overlap = tile // 4 // factor * factor  # tiles overlap by a quarter, in whole latent pixels
+  overlap = coding.quarter_overlap(tile, factor)
   if tile and tile % factor:
     raise ValueError(f"--tile={tile} must be a multiple of the VAE's spatial factor {factor} "
                      f"(e.g. {max(factor, tile // factor * factor)})")

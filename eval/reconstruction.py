@@ -49,8 +49,8 @@ def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
     kwargs["speed"] = max(1, min(kwargs.get("speed", 2), room // max(frames - 1, 1)))
   source = make_source(config.data.name, seed=config.seed + 1, **kwargs)
   scores = {"psnr": [], "ssim": []}
-  factor = vae.config.spatial_factor  # tiles overlap by a quarter, in whole latent pixels
-  tiling = dict(tile=tile, overlap=tile // 4 // factor * factor) if tile else {}
+  tiling = dict(tile=tile, overlap=coding.quarter_overlap(tile, vae.config.spatial_factor)
+                ) if tile else {}
   for start in range(0, num_videos, batch_size):
     video = jnp.asarray(np.stack([source[i]["video"] for i in range(
         start, min(start + batch_size, num_videos))]))

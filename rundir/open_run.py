@@ -17,11 +17,10 @@ import ml_collections
 from flax import nnx
 
 from configs.checks import validate_config
-from configs.common import latent_statistics, latent_vae, latent_vae_step
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from rundir.config_file import load_config
-from rundir.open_vae import latent_decoder, open_vae
+from rundir.open_vae import latent_decoder, open_latent_vae
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 from text_encoders.encoders import text_encoder_for
@@ -98,9 +97,8 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
     graphdef, abstract, _ = train_state_layout(model, config.optim, mesh, config.sharding.rules)
     params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=ema,
                                                           step=step)
-  vae = latent_vae(config)
+  vae = open_latent_vae(config)  # None in pixel space
   return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
              params=params, model_state=model_state, step=step,
              text_encoder=text_encoder_for(config),
-             decoder=latent_decoder(open_vae(vae, statistics=latent_statistics(config) or True,
-                                             step=latent_vae_step(config))) if vae else None)
+             decoder=latent_decoder(vae) if vae is not None else None)

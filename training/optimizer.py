@@ -23,6 +23,9 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+DISCRIMINATOR = "discriminator"  # the VAE's submodule that holds the discriminator
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    discriminator: bool = False) -> optax.GradientTransformation:
   """AdamW with warmup + cosine decay and global-norm gradient clipping. With `discriminator`
@@ -40,9 +43,6 @@ def make_optimizer(config: ml_collections.ConfigDict,
   critic = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                        optax.adam(config.lr, b1=0.5, b2=0.9))
   return optax.multi_transform({"network": network, DISCRIMINATOR: critic}, player_labels)
-
-
-DISCRIMINATOR = "discriminator"  # the VAE's submodule that holds the discriminator
 
 
 def player_labels(params):

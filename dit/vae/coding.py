@@ -69,6 +69,12 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0) if n else 1
 
 
+def quarter_overlap(tile: int, factor: int) -> int:
+  """The overlap of tiles of `tile` pixels: a quarter of a tile, in whole latent pixels of a VAE
+  whose spatial factor is `factor`."""
+  return tile // 4 // factor * factor
+
+
 def encode(vae: CausalVAE, video: jax.Array, *, chunk: int = 1, tile: int | None = None,
            overlap: int = 64) -> tuple[jax.Array, jax.Array]:
   """The posterior's (mean, logvar) of `video` [B, 1 + 4k, H, W, C], coded `chunk` latent
