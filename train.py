@@ -271,7 +271,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
 
-  image_step = None
+  image_step, image_throughput = None, None
   step_options = dict(ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
                       learning_rate=learning_rate_schedule(config.optim))
   if trains(config) == "vae":
@@ -284,7 +284,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
                               images=True, **step_options), shardings, mesh)
     preview = (Reconstructions(graphdef, source, config.vae_loss.reconstructions)
                if config.train.sample_every else None)
-    throughput = config.train.batch_size * int(np.prod(config.train.video_shape))  # pixels
+    # pixels a step codes: an image step codes only the first frame of each video
+    throughput = config.train.batch_size * int(np.prod(config.train.video_shape))
+    image_throughput = throughput // config.train.video_shape[0]
   else:
     train_step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
                                  encode=latent_step_input(config, vae),
@@ -303,14 +305,15 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   start = int(state.step)
   last_saved = start if start else None
   progress = _progress_bar(start, train_cfg.num_steps)
-  pending, timer = [], (time.perf_counter(), start)
+  pending, timer, units = [], (time.perf_counter(), start), 0
   try:
     with TerminationRequest() as termination:
       for step in range(start, train_cfg.num_steps):
         batch = global_batch(model_inputs(next(data_iterator)), mesh)
-        step_fn = (image_step if image_step and step < config.vae_loss.image_steps
-                   else train_step)
+        on_image = image_step is not None and step < config.vae_loss.image_steps
+        step_fn = image_step if on_image else train_step
         state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+        units += image_throughput if on_image else throughput
         pending.append(metrics)
         done = step + 1
         progress.update(1)
@@ -322,7 +325,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
           now = time.perf_counter()
           steps_per_sec = (done - timer[1]) / (now - timer[0])
           logged.update({"steps_per_sec": steps_per_sec,
-                         throughput_name: steps_per_sec * throughput})
+                         throughput_name: units / (now - timer[0])})
           if hasattr(source, "num_skipped"):  # unreadable files met so far (video folders)
             logged["skipped_videos"] = source.num_skipped
           if writer is not None:
@@ -331,7 +334,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
             print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),
                   flush=True)
           progress.set_postfix(loss=f"{logged['loss']:.4f}")
-          pending, timer = [], (now, done)
+          pending, timer, units = [], (now, done), 0
         if save_now and done != last_saved:
           if not all_finite(state.params):
             raise NonFiniteLossError(_non_finite_message("parameters", done, manager))

@@ -44,23 +44,24 @@ def vae_config_of(path: str) -> VAEConfig:
 
 def open_vae(path: str, statistics=True, step: int | None = None) -> CausalVAE:
   """The VAE at `path`, on this process's first device: a VAE run's workdir (the EMA parameters
-  of its checkpoint `step`, the newest when None) or a Wan2.1 weights file. A VAE run's latent
-  statistics are its latent_statistics.json's (statistics=True), left unset (False), or the
-  given (mean, std) per channel (what a latent DiT pinned)."""
+  of its checkpoint `step`, the newest when None) or a Wan2.1 weights file. Its latent
+  statistics are its own (statistics=True: a VAE run's latent_statistics.json, Wan2.1's
+  published ones), left unset for a VAE run (False), or the given (mean, std) per channel (what
+  a latent DiT pinned; they replace Wan2.1's too)."""
   if is_weights_file(path):
     from weights.wan_vae import load_wan_vae  # noqa: PLC0415
-    return load_wan_vae(path)
-  vae_config = vae_config_of(path)
-  if statistics is True:
-    measured = read_latent_statistics(path)
-    statistics = measured["mean"], measured["std"]
-  vae = _restore(path, vae_config, step)
-  if statistics:
+    vae = load_wan_vae(path)
+  else:
+    if statistics is True:
+      measured = read_latent_statistics(path)
+      statistics = measured["mean"], measured["std"]
+    vae = _restore(path, vae_config_of(path), step)
+  if statistics is not True and statistics:
     mean, std = statistics
-    if len(mean) != vae_config.latent_channels or len(std) != vae_config.latent_channels:
+    channels = vae.config.latent_channels
+    if len(mean) != channels or len(std) != channels:
       raise ValueError(f"latent statistics of {len(mean)} and {len(std)} channels for the VAE "
-                       f"{path} of {vae_config.latent_channels}: give one mean and std per "
-                       "latent channel")
+                       f"{path} of {channels}: give one mean and std per latent channel")
     vae.latents_mean.set_value(jnp.asarray(mean, jnp.float32))
     vae.latents_std.set_value(jnp.asarray(std, jnp.float32))
   return vae

@@ -40,6 +40,9 @@ def test_a_vae_run_logs_reconstruction_metrics_and_writes_reconstructions(vae_ru
   assert {"loss", "l1", "l2", "kl", "psnr", "ssim", "grad_norm", "lr", "pixels_per_sec"} <= set(
       metrics[0])
   assert metrics[-1]["l2"] < metrics[0]["l2"]  # it learns (the tiny config: squared error)
+  # pixels a step: 8 first frames of 16x16 on the 2 image steps, 8 videos of 5 frames after
+  pixels_per_step = [m["pixels_per_sec"] / m["steps_per_sec"] for m in metrics]
+  assert pixels_per_step == pytest.approx([8 * 16 * 16] + [8 * 5 * 16 * 16] * 3)
   samples = vae_run / "samples" / "step_6"
   assert {"0.mp4", "1.gif", "grid.png", "prompts.txt"} <= set(os.listdir(samples))
   assert (samples / "prompts.txt").read_text().startswith("0: original | reconstruction: the "
@@ -222,3 +225,24 @@ def test_pinned_statistics_travel_from_process_0_bit_for_bit():
   assert _from_process_0(2, 0, None) == (0, None)
   with pytest.raises(ValueError, match="2 channels but model.in_channels=4"):
     _from_process_0(4, 6, statistics)
+
+
+def test_sampling_reads_the_parameters_whatever_the_optimizer_state(vae_run):
+  """restore_params reads only the (EMA) parameters, the model state and the step: a checkpoint
+  opens even where the optimizer's state no longer has the saved structure."""
+  from training import checkpoints  # noqa: PLC0415
+  from training.train_state import abstract_train_state  # noqa: PLC0415
+  config = load_config(vae_run)
+  _, abstract = abstract_train_state(validate_config(config), config.optim)
+  changed = abstract.replace(opt_state=())  # as if the run had trained with another optimizer
+  manager = checkpoints.make_manager(str(vae_run), async_save=False)
+  with pytest.raises(Exception):
+    checkpoints.restore(manager, changed, step=6)
+  full, _ = checkpoints.restore(manager, abstract, step=6)
+  manager.close()
+  for use_ema, expected in ((True, full.ema_params), (False, full.params)):
+    params, model_state, step = checkpoints.restore_params(str(vae_run), changed,
+                                                           use_ema=use_ema)
+    assert step == 6
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    jax.tree.map(np.testing.assert_array_equal, model_state, full.model_state)

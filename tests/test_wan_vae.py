@@ -79,3 +79,17 @@ def test_weights_of_another_shape_are_refused_with_each_misfit(diffusers_file, t
   with pytest.raises(ValueError, match=r"\.safetensors .* or \.pth"):
     (tmp_path / "vae.bin").write_bytes(b"")
     load_wan_vae(str(tmp_path / "vae.bin"), SMALL_WAN)
+
+
+def test_a_latent_dit_can_pin_its_own_statistics_on_wan_weights(diffusers_file, monkeypatch):
+  import weights.wan_vae  # noqa: PLC0415
+  from rundir.open_vae import open_vae  # noqa: PLC0415
+  monkeypatch.setattr(weights.wan_vae, "load_wan_vae", lambda path: load_wan_vae(path, SMALL_WAN))
+  mean, std = (0.5, -1.0, 0.0, 2.0), (2.0, 0.5, 1.0, 4.0)
+  pinned = open_vae(diffusers_file, statistics=(mean, std))
+  np.testing.assert_array_equal(pinned.latents_mean[...], np.float32(mean))
+  np.testing.assert_array_equal(pinned.latents_std[...], np.float32(std))
+  own = open_vae(diffusers_file)  # the config's (here none: zero mean, unit std)
+  np.testing.assert_array_equal(own.latents_std[...], np.ones(4, np.float32))
+  with pytest.raises(ValueError, match="latent statistics of 2 and 2 channels .* of 4"):
+    open_vae(diffusers_file, statistics=((0.0, 0.0), (1.0, 1.0)))

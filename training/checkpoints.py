@@ -80,11 +80,13 @@ def save(manager: ocp.CheckpointManager, state: TrainState, rng: jax.Array,
 
 def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
             data_iterator: grain.DatasetIterator | None = None,
-            step: int | None = None) -> tuple[TrainState, jax.Array]:
+            step: int | None = None, *, parts: tuple[str, ...] | None = None):
   """The state and base RNG key at `step` (default: the latest); sets the iterator's position.
 
   abstract_state gives the structure, shapes, dtypes and shardings to restore into, e.g.
-  jax.eval_shape of the initial state.
+  jax.eval_shape of the initial state. With `parts` (TrainState field names) only those are
+  read, into a dict, and no key: what sampling needs, without the optimizer state (twice the
+  parameters under Adam, and shaped by the optimizer the run trained with).
   """
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -93,6 +95,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   if step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; saved "
                             f"steps: {list(manager.all_steps())}")
+  if parts is not None:
+    item = {name: getattr(abstract_state, name) for name in parts}
+    state = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    return manager.restore(step, args=ocp.args.Composite(state=state))["state"]
   # The key is laid out like the step (replicated on the mesh restored onto), not as saved.
   key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
   key = jax.ShapeDtypeStruct(key.shape, key.dtype,
@@ -110,7 +117,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
 
 def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                    data_iterator: grain.DatasetIterator | None = None, *,
-                   set_aside: bool = True) -> tuple[TrainState, jax.Array]:
+                   set_aside: bool = True, parts: tuple[str, ...] | None = None):
   """Restores the newest checkpoint that restores, newest first; each that fails (a truncated
   array file, a missing metadata or data-iterator file, a half-deleted folder) is reported by
   step and folder. Once an older one restores, the damaged newer ones are moved to
@@ -121,7 +128,8 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
     restored, error = None, None
     for _ in range(2):  # a passing I/O error gets a second try before the folder is "damaged"
       try:
-        restored, error = restore(manager, abstract_state, data_iterator, step=step), None
+        restored = restore(manager, abstract_state, data_iterator, step=step, parts=parts)
+        error = None
         break
       except Exception as e:  # pylint: disable=broad-except  (any failure: try the next one)
         error = e
@@ -174,14 +182,16 @@ def _set_aside(steps: list[int], directory: str, move: bool) -> None:
 
 def restore_params(workdir: str, abstract_state: TrainState, *, use_ema: bool = True,
                    step: int | None = None):
-  """The (EMA) parameters of a run, for sampling or evaluation: (params, model_state, step)."""
+  """The (EMA) parameters of a run, for sampling or evaluation: (params, model_state, step).
+  Only those are read: not the optimizer state, whose structure may differ from what the
+  abstract state's optimizer gives (the run's optimizer, or the code, may have changed since)."""
+  parts = ("step", "ema_params" if use_ema else "params", "model_state")
   manager = make_manager(workdir, async_save=False)
   try:
     if step is None:  # the newest that restores; a damaged one is reported, left in place
-      state, _ = restore_newest(manager, abstract_state, set_aside=False)
+      state = restore_newest(manager, abstract_state, set_aside=False, parts=parts)
     else:
-      state, _ = restore(manager, abstract_state, step=step)
+      state = restore(manager, abstract_state, step=step, parts=parts)
   finally:
     manager.close()
-  params = state.ema_params if use_ema else state.params
-  return params, state.model_state, int(state.step)
+  return state[parts[1]], state["model_state"], int(state["step"])
