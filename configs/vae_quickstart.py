@@ -10,6 +10,9 @@ first frames alone (vae_loss.image_steps: images, 9x cheaper a step, teach it di
 the rest on clips of 9 frames (1 + 8: both temporal downsamplings and their carries), which
 cost half as much as 17 and code any 1 + 4k frames the same way, being causal and
 convolutional. The digits move 2 pixels a frame, as the latent quick start's do.
+On 2 CPU cores it trains in about 14 minutes (1.6 s a video step, 0.24 s an image step) to
+27.0 dB PSNR and 0.932 SSIM on held-out 17-frame videos (`python -m eval.reconstruction
+--vae=runs/vae_quickstart --frames=17 --num_videos=256`).
 samples/step_<N>/ shows the first videos beside their reconstructions. The loss is the squared
 error: on a digit over black, L1 sat at an empty frame (15 dB) for the first 150 steps where
 the squared error reached 20 dB.
@@ -26,7 +29,7 @@ from configs.common import (data_config, mesh_config, optim_config, parse_arg, s
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, steps=660, image_steps=400, tiny=False)
+  arg = parse_arg(arg, steps=820, image_steps=400, tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.trains = "vae"

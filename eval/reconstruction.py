@@ -9,7 +9,8 @@ test digits apart; slower when --frames would carry a digit off the canvas), wit
 frames of --size pixels (a VAE is convolutional: one trained on small frames codes larger
 ones), are encoded to posterior means and decoded a chunk at a time (dit/vae/coding.py), and
 compared in [-1, 1] (training/reconstruction_metrics.py). The results are printed and written
-to <vae>/eval/reconstruction_<frames>f[_<size>px].json.
+to <vae>/eval/reconstruction_<frames>f[_<size>px].json, with the PSNR of each frame position
+(psnr_by_frame: where in a latent frame's span the VAE loses detail; frame 0 is coded alone).
 """
 import json
 import os
@@ -48,7 +49,7 @@ def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
     room = kwargs.get("size", 32) - 8 * kwargs.get("digit_scale", 2)
     kwargs["speed"] = max(1, min(kwargs.get("speed", 2), room // max(frames - 1, 1)))
   source = make_source(config.data.name, seed=config.seed + 1, **kwargs)
-  scores = {"psnr": [], "ssim": []}
+  scores = {"psnr": [], "ssim": [], "psnr_by_frame": []}
   tiling = dict(tile=tile, overlap=coding.quarter_overlap(tile, vae.config.spatial_factor)
                 ) if tile else {}
   for start in range(0, num_videos, batch_size):
@@ -58,11 +59,16 @@ def evaluate(workdir: str, frames: int, num_videos: int, batch_size: int = 8,
     recon = coding.decode(vae, mean, **tiling)
     scores["psnr"] += np.asarray(psnr(recon, video)).tolist()
     scores["ssim"] += np.asarray(ssim(recon, video)).tolist()
+    batch, frames_ = video.shape[:2]
+    by_frame = psnr(recon.reshape(batch * frames_, 1, *video.shape[2:]),
+                    video.reshape(batch * frames_, 1, *video.shape[2:]))  # [B * T]
+    scores["psnr_by_frame"] += np.asarray(by_frame).reshape(batch, frames_).tolist()
   shape = tuple(source[0]["video"].shape)
   return dict(vae=os.path.abspath(workdir), videos=num_videos, video_shape=list(shape),
               latent_shape=list(vae.config.latent_shape(shape)),
               compression=vae.config.compression(shape[:3]), tile=tile,
-              psnr=float(np.mean(scores["psnr"])), ssim=float(np.mean(scores["ssim"])))
+              psnr=float(np.mean(scores["psnr"])), ssim=float(np.mean(scores["ssim"])),
+              psnr_by_frame=np.mean(scores["psnr_by_frame"], axis=0).round(2).tolist())
 
 
 def main(argv):
@@ -80,7 +86,8 @@ def main(argv):
     json.dump(results, f, indent=2)
   print(f"{results['videos']} held-out videos {tuple(results['video_shape'])} -> latents "
         f"{tuple(results['latent_shape'])} ({results['compression']:.1f}x): PSNR "
-        f"{results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}; written to {out}")
+        f"{results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}; written to {out}\n"
+        f"PSNR by frame: {' '.join(f'{v:.1f}' for v in results['psnr_by_frame'])}")
 
 
 if __name__ == "__main__":

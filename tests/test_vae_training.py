@@ -162,6 +162,7 @@ def test_held_out_reconstructions_are_scored(vae_run):
   assert results["video_shape"] == [9, 16, 16, 1] and results["latent_shape"] == [3, 4, 4, 4]
   assert results["compression"] == pytest.approx(9 * 16 * 16 / (3 * 4 * 4 * 4))
   assert 0 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1
+  assert len(results["psnr_by_frame"]) == 9 and all(0 < v < 60 for v in results["psnr_by_frame"])
 
 
 def test_latent_shards_are_deterministic_resumable_and_train_a_dit(vae_run, tmp_path):
