@@ -280,7 +280,8 @@ def latents_config(**overrides) -> ml_collections.ConfigDict:
                    # records it, so the run trains and decodes with one VAE throughout
       latents_mean=(),  # the VAE run's per-channel latent statistics the DiT's latents are
       latents_std=(),   # normalized by; () takes its latent_statistics.json's when training
-                        # starts and records them (a VAE run that trains on re-measures them)
+                        # starts and records them (a VAE run that trains on re-measures them);
+                        # with Wan2.1's weights () keeps their published ones, values replace them
   )
 
 

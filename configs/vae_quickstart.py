@@ -6,7 +6,7 @@ The VAE compresses moving digits (data/moving_digits.py, 64x64 grayscale) 4x in 
 height and width into 4 channels: the latent quick start's 17x64x64x1 videos become 5x8x8x4,
 54x fewer values. It has Wan2.1's architecture (dit/vae) at a fraction of its width, and starts
 as an image VAE inflated to video (dit/vae/layers.py). Its first 400 steps train on the videos'
-first frames alone (vae_loss.image_steps: images, 9x cheaper a step, teach it digit shapes);
+first frames alone (vae_loss.image_steps: images, 9x fewer pixels a step, teach it digit shapes);
 the rest on clips of 9 frames (1 + 8: both temporal downsamplings and their carries), which
 cost half as much as 17 and code any 1 + 4k frames the same way, being causal and
 convolutional. The digits move 2 pixels a frame, as the latent quick start's do.

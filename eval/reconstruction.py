@@ -10,7 +10,8 @@ frames of --size pixels (a VAE is convolutional: one trained on small frames cod
 ones), are encoded to posterior means and decoded a chunk at a time (dit/vae/coding.py), and
 compared in [-1, 1] (training/reconstruction_metrics.py). The results are printed and written
 to <vae>/eval/reconstruction_<frames>f[_<size>px].json, with the PSNR of each frame position
-(psnr_by_frame: where in a latent frame's span the VAE loses detail; frame 0 is coded alone).
+(psnr_by_frame, each frame's PSNR averaged over the videos: where in a latent frame's span the
+VAE loses detail; frame 0 is coded alone).
 """
 import json
 import os

@@ -247,3 +247,11 @@ def test_sampling_reads_the_parameters_whatever_the_optimizer_state(vae_run):
     assert step == 6
     jax.tree.map(np.testing.assert_array_equal, params, expected)
     jax.tree.map(np.testing.assert_array_equal, model_state, full.model_state)
+  # ... but the parameters must be the model's: none missing, none left over.
+  saved = dict(abstract.ema_params)
+  fewer = {k: v for k, v in saved.items() if k != "quant_conv"}
+  for params, message in ((fewer, "saved, not in the model: .*quant_conv"),
+                          ({**saved, "extra": saved["quant_conv"]}, "not saved: .*extra/")):
+    with pytest.raises(ValueError, match="checkpoint's ema_params .* does not match the model: "
+                                         + message):
+      checkpoints.restore_params(str(vae_run), changed.replace(ema_params=params), step=6)

@@ -84,9 +84,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   """The state and base RNG key at `step` (default: the latest); sets the iterator's position.
 
   abstract_state gives the structure, shapes, dtypes and shardings to restore into, e.g.
-  jax.eval_shape of the initial state. With `parts` (TrainState field names) only those are
-  read, into a dict, and no key: what sampling needs, without the optimizer state (twice the
-  parameters under Adam, and shaped by the optimizer the run trained with).
+  jax.eval_shape of the initial state, with the shardings to restore onto. With `parts`
+  (TrainState field names) only those are read and returned, as {name: value}, without the key
+  or the iterator: what sampling needs, not the optimizer state (twice the parameters under
+  Adam, and shaped by the optimizer the run trained with). Their trees must be the saved ones.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -96,7 +97,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
     raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; saved "
                             f"steps: {list(manager.all_steps())}")
   if parts is not None:
+    if data_iterator is not None:
+      raise ValueError("a restore of some parts of the state does not restore the data iterator")
     item = {name: getattr(abstract_state, name) for name in parts}
+    _check_saved_structure(os.path.join(str(manager.directory), str(step), "state"), item)
     state = ocp.args.PyTreeRestore(item=item, partial_restore=True,
                                    restore_args=ocp.checkpoint_utils.construct_restore_args(item))
     return manager.restore(step, args=ocp.args.Composite(state=state))["state"]
@@ -115,6 +119,30 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   return restored["state"], rng
 
 
+def _check_saved_structure(directory: str, item: dict) -> None:
+  """The saved state at `directory` holds exactly the leaves of `item`'s parts (a partial
+  restore would leave a missing one unrestored and drop an extra one without a word)."""
+  from etils import epath  # noqa: PLC0415  (orbax's path type)
+  saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory)).tree
+  for name, part in item.items():
+    expected, found = _leaf_paths(part), _leaf_paths(saved.get(name, {}))
+    if expected != found:
+      missing, extra = sorted(expected - found), sorted(found - expected)
+      raise ValueError(
+          f"the checkpoint's {name} in {directory} does not match the model: "
+          + "; ".join(f"{label} {len(paths)} ({', '.join(paths[:3])}{', ...' * (len(paths) > 3)})"
+                      for label, paths in (("not saved:", missing), ("saved, not in the model:",
+                                                                     extra)) if paths)
+          + ". Open it with the config it was trained with")
+
+
+def _leaf_paths(tree) -> set[str]:
+  """'a/b/0/value' for each leaf (dict keys, sequence indices and attributes alike)."""
+  def name(key):
+    return str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+  return {"/".join(name(k) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                    data_iterator: grain.DatasetIterator | None = None, *,
                    set_aside: bool = True, parts: tuple[str, ...] | None = None):
@@ -122,7 +150,8 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state: TrainState,
   array file, a missing metadata or data-iterator file, a half-deleted folder) is reported by
   step and folder. Once an older one restores, the damaged newer ones are moved to
   <workdir>/checkpoints_damaged/<step> (by process 0 when set_aside), so that the run can save
-  those steps again. When none restores, nothing is moved and the error lists each failure."""
+  those steps again. When none restores, nothing is moved and the error lists each failure.
+  `parts`: as restore's."""
   failures, errors = [], []
   for step in sorted(manager.all_steps(), reverse=True):
     restored, error = None, None
