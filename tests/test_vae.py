@@ -138,10 +138,11 @@ def test_overlapping_tiles_blend_to_the_whole_for_a_pixelwise_code(key):
 
 def test_tiled_coding_is_close_to_whole_frame_coding(key):
   """Tiles see nothing past their borders (and the middle attention sees one tile), so tiling
-  changes the result, and more overlap changes it less. Measured on random 4x4x4 VAEs (seeds
-  0-11, and DIT_TEST_SEED=862865874 in a CI run) with a smooth 48x48 video: decoding in
-  32-pixel tiles overlapping by 16 differs from whole-frame decoding by 0.03-0.15 on average
-  (the range is [-1, 1]), by 8 a little more, every time."""
+  changes the result: less with larger tiles, and less where overlaps are blended than cut at a
+  hard seam; a tile as large as the frame changes nothing. Measured on random 4x4x4 VAEs (seeds
+  0-15) with a smooth 48x48 video, mean absolute change (the range is [-1, 1]): 32-pixel tiles
+  blended over 16 pixels 0.03-0.12, cut at a seam 0.05-0.13; 16-pixel tiles 0.09-0.29. (Blending
+  over 8 against 16 pixels differs by under 1%: too little to assert.)"""
   vae = random_vae(key)
   t, h, w = np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 1, 48), np.linspace(0, 1, 48),
                         indexing="ij")
@@ -149,9 +150,13 @@ def test_tiled_coding_is_close_to_whole_frame_coding(key):
                                 for c in range(3)], -1)[None], jnp.float32)
   mean, _ = coding.encode(vae, video)
   whole = coding.decode(vae, mean)
-  errors = [float(jnp.abs(coding.decode(vae, mean, tile=32, overlap=overlap) - whole).mean())
-            for overlap in (8, 16)]
-  assert errors[1] < errors[0] < 0.3, errors
+
+  def change(tile, overlap):
+    return float(jnp.abs(coding.decode(vae, mean, tile=tile, overlap=overlap) - whole).mean())
+
+  blended, seam, small = change(32, 16), change(32, 0), change(16, 8)
+  assert blended < seam < small and blended < 0.2, (blended, seam, small)
+  assert change(48, 16) == 0.0
 
 
 def test_chunked_decoding_memory_does_not_grow_with_frames(key):
