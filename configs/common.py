@@ -158,6 +158,7 @@ def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.Con
       num_steps=50,
       sampler="euler",        # euler | heun
       guidance_scale=5.0,     # classifier-free guidance; 1 turns it off
+      guidance_interval=(0.0, 1.0),  # noise levels sigma (1: noise) where guidance applies
       shift=None,             # None: the training shift at the sampled resolution
       upscale=1,              # videos written this many times larger (nearest neighbour)
       sparse=sparse_config(**(sparse or {})),

@@ -118,14 +118,17 @@ def check_schedule(config: ml_collections.ConfigDict, model_config, num_video: i
 
 def sample_scheduled(model, key: jax.Array, shape: tuple[int, ...], cond: dict, *,
                      config: ml_collections.ConfigDict, num_steps: int = 50,
-                     method: str = "euler", guidance_scale: float = 1.0, shift: float = 1.0):
+                     method: str = "euler", guidance_scale: float = 1.0,
+                     guidance_interval: tuple[float, float] = samplers.FULL_INTERVAL,
+                     shift: float = 1.0):
   """Videos float32 `shape` from noise made from `key` (as samplers.sample), attention following
   the schedule of sample.sparse `config`; -> (videos, searches): for each search step, the
   recall and sparsity of every layer's pattern, float32 [layers, B', H] (B' the model's batch,
   doubled by guidance); attention "none" is samplers.sample, with no searches."""
   if config.attention == "none":
     return samplers.sample(model, key, shape, cond, num_steps=num_steps, method=method,
-                           guidance_scale=guidance_scale, shift=shift), []
+                           guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                           shift=shift), []
   sigmas = samplers.sigma_schedule(num_steps, shift)
   x = jax.random.normal(key, shape, jnp.float32)
   settings = sparse_step(config, model.config)
@@ -134,7 +137,7 @@ def sample_scheduled(model, key: jax.Array, shape: tuple[int, ...], cond: dict, 
     step = settings.replace(mode=mode, patterns=patterns)
     fn = samplers.guided(lambda x, t, drop, cond: model.with_attention(step, x, t, drop_cond=drop,
                                                                         **cond),
-                         cond, guidance_scale)
+                         cond, guidance_scale, guidance_interval)
     return fn if with_state else (lambda x, sigma: fn(x, sigma)[0])
 
   patterns, searches = None, []

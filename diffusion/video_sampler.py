@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from diffusion.samplers import sampling_shift
+from diffusion.samplers import guidance_interval, sampling_shift
 from diffusion.sparse_sampling import (check_schedule, sample_scheduled, search_report,
                                        search_steps)
 from dit.patchify import num_video_tokens
@@ -51,7 +51,8 @@ class VideoSampler:
                    self.cond["text"].shape[1] if "text" in self.cond else 0)
     self.search_steps = search_steps(sample_cfg.num_steps, sparse)
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
-                   guidance_scale=sample_cfg.guidance_scale, shift=shift)
+                   guidance_scale=sample_cfg.guidance_scale,
+                   guidance_interval=guidance_interval(sample_cfg), shift=shift)
 
     def generate(params, key, cond):
       model = nnx.merge(graphdef, params, model_state)

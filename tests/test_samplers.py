@@ -77,6 +77,18 @@ def test_guidance_scale_can_be_a_traced_value(key):
   np.testing.assert_allclose(guided(3.0), 3.0 * x, rtol=1e-6)
 
 
+def test_guidance_applies_only_inside_its_interval(key):
+  def model(x, t, labels, drop_cond=None):
+    return jnp.where(drop_cond[:, None], 0.0, 1.0) * x
+
+  x = jax.random.normal(key, (2, 3))
+  velocity = jax.jit(samplers.guided_velocity(model, {"labels": jnp.ones(2)}, 3.0, (0.2, 0.7)))
+  for sigma, scale in ((0.9, 1.0), (0.7, 3.0), (0.5, 3.0), (0.2, 3.0), (0.1, 1.0)):
+    np.testing.assert_allclose(velocity(x, sigma), scale * x, rtol=1e-6, err_msg=str(sigma))
+  with pytest.raises(ValueError, match="guidance_interval \\(0.7, 0.2\\) must be"):
+    samplers.guided_velocity(model, {"labels": jnp.ones(2)}, 3.0, (0.7, 0.2))
+
+
 def test_sampling_shift_follows_training_unless_set():
   config = video_dit.get_config()
   trained = timestep_shift(4096 * 4, config.flow)
