@@ -159,7 +159,8 @@ def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.Con
       sampler="euler",        # euler | heun
       guidance_scale=5.0,     # classifier-free guidance; 1 turns it off
       guidance_interval=(0.0, 1.0),  # noise levels sigma (1: noise) where guidance applies
-      shift=None,             # None: the training shift at the sampled resolution
+      shift=ml_collections.config_dict.placeholder(float),  # None: as in training, at the
+                              # sampled resolution; --config.sample.shift=3 sets one
       upscale=1,              # videos written this many times larger (nearest neighbour)
       sparse=sparse_config(**(sparse or {})),
   )

@@ -84,6 +84,7 @@ def test_command_line_overrides_reach_the_model():
     ("--config.optim.warmup_steps=300000", "optim.warmup_steps=300000 must be in [0, "),
     ("--config.sample.sampler=rk4", "sample.sampler='rk4'; choose one of ['euler', 'heun']"),
     ("--config.sample.guidance_interval=(0.5,0.2)", "sample.guidance_interval (0.5, 0.2) must"),
+    ("--config.sample.shift=-1", "sample.shift=-1.0 must be positive"),  # None, yet settable
     ("--config.train.video_shape=(16,31,32)", "train.video_shape=(16, 31, 32) (T, H, W) must be"),
 ])
 def test_command_line_errors_say_what_is_wrong(flag, message):
