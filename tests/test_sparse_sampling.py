@@ -19,9 +19,10 @@ from diffusion.sparse_sampling import (Segment, check_schedule, sample_scheduled
 
 
 def small_model(randomize, key, **overrides):
-  """The quick-start model at a quarter width: 2 dual and 2 single blocks, 144 tokens."""
+  """The quick-start model at half width with 2x4x4 patches: 2 dual and 2 single blocks, 144
+  tokens."""
   config = get_config().model
-  config.update(hidden_size=64, **overrides)
+  config.update(hidden_size=64, patch_size=(2, 4, 4), **overrides)
   model = DiT(DiTConfig.from_dict(config), rngs=nnx.Rngs(0))
   randomize(model, jax.random.fold_in(key, 7))
   return model
