@@ -113,6 +113,9 @@ def model_config(size: str = "B", **overrides) -> ml_collections.ConfigDict:
       dtype="bfloat16",           # compute dtype
       param_dtype="float32",
       rope_theta=10_000.0,
+      prediction="velocity",      # what the final layer predicts: "velocity", or "data" (the
+                                  # clean video x0, returned as the velocity (x_t - x0) / t: for
+                                  # patches as wide as the model, JiT, Li & He 2025)
   )
   return _section(overrides, **(defaults | MODEL_SIZES[size]))
 

@@ -16,6 +16,8 @@ from sharding import ring
 from sharding import sequence_parallel as sequence_parallel_lib
 
 CONDITIONINGS = ("text", "label")
+# What the final layer predicts; the model returns the velocity either way (dit/model.py).
+PREDICTIONS = ("velocity", "data")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -46,6 +48,7 @@ class DiTConfig:
   dtype: str
   param_dtype: str
   rope_theta: float
+  prediction: str                 # "velocity" or "data" (x0, turned into a velocity)
 
   def __post_init__(self):
     # JSON gives lists; the config must be hashable (it is static under jit).
@@ -123,6 +126,8 @@ def _errors(config: DiTConfig) -> list[str]:
   if config.conditioning not in CONDITIONINGS:
     errors.append(f"model.conditioning={config.conditioning!r}; choose one of "
                   f"{list(CONDITIONINGS)}")
+  if config.prediction not in PREDICTIONS:
+    errors.append(f"model.prediction={config.prediction!r}; choose one of {list(PREDICTIONS)}")
   for field in ("dtype", "param_dtype"):
     if getattr(config, field) not in DTYPES:
       errors.append(f"model.{field}={getattr(config, field)!r}; choose one of {list(DTYPES)}")

@@ -72,6 +72,18 @@ def scan_stacked(layers: nnx.Module, carry, xs, apply: Callable, *, scan: bool, 
   return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 
 
+# Below this noise level a data prediction's velocity (x_t - x0) / t divides by this instead,
+# so the velocity loss does not weight the nearly clean timesteps without bound (JiT's 0.05).
+MIN_DATA_PREDICTION_T = 0.05
+
+
+def velocity_from_data(x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+  """The velocity noise - x0 implied by a prediction of the data x0 [B, T, H, W, C] at x_t and
+  t [B]: x_t = (1 - t) x0 + t noise gives noise - x0 = (x_t - x0) / t; float32."""
+  t = jnp.maximum(t.astype(jnp.float32), MIN_DATA_PREDICTION_T).reshape(-1, 1, 1, 1, 1)
+  return (x_t.astype(jnp.float32) - x0) / t
+
+
 class FinalLayer(nnx.Module):
   """adaLN (shift, scale) then a zero-initialised projection to patch values."""
 
@@ -156,7 +168,7 @@ class DiT(nnx.Module):
       pattern = sparsity.attention_pattern(cfg, grid, 0)
       x = self._blocks("single", x, attention, context, outputs,
                        lambda block, x, attend: block(x, c, video_angles, None, pattern, attend))
-      return self._velocity(x, c, grid), outputs
+      return self._velocity(x, c, grid, video, t), outputs
 
     tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
     c = c + pooled
@@ -177,7 +189,7 @@ class DiT(nnx.Module):
     joint = self._blocks("single", joint, attention, context, outputs,
                          lambda block, x, attend: block(x, c, angles, segment_ids, pattern,
                                                         attend))
-    return self._velocity(joint[:, :x.shape[1]], c, grid), outputs
+    return self._velocity(joint[:, :x.shape[1]], c, grid, video, t), outputs
 
   def _blocks(self, kind: str, carry, attention: LayerAttention | None,
               context: AttentionContext, outputs: dict, call: Callable):
@@ -206,9 +218,12 @@ class DiT(nnx.Module):
                                         **options)
     return carry
 
-  def _velocity(self, x, c, grid):
+  def _velocity(self, x, c, grid, video, t):
     patches = self.final(x, c).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]
-    return unpatchify(patches, grid, self.config.patch_size)
+    output = unpatchify(patches, grid, self.config.patch_size)  # [B, T, H, W, C]
+    if self.config.prediction == "velocity":
+      return output
+    return velocity_from_data(output, video, t)
 
   def _check_inputs(self, video, t, text, labels):
     """The inputs' shapes against the config: errors at trace time, before any compute."""

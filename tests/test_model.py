@@ -64,6 +64,22 @@ def test_at_init_the_model_outputs_zero(key):
   np.testing.assert_array_equal(model(video, t, text=text, text_mask=mask), 0.0)
 
 
+def test_a_data_predicting_model_returns_the_velocity_its_prediction_implies(key, randomize):
+  """prediction="data": the same network's output read as x0, turned into (x_t - x0) / t, with
+  t floored at 0.05 (the last entry) so nearly clean inputs do not divide by ~0."""
+  velocity_model = DiT(tiny(), rngs=nnx.Rngs(0))
+  randomize(velocity_model, key)
+  data_model = DiT(tiny(prediction="data"), rngs=nnx.Rngs(0))
+  nnx.update(data_model, nnx.state(velocity_model))
+  video, _, text, mask = inputs(key)
+  t = jnp.array([0.7, 0.01])
+  x0 = velocity_model(video, t, text=text, text_mask=mask)  # the shared network's output
+  expected = (video - x0) / jnp.array([0.7, 0.05]).reshape(2, 1, 1, 1, 1)
+  np.testing.assert_allclose(data_model(video, t, text=text, text_mask=mask), expected,
+                             rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(expected).max()) > 0
+
+
 def block_inputs(key):
   """Random video tokens [2, 12, 64], text tokens [2, 5, 64] and conditioning c [2, 64]."""
   kv, kt, kc = jax.random.split(key, 3)
@@ -186,6 +202,7 @@ def test_remat_and_unrolled_layers_compute_the_same_function(key, randomize, rem
     (dict(conditioning="audio"), "model.conditioning='audio'"),
     (dict(num_heads=0), "model.num_heads=0 must be positive"),
     (dict(mlp_ratio=-1.0), "model.mlp_ratio=-1.0 must be positive"),
+    (dict(prediction="noise"), "model.prediction='noise'; choose one of"),
 ])
 def test_invalid_model_config_is_a_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):
