@@ -115,9 +115,9 @@ def validate_optim_config(config: ml_collections.ConfigDict) -> None:
 
 def validate_sample_config(config: ml_collections.ConfigDict) -> None:
   """config.sample: a known sampler, at least one step, a positive shift if one is set, a
-  guidance interval within [0, 1], and a valid sparse-attention schedule (diffusion/sparse_sampling.py)."""
-  from diffusion.samplers import (SAMPLERS, check_interval,  # noqa: PLC0415  (the diffusion
-                                  guidance_interval)  # side's names)
+  guidance interval within [0, 1], and a valid sparse-attention schedule
+  (diffusion/sparse_sampling.py)."""
+  from diffusion.samplers import SAMPLERS, interval_errors  # noqa: PLC0415
   from diffusion.sparse_sampling import sparse_config_errors  # noqa: PLC0415
 
   errors = positive("sample", config, ("num_steps",))
@@ -127,12 +127,7 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
     errors.append(f"sample.sampler={config.sampler!r}; choose one of {list(SAMPLERS)}")
   if config.shift is not None and not config.shift > 0:
     errors.append(f"sample.shift={config.shift} must be positive (or None: as in training)")
-  try:
-    check_interval(guidance_interval(config))
-  except (TypeError, ValueError) as e:
-    errors.append(f"sample.{e}" if isinstance(e, ValueError) else
-                  f"sample.guidance_interval={config.get('guidance_interval')} must be a pair "
-                  "(lo, hi) of noise levels")
+  errors += [f"sample.{error}" for error in interval_errors(config.guidance_interval)]
   errors += sparse_config_errors(config.sparse)
   raise_if_any("sample", errors)
 

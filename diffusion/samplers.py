@@ -108,11 +108,21 @@ def guided(apply: Callable, cond: dict, guidance_scale: float,
   return velocity
 
 
-def check_interval(interval) -> None:
-  lo, hi = interval
+def interval_errors(interval) -> list[str]:
+  """What is wrong with a guidance interval: [] for a pair (lo, hi), 0 <= lo < hi <= 1."""
+  try:
+    lo, hi = (float(x) for x in interval)
+  except (TypeError, ValueError):
+    return [f"guidance_interval={interval} must be a pair (lo, hi) of noise levels"]
   if not 0.0 <= lo < hi <= 1.0:
-    raise ValueError(f"guidance_interval {tuple(interval)} must be (lo, hi) with "
-                     "0 <= lo < hi <= 1, in noise levels sigma (1 is pure noise)")
+    return [f"guidance_interval {(lo, hi)} must be (lo, hi) with 0 <= lo < hi <= 1, in noise "
+            "levels sigma (1 is pure noise)"]
+  return []
+
+
+def check_interval(interval) -> None:
+  if errors := interval_errors(interval):
+    raise ValueError(errors[0])
 
 
 def guided_velocity(model: nnx.Module, cond: dict, guidance_scale: float,
