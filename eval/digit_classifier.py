@@ -216,13 +216,16 @@ def digit_metrics(model: DigitClassifier, generated: np.ndarray, captions,
   digits, directions = labels_of(captions)
   out, real_out = predict(model, generated), predict(model, real)
   kid, kid_std = kernel_distance(out["features"], real_out["features"])
+  # Which digits the model draws well: the accuracy of each prompted digit on its own.
+  per_digit = {f"digit_{d}_accuracy": float(np.mean(out["digit"][digits == d] == d))
+               for d in np.unique(digits)}
   return dict(
       digit_accuracy=float(np.mean(out["digit"] == digits)),
       direction_accuracy=float(np.mean(out["direction"] == directions)),
       digit_and_direction_accuracy=float(np.mean((out["digit"] == digits)
                                                  & (out["direction"] == directions))),
       digit_frechet_distance=frechet_distance(out["features"], real_out["features"]),
-      digit_kernel_distance=kid, digit_kernel_distance_std=kid_std)
+      digit_kernel_distance=kid, digit_kernel_distance_std=kid_std) | per_digit
 
 
 def main(argv):

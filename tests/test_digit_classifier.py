@@ -64,6 +64,11 @@ def test_metrics_score_prompted_labels_and_distances(trained, data):
   assert bad["digit_accuracy"] < 0.3 and bad["direction_accuracy"] == good["direction_accuracy"]
   assert good["digit_frechet_distance"] < noisy["digit_frechet_distance"]
   assert good["digit_kernel_distance"] < noisy["digit_kernel_distance"]
+  # each prompted digit's own accuracy; weighted by its prompts they make up the whole
+  counts = np.bincount(digits, minlength=10)
+  per_digit = [bad.get(f"digit_{d}_accuracy", 0.0) for d in range(10)]
+  assert {f"digit_{d}_accuracy" for d in range(10) if counts[d]} <= set(good)
+  np.testing.assert_allclose(np.dot(counts, per_digit) / counts.sum(), bad["digit_accuracy"])
 
 
 def test_other_data_or_several_digits_are_refused_with_what_to_do():
