@@ -104,8 +104,9 @@ def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
 
 
 def test_a_config_json_missing_model_fields_is_a_clear_error(workdir, tmp_path):
-  """No run predates the current schema, so a config.json without a model field is an error
-  that names the field, before anything is restored (there are no silent defaults)."""
+  """A config.json without a model field (other than rundir.config_file.ADDED_FIELDS, read with
+  what runs did before they existed) is an error that names the field, before anything is
+  restored: there are no silent defaults."""
   import shutil  # pylint: disable=g-import-not-at-top
   old = tmp_path / "old_run"
   shutil.copytree(workdir, old)

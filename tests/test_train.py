@@ -156,6 +156,24 @@ def test_a_changed_model_on_a_saved_run_is_an_error_that_changes_nothing(tiny_ru
   assert train.identity_changes(train.load_config(str(workdir)), config) == []
 
 
+def test_a_run_saved_before_a_field_was_added_reads_as_it_ran(tiny_run, tmp_path):
+  """model.prediction and sample.guidance_interval came after runs that predicted velocities
+  and guided at every noise level: their config.json reads so, and asking such a run to
+  predict data is a change of its identity, not a silent switch."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run, workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["model"]["prediction"], saved["sample"]["guidance_interval"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  old = train.load_config(str(workdir))
+  assert old.model.prediction == "velocity"
+  assert tuple(old.sample.guidance_interval) == (0.0, 1.0)
+  config = get_config("tiny,text=hashed_words")
+  config.unlock()
+  config.model.prediction = "data"
+  assert train.identity_changes(old, config) == ["model.prediction: 'velocity' -> 'data'"]
+
+
 def test_a_workdir_that_cannot_take_checkpoints_fails_at_the_start(tmp_path):
   config = get_config("tiny,text=hashed_words")
   (tmp_path / "checkpoints").write_text("a file where the folder should be")
