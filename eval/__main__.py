@@ -3,7 +3,7 @@
   python -m eval --workdir=runs/quickstart                     # sample from the latest checkpoint
   python -m eval --config=configs/quickstart.py --workdir=runs/quickstart \
       --config.eval.num_videos=512 --metrics=fvd,digits
-  python -m eval --workdir=runs/quickstart --videos=runs/quickstart/samples/sample_2400
+  python -m eval --workdir=runs/quickstart --videos=runs/quickstart/samples/sample_3200
   python -m eval --workdir=runs/x --videos=generated/ --reference_videos=originals/  # + PSNR/SSIM
 
 It samples eval.num_videos videos (EMA parameters, the config's sample settings) for the
