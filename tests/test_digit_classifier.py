@@ -66,9 +66,9 @@ def test_metrics_score_prompted_labels_and_distances(trained, data):
   assert good["digit_kernel_distance"] < noisy["digit_kernel_distance"]
   # each prompted digit's own accuracy; weighted by its prompts they make up the whole
   counts = np.bincount(digits, minlength=10)
-  per_digit = [bad.get(f"digit_{d}_accuracy", 0.0) for d in range(10)]
+  per_digit = [good.get(f"digit_{d}_accuracy", 0.0) for d in range(10)]
   assert {f"digit_{d}_accuracy" for d in range(10) if counts[d]} <= set(good)
-  np.testing.assert_allclose(np.dot(counts, per_digit) / counts.sum(), bad["digit_accuracy"])
+  np.testing.assert_allclose(np.dot(counts, per_digit) / counts.sum(), good["digit_accuracy"])
 
 
 def test_other_data_or_several_digits_are_refused_with_what_to_do():
