@@ -49,7 +49,12 @@ def _digit_images(split: str, scale: int,
   return images, labels
 
 
+STILL = -1  # the direction of a still image (num_frames=1): its caption names no motion
+
+
 def describe(digit: int, direction: int) -> str:
+  if direction == STILL:
+    return f"the digit {digit}"
   return f"the digit {digit} moves {DIRECTIONS[direction][1]}"
 
 
@@ -58,19 +63,20 @@ def caption(digits, directions) -> str:
 
 
 def parse_caption(text: str) -> list[tuple[int, int]]:
-  """The (digit, direction index) pairs a caption names, in order: the inverse of caption().
+  """The (digit, direction index) pairs a caption names, in order: the inverse of caption();
+  a still image's direction is STILL.
 
   Raises ValueError for text that is not a moving-digits caption.
   """
   pairs = []
+  names = [name for _, name in DIRECTIONS]
   for part in text.strip().split("the digit ")[1:]:
-    digit, _, motion = part.partition(" moves ")
-    motion = motion.strip()
-    motion = motion[:-len(" and")] if motion.endswith(" and") else motion
-    names = [name for _, name in DIRECTIONS]
-    if not digit.isdigit() or len(digit) != 1 or motion not in names:
+    part = part.strip()
+    part = part[:-len(" and")] if part.endswith(" and") else part
+    digit, moves, motion = part.partition(" moves ")
+    if not digit.isdigit() or len(digit) != 1 or (moves and motion not in names):
       raise ValueError(f"{text!r} is not a moving-digits caption like {describe(3, 4)!r}")
-    pairs.append((int(digit), names.index(motion)))
+    pairs.append((int(digit), names.index(motion) if moves else STILL))
   if not pairs or caption(*zip(*pairs)) != text.strip():
     raise ValueError(f"{text!r} is not a moving-digits caption like {describe(3, 4)!r}")
   return pairs
@@ -80,26 +86,30 @@ class MovingDigits:
   """A random-access source of moving-digit videos.
 
   Each item is {"video": float32 [T, H, W, 1] in [-1, 1], "caption": str, "label": int32}, where
-  the label is the first digit's class. Videos with two digits combine them with max.
+  the label is the first digit's class. Videos with two digits combine them with max. size is
+  the canvas, square or (height, width). num_frames=1 gives still images, captioned without a
+  motion ("the digit 3").
   styles_per_digit limits each digit to its first few handwritten images (None: all ~140 per
   digit in the train split), a narrower distribution that a small model learns sooner.
   """
 
-  def __init__(self, num_examples: int = 100_000, num_frames: int = 8, size: int = 32,
-               digit_scale: int = 2, speed: int = 2, max_digits: int = 1, split: str = "train",
+  def __init__(self, num_examples: int = 100_000, num_frames: int = 8,
+               size: int | tuple[int, int] = 32, digit_scale: int = 2, speed: int = 2,
+               max_digits: int = 1, split: str = "train",
                styles_per_digit: int | None = None, seed: int = 0):
     digit_size = 8 * digit_scale
     travel = speed * (num_frames - 1)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
     problems = []
     if num_examples < 1:
       problems.append(f"num_examples must be positive, got {num_examples}")
     if num_frames < 1 or digit_scale < 1 or speed < 0:
       problems.append("num_frames and digit_scale must be positive and speed non-negative, got "
                       f"{num_frames}, {digit_scale}, {speed}")
-    if digit_size + travel > size:
+    if digit_size + travel > min(height, width):
       problems.append(
           f"a {digit_size}px digit moving {speed}px/frame for {num_frames} frames needs a canvas "
-          f"of at least {digit_size + travel}px, got size={size}: raise size or lower "
+          f"of at least {digit_size + travel}px a side, got size={size}: raise size or lower "
           "speed, num_frames or digit_scale")
     if max_digits not in (1, 2):
       problems.append(f"max_digits must be 1 or 2, got {max_digits}")
@@ -112,6 +122,7 @@ class MovingDigits:
     self.num_examples = num_examples
     self.num_frames = num_frames
     self.size = size
+    self.canvas = (int(height), int(width))
     self.digit_scale = digit_scale
     self.speed = speed
     self.max_digits = max_digits
@@ -121,6 +132,11 @@ class MovingDigits:
 
   def __len__(self) -> int:
     return self.num_examples
+
+  @property
+  def video_shape(self) -> tuple[int, int, int]:
+    """(T, H, W) of every example."""
+    return (self.num_frames, *self.canvas)
 
   def __repr__(self) -> str:
     return (f"MovingDigits(n={self.num_examples}, frames={self.num_frames}, size={self.size}, "
@@ -132,14 +148,14 @@ class MovingDigits:
     rng = np.random.default_rng([self.seed, index])
     images, labels = _digit_images(self.split, self.digit_scale, self.styles_per_digit)
     num_digits = int(rng.integers(1, self.max_digits + 1))
-    video = np.zeros((self.num_frames, self.size, self.size), np.float32)
+    video = np.zeros((self.num_frames, *self.canvas), np.float32)
     digits, directions = [], []
     for _ in range(num_digits):
       which = int(rng.integers(len(images)))
       direction = int(rng.integers(len(DIRECTIONS)))
       self._draw(video, images[which], DIRECTIONS[direction][0], rng)
       digits.append(int(labels[which]))
-      directions.append(direction)
+      directions.append(direction if self.num_frames > 1 else STILL)
     return {
         "video": video[..., None] * 2.0 - 1.0,  # [T, H, W, 1]
         "caption": caption(digits, directions),
@@ -152,9 +168,9 @@ class MovingDigits:
     digit = image.shape[0]
     travel = self.speed * (self.num_frames - 1)
     start = []
-    for move in step:
+    for move, size in zip(step, self.canvas):
       low = travel if move < 0 else 0
-      high = self.size - digit - (travel if move > 0 else 0)
+      high = size - digit - (travel if move > 0 else 0)
       start.append(int(rng.integers(low, high + 1)))
     for frame in range(self.num_frames):
       y = start[0] + step[0] * self.speed * frame

@@ -11,17 +11,25 @@ import jax
 import numpy as np
 
 # What the model's train step consumes; anything else in a batch (captions) stays on the host.
-MODEL_INPUTS = ("video", "text", "text_mask", "label")
+MODEL_INPUTS = ("video", "text", "text_mask", "label",
+                "patches", "segment_ids", "positions")  # packed rows (data/packing.py)
 
 
 class EncodeCaptions(grain.transforms.Map):
-  """Adds the text encoder's output for a batch's captions: text and text_mask."""
+  """Adds the text encoder's output for a batch's captions [B] (or a packed batch's [R, S]):
+  text and text_mask [B, ...] (or [R, S, ...]; an empty slot's text is all masked)."""
 
   def __init__(self, encoder: Callable[[list[str]], dict]):
     self.encoder = encoder
 
   def map(self, batch: dict) -> dict:
-    return dict(batch, **self.encoder([str(c) for c in batch["caption"]]))
+    captions = np.asarray(batch["caption"])
+    encoded = self.encoder([str(c) for c in captions.ravel()])
+    encoded = {k: np.asarray(v).reshape(*captions.shape, *np.shape(v)[1:])
+               for k, v in encoded.items()}
+    if "slot_shapes" in batch:
+      encoded["text_mask"] = encoded["text_mask"] & (batch["slot_shapes"][..., :1] > 0)
+    return dict(batch, **encoded)
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -47,6 +55,15 @@ def make_dataset(source, *, global_batch_size: int, seed: int, text_encoder=None
     raise ValueError(f"the data source has {len(dataset)} examples for this process, fewer than "
                      f"one batch of {batch_size}: lower train.batch_size or add data")
   dataset = dataset.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
+  if text_encoder is not None:
+    dataset = dataset.map(EncodeCaptions(text_encoder))
+  return dataset
+
+
+def make_shaped_dataset(batches, text_encoder=None) -> grain.MapDataset:
+  """An endless dataset of data.batching's BucketBatches or PackedBatches (batch k is this
+  process's share of global batch k), captions encoded."""
+  dataset = grain.MapDataset.source(batches)
   if text_encoder is not None:
     dataset = dataset.map(EncodeCaptions(text_encoder))
   return dataset

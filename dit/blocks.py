@@ -38,9 +38,28 @@ def linear_kwargs(config: DiTConfig, rngs: nnx.Rngs) -> dict:
               rngs=rngs)
 
 
+def per_token(a: jax.Array) -> jax.Array:
+  """A modulation [B, D] (one per sequence) as [B, 1, D]; one per token [B, L, D] as is."""
+  return a[:, None, :] if a.ndim == 2 else a
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """x [B, L, D] shifted and scaled per sample by [B, D]."""
-  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+  """x [B, L, D] shifted and scaled per sequence by [B, D], or per token by [B, L, D]."""
+  return x * (1 + per_token(scale)) + per_token(shift)
+
+
+def modulations(layer: nnx.Linear, c: jax.Array, count: int,
+                slots: jax.Array | None = None) -> list[jax.Array]:
+  """`count` modulations [B, D] of the condition c [B, D], from layer(silu(c)).
+
+  Packed sequences (several examples in one row) give c [B, S, D], one per example slot, and
+  slots int [B, L], the slot of each token: the modulations are then per token [B, L, D],
+  computed once per slot and gathered (not once per token).
+  """
+  params = layer(jax.nn.silu(c))  # [B, D'] or [B, S, D']
+  if slots is not None:
+    params = jnp.take_along_axis(params, slots[..., None], axis=1)  # [B, L, D']
+  return jnp.split(params, count, axis=-1)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -81,9 +100,10 @@ class Stream(nnx.Module):
     self.out = dense(dim, dim, ("heads", "embed"), **kwargs)
     self.mlp = SwiGLU(dim, config.mlp_hidden_size, **kwargs)
 
-  def modulation_params(self, c: jax.Array) -> list[jax.Array]:
-    """c [B, D] -> six [B, D]: attention shift, scale, gate; MLP shift, scale, gate."""
-    return jnp.split(self.modulation(jax.nn.silu(c)), 6, axis=-1)
+  def modulation_params(self, c: jax.Array, slots: jax.Array | None = None) -> list[jax.Array]:
+    """c [B, D] -> six [B, D]: attention shift, scale, gate; MLP shift, scale, gate. Packed:
+    c [B, S, D] and slots [B, L] -> six [B, L, D] (see `modulations`)."""
+    return modulations(self.modulation, c, 6, slots)
 
   def attention_inputs(self, x, mod, angles):
     """x [B, L, D] -> q, k, v [B, L, H, D/H]; q and k RMS-normalised, then rotated."""
@@ -98,8 +118,8 @@ class Stream(nnx.Module):
     """Gated residual of the attention output [B, L, H, Dh], then of the MLP."""
     gate_attn, shift_mlp, scale_mlp, gate_mlp = mod[2:]
     b, length, _ = x.shape
-    x = constrain(x + gate_attn[:, None, :] * self.out(attended.reshape(b, length, -1)), TOKENS)
-    x = x + gate_mlp[:, None, :] * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+    x = constrain(x + per_token(gate_attn) * self.out(attended.reshape(b, length, -1)), TOKENS)
+    x = x + per_token(gate_mlp) * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
     return constrain(x, TOKENS)
 
 
@@ -119,14 +139,15 @@ class SingleStreamBlock(nnx.Module):
     self.attention_options = attention_options(config)
     self.stream = Stream(config, rngs=rngs)
 
-  def __call__(self, x, c, angles, segment_ids=None, pattern=None, attend=None):
+  def __call__(self, x, c, angles, segment_ids=None, pattern=None, attend=None, slots=None):
     """x [B, L, D], c [B, D], angles [B or 1, L, Dh/2], segment_ids [B, L] -> [B, L, D].
 
     pattern: the block-sparsity pattern of the attention (dit.sparsity), or None for dense.
     attend: (q, k, v, segment_ids) -> out [B, L, H, Dh], replacing the configured attention
     (a layer's slice of a dit.attention.LayerAttention, e.g. AdaSpa's per-layer patterns).
+    slots: packed sequences: c is [B, S, D], one per example, and slots [B, L] each token's.
     """
-    mod = self.stream.modulation_params(c)
+    mod = self.stream.modulation_params(c, slots)
     q, k, v = self.stream.attention_inputs(x, mod, angles)
     attended = joint_attention(q, k, v, self.attention_options, segment_ids, pattern, attend)
     return self.stream.finish(x, attended, mod)
@@ -140,12 +161,14 @@ class DualStreamBlock(nnx.Module):
     self.video = Stream(config, rngs=rngs)
     self.text = Stream(config, rngs=rngs)
 
-  def __call__(self, video, text, c, angles, segment_ids=None, pattern=None, attend=None):
+  def __call__(self, video, text, c, angles, segment_ids=None, pattern=None, attend=None,
+               slots=None):
     """video [B, Lv, D], text [B, Lt, D]; angles, segment_ids, pattern and attend cover the
-    joint sequence [video | text]."""
+    joint sequence [video | text]; slots (packed sequences) too: [B, Lv + Lt]."""
     lv = video.shape[1]
-    video_mod = self.video.modulation_params(c)
-    text_mod = self.text.modulation_params(c)
+    video_slots, text_slots = (None, None) if slots is None else (slots[:, :lv], slots[:, lv:])
+    video_mod = self.video.modulation_params(c, video_slots)
+    text_mod = self.text.modulation_params(c, text_slots)
     qkv_video = self.video.attention_inputs(video, video_mod, angles[:, :lv])
     qkv_text = self.text.attention_inputs(text, text_mod, angles[:, lv:])
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(qkv_video, qkv_text))

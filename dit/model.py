@@ -79,8 +79,10 @@ MIN_DATA_PREDICTION_T = 0.05
 
 def velocity_from_data(x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
   """The velocity noise - x0 implied by a prediction of the data x0 [B, T, H, W, C] at x_t and
-  t [B]: x_t = (1 - t) x0 + t noise gives noise - x0 = (x_t - x0) / t; float32."""
-  t = jnp.maximum(t.astype(jnp.float32), MIN_DATA_PREDICTION_T).reshape(-1, 1, 1, 1, 1)
+  t [B] (or packed patches x0 [B, L, P] at t [B, L] per token): x_t = (1 - t) x0 + t noise
+  gives noise - x0 = (x_t - x0) / t; float32."""
+  t = jnp.maximum(t.astype(jnp.float32), MIN_DATA_PREDICTION_T)
+  t = t.reshape(t.shape + (1,) * (x0.ndim - t.ndim))
   return (x_t.astype(jnp.float32) - x0) / t
 
 
@@ -96,8 +98,9 @@ class FinalLayer(nnx.Module):
                                        **kwargs)
     self.proj = blocks_lib.dense(dim, patch_dim, ("embed", "patch"), kernel_init=zeros, **kwargs)
 
-  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-    shift, scale = jnp.split(self.modulation(jax.nn.silu(c)), 2, axis=-1)
+  def __call__(self, x: jax.Array, c: jax.Array, slots: jax.Array | None = None) -> jax.Array:
+    """x [B, L, D], c [B, D] (or per slot [B, S, D] with slots [B, L]) -> [B, L, patch_dim]."""
+    shift, scale = blocks_lib.modulations(self.modulation, c, 2, slots)
     return self.proj(blocks_lib.modulate(blocks_lib.layer_norm(x), shift, scale))
 
 
@@ -152,6 +155,51 @@ class DiT(nnx.Module):
     of block's per-layer outputs of `attention`, stacked over its layers."""
     return self._forward(video, t, text, text_mask, labels, drop_cond, attention)
 
+  def packed(self, patches: jax.Array, t: jax.Array, segment_ids: jax.Array,
+             positions: jax.Array, *, text: jax.Array | None = None,
+             text_mask: jax.Array | None = None, labels: jax.Array | None = None,
+             drop_cond: jax.Array | None = None) -> jax.Array:
+    """Velocity float32 [B, L, P] of packed rows: each row holds up to S examples of any
+    shapes, one after another, as their patch tokens (data/packing.py builds them).
+
+    patches [B, L, P = pt*ph*pw*C]: each example's `patchify` tokens; segment_ids int [B, L]:
+    the slot s + 1 (1..S) of the example a token belongs to, 0 for padding; positions int
+    [B, L, 3]: each token's (t, h, w) patch coordinate in its own example; t [B, S]: each
+    slot's noise level; text [B, S, N, text_dim] (or ids [B, S, N]) with text_mask [B, S, N],
+    or labels int [B, S]; drop_cond bool [B, S].
+
+    Attention stays within each example (its video and text tokens share a segment id), each
+    token is modulated by its own example's timestep and condition, and RoPE rotates by its
+    own example's positions: an example's output is what __call__ gives it alone. Padding
+    tokens (segment 0) only see each other; their output is meaningless.
+    """
+    cfg = self.config
+    b, s = t.shape
+    self._check_packed(patches, t, segment_ids, positions, text, labels)
+    x = self.patch_embed(patches.astype(jnp.dtype(cfg.dtype)))
+    x = constrain(x, blocks_lib.TOKENS)  # [B, L, D]
+    c = self.time_embed(t.reshape(-1)).reshape(b, s, -1)  # [B, S, D] float32
+    video_slots = jnp.maximum(segment_ids - 1, 0)  # [B, L]; padding takes slot 0's condition
+    video_angles = rope_angles(positions, self.rope_dims, cfg.rope_theta)  # [B, L, Dh/2]
+    if not cfg.uses_text:
+      c = c + self.label_embed(labels, drop_cond)
+      x = self._stack(x, None, c, video_angles, segment_ids, None, None, None, {}, video_slots)
+    else:
+      n = text.shape[2]
+      flat = lambda a: None if a is None else a.reshape(b * s, *a.shape[2:])
+      tokens, mask, pooled = self.text_embed(flat(text), flat(text_mask), flat(drop_cond))
+      c = c + pooled.reshape(b, s, -1)
+      tokens, mask = tokens.reshape(b, s * n, -1), mask.reshape(b, s * n)  # [B, S*N, ...]
+      text_slots = jnp.broadcast_to(jnp.repeat(jnp.arange(s, dtype=jnp.int32), n), (b, s * n))
+      joint_segments = jnp.concatenate(
+          [segment_ids.astype(jnp.int32), jnp.where(mask, text_slots + 1, 0)], axis=1)
+      x = self._stack(x, tokens, c, video_angles, joint_segments, None, None, None, {},
+                      jnp.concatenate([video_slots, text_slots], axis=1))
+    output = self.final(x, c, video_slots).astype(jnp.float32)  # [B, L, P]
+    if cfg.prediction == "velocity":
+      return output
+    return velocity_from_data(output, patches, jnp.take_along_axis(t, video_slots, axis=1))
+
   def _forward(self, video, t, text, text_mask, labels, drop_cond, attention):
     cfg = self.config
     self._check_inputs(video, t, text, labels)
@@ -161,35 +209,43 @@ class DiT(nnx.Module):
     c = self.time_embed(t)  # [B, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
     outputs = {}
-
+    tokens, segment_ids = None, None
     if not cfg.uses_text:
       c = c + self.label_embed(labels, drop_cond)
-      context = AttentionContext(cfg, grid, x.shape[1], 0)
-      pattern = sparsity.attention_pattern(cfg, grid, 0)
-      x = self._blocks("single", x, attention, context, outputs,
-                       lambda block, x, attend: block(x, c, video_angles, None, pattern, attend))
-      return self._velocity(x, c, grid, video, t), outputs
+    else:
+      tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
+      c = c + pooled
+      if text_mask is not None or drop_cond is not None:
+        # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
+        segment_ids = jnp.concatenate(
+            [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
+    num_text = 0 if tokens is None else tokens.shape[1]
+    context = AttentionContext(cfg, grid, x.shape[1], num_text)
+    pattern = sparsity.attention_pattern(cfg, grid, num_text)
+    x = self._stack(x, tokens, c, video_angles, segment_ids, pattern, attention, context,
+                    outputs, None)
+    return self._velocity(x, c, grid, video, t), outputs
 
-    tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
-    c = c + pooled
-    # Text tokens have no 3D position: angle 0 leaves them unrotated.
-    angles = jnp.concatenate(
-        [video_angles, jnp.zeros((1, tokens.shape[1], video_angles.shape[-1]))], axis=1)
-    segment_ids = None
-    if text_mask is not None or drop_cond is not None:
-      # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
-      segment_ids = jnp.concatenate(
-          [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
-    context = AttentionContext(cfg, grid, x.shape[1], tokens.shape[1])
-    pattern = sparsity.attention_pattern(cfg, grid, tokens.shape[1])
+  def _stack(self, x, tokens, c, video_angles, segment_ids, pattern, attention, context,
+             outputs, slots):
+    """The video tokens x [B, Lv, D] (and text tokens [B, Lt, D], or None for a label model)
+    through every block -> the video tokens [B, Lv, D]. Text tokens have no 3D position:
+    angle 0 leaves them unrotated."""
+    if tokens is None:
+      return self._blocks(
+          "single", x, attention, context, outputs,
+          lambda block, x, attend: block(x, c, video_angles, segment_ids, pattern, attend, slots))
+    text_angles = jnp.zeros((video_angles.shape[0], tokens.shape[1], video_angles.shape[-1]))
+    angles = jnp.concatenate([video_angles, text_angles], axis=1)
     x, tokens = self._blocks(
         "dual", (x, tokens), attention, context, outputs,
-        lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend))
+        lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend,
+                                        slots))
     joint = constrain(jnp.concatenate([x, tokens], axis=1), blocks_lib.TOKENS)
-    joint = self._blocks("single", joint, attention, context, outputs,
-                         lambda block, x, attend: block(x, c, angles, segment_ids, pattern,
-                                                        attend))
-    return self._velocity(joint[:, :x.shape[1]], c, grid, video, t), outputs
+    joint = self._blocks(
+        "single", joint, attention, context, outputs,
+        lambda block, x, attend: block(x, c, angles, segment_ids, pattern, attend, slots))
+    return joint[:, :x.shape[1]]
 
   def _blocks(self, kind: str, carry, attention: LayerAttention | None,
               context: AttentionContext, outputs: dict, call: Callable):
@@ -224,6 +280,31 @@ class DiT(nnx.Module):
     if self.config.prediction == "velocity":
       return output
     return velocity_from_data(output, video, t)
+
+  def _check_packed(self, patches, t, segment_ids, positions, text, labels):
+    """Packed inputs' shapes against each other and the config, at trace time."""
+    cfg = self.config
+    b, length = segment_ids.shape[:2] if segment_ids.ndim == 2 else (None, None)
+    problems = []
+    if cfg.sparse_pattern != "full":
+      problems.append(f"model.sparse_pattern={cfg.sparse_pattern!r} is drawn on one video's "
+                      "patch grid; packed rows need 'full'")
+    if segment_ids.ndim != 2 or patches.shape != (b, length, self.patch_dim):
+      problems.append(f"patches {patches.shape} must be [B, L, {self.patch_dim}] (pt*ph*pw*C) "
+                      f"with segment_ids [B, L], got segment_ids {segment_ids.shape}")
+    if positions.shape != (b, length, 3):
+      problems.append(f"positions {positions.shape} must be [B, L, 3] = [{b}, {length}, 3]")
+    if t.ndim != 2 or t.shape[0] != b:
+      problems.append(f"t {t.shape} must be [B, S] = [{b}, slots]")
+    slots = t.shape[1] if t.ndim == 2 else None
+    if cfg.uses_text and (text is None or text.shape[:2] != (b, slots)):
+      problems.append(f"text must be [B, S, N, ...] = [{b}, {slots}, ...], got "
+                      f"{None if text is None else text.shape}")
+    if not cfg.uses_text and (labels is None or labels.shape != (b, slots)):
+      problems.append(f"labels must be [B, S] = [{b}, {slots}], got "
+                      f"{None if labels is None else labels.shape}")
+    if problems:
+      raise ValueError("DiT.packed: " + "; ".join(problems))
 
   def _check_inputs(self, video, t, text, labels):
     """The inputs' shapes against the config: errors at trace time, before any compute."""

@@ -6,7 +6,6 @@ gives each token's (t, h, w) grid coordinate for the 3D RoPE.
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 Grid = tuple[int, int, int]
@@ -35,12 +34,13 @@ def num_video_tokens(frames: Sequence[int], patch_size: Sequence[int]) -> int:
 
 
 def patchify(video: jax.Array, patch_size: Sequence[int]) -> jax.Array:
-  """[B, T, H, W, C] -> [B, nT*nH*nW, pt*ph*pw*C]."""
+  """[B, T, H, W, C] -> [B, nT*nH*nW, pt*ph*pw*C]; a numpy video gives numpy (packing on the
+  host, data/packing.py)."""
   nt, nh, nw = patch_grid(video.shape, patch_size)
   pt, ph, pw = patch_size
   b, c = video.shape[0], video.shape[-1]
   x = video.reshape(b, nt, pt, nh, ph, nw, pw, c)
-  x = jnp.einsum("bTtHhWwc->bTHWthwc", x)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [b, T, H, W, t, h, w, c]
   return x.reshape(b, nt * nh * nw, pt * ph * pw * c)
 
 
@@ -54,7 +54,7 @@ def unpatchify(tokens: jax.Array, grid: Grid, patch_size: Sequence[int]) -> jax.
                      f"size {tuple(patch_size)}")
   c = dim // (pt * ph * pw)
   x = tokens.reshape(b, nt, nh, nw, pt, ph, pw, c)
-  x = jnp.einsum("bTHWthwc->bTtHhWwc", x)
+  x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)  # [b, T, t, H, h, W, w, c]
   return x.reshape(b, nt * pt, nh * ph, nw * pw, c)
 
 

@@ -8,7 +8,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from diffusion.flow_matching import flow_matching_loss
+from diffusion.flow_matching import flow_matching_loss, packed_flow_matching_loss
 from dit.patchify import num_video_tokens
 from training.train_state import TrainState
 
@@ -35,9 +35,13 @@ def make_grad_fn(graphdef: nnx.GraphDef, flow: ml_collections.ConfigDict, patch_
                  encode=None):
   """(params, model_state, batch, key) -> (gradients of the flow-matching loss, metrics).
   encode: videos -> latents (rundir.open_vae.latent_encoder), applied to batch["video"] first
-  when the DiT trains in a VAE's latent space."""
+  when the DiT trains in a VAE's latent space. A packed batch (data/packing.py: "patches",
+  "segment_ids", "positions") trains through the packed loss, averaged per example."""
 
   def loss_fn(params, model_state, batch, key):
+    if "segment_ids" in batch:
+      return packed_flow_matching_loss(nnx.merge(graphdef, params, model_state), batch, key,
+                                       flow)
     if encode is not None:
       batch = dict(batch, video=jax.lax.stop_gradient(encode(batch["video"])))
     model = nnx.merge(graphdef, params, model_state)
