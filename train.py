@@ -41,9 +41,11 @@ from ml_collections import config_flags
 
 from configs.checks import trains, validate_config
 from configs.common import latent_shards_folder, latent_vae
+from configs.stages import Stage, resolve_stages, stage_at
 from data.encode_latents import shards_identity
 from data.latent_shards import LatentShards, manifest_mismatches
-from data.pipeline import make_dataset, make_iterator, model_inputs
+from data.batching import BucketBatches, PackedBatches
+from data.pipeline import make_dataset, make_iterator, make_shaped_dataset, model_inputs
 from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
@@ -61,8 +63,8 @@ from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 from text_encoders.encoders import text_encoder_for
 from training import checkpoints
-from training.layout import (check_fits_mesh, global_batch, init_sharded_train_state,
-                             jit_train_step, train_state_layout)
+from training.layout import (batch_degree, check_fits_mesh, global_batch,
+                             init_sharded_train_state, jit_train_step, train_state_layout)
 from training.optimizer import learning_rate_schedule
 from training.train_state import optimizer_for
 from training.train_step import make_train_step
@@ -125,10 +127,13 @@ class TerminationRequest:
       signal.signal(signum, previous)
 
 
-def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
+def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple,
+              ranks: int = 1):
   """The data source and iterator, after checking that the source's videos have the `expected`
   shape (T, H, W, C): the model's input, or what the VAE encodes to its latents. With
-  config.latents.shards the source is those shards, checked against the config."""
+  config.latents.shards the source is those shards, checked against the config. With
+  data.batching "buckets" or "packing" examples keep their own shapes (only the channels are
+  checked) and make batches over `ranks` data-parallel devices (data/batching.py)."""
   if latent_shards_folder(config):
     source = open_latent_shards(config)
     dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
@@ -136,6 +141,14 @@ def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
     return source, make_iterator(dataset, num_threads=config.data.num_threads)
   source = make_source(config.data.name, seed=config.seed, **config.data.kwargs)
   video = source[0]["video"]
+  batching = config.data.get("batching", "fixed")
+  if batching != "fixed":
+    if video.shape[-1] != expected[-1]:
+      raise ValueError(f"data {source!r} gives videos of {video.shape[-1]} channels but "
+                       f"model.in_channels={expected[-1]}: make them agree")
+    return source, make_iterator(make_shaped_dataset(
+        shaped_batches(config, source, ranks), text_encoder),
+        num_threads=config.data.num_threads)
   if video.shape != tuple(expected):
     section = "vae" if trains(config) == "vae" else "model"
     what = (f"(train.video_shape, {section}.in_channels)" if not latent_vae(config) else
@@ -145,6 +158,32 @@ def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple):
   dataset = make_dataset(source, global_batch_size=config.train.batch_size, seed=config.seed,
                          text_encoder=text_encoder)
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
+
+
+def shaped_batches(config: ml_collections.ConfigDict, source, ranks: int):
+  """data.batching's BucketBatches or PackedBatches of `source` for this process."""
+  data, model = config.data, config.model
+  split = dict(seed=config.seed, process_index=jax.process_index(),
+               process_count=jax.process_count())
+  if data.batching == "buckets":
+    return BucketBatches(source, patch_size=model.patch_size,
+                         tokens_per_device=data.tokens_per_device, ranks=ranks, **split)
+  text_tokens = config.text.max_length if model.conditioning == "text" else 0
+  return PackedBatches(source, patch_size=model.patch_size, num_rows=config.train.batch_size,
+                       row_tokens=data.row_tokens, max_slots=data.max_slots, ranks=ranks,
+                       balance=data.balance, text_tokens=text_tokens,
+                       hidden_size=model.hidden_size, **split)
+
+
+def batch_tokens(batch: dict, patch_size) -> int:
+  """Video tokens in the global batch of which `batch` is this process's numpy share (real
+  tokens only, for packed rows)."""
+  if "segment_ids" in batch:
+    local = int(np.count_nonzero(batch["segment_ids"]))
+  else:
+    video = batch["video"]
+    local = len(video) * num_video_tokens(video.shape[1:4], patch_size)
+  return local * jax.process_count()
 
 
 def open_latent_shards(config: ml_collections.ConfigDict) -> LatentShards:
@@ -188,7 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     config.latents.shards = os.path.abspath(latent_shards_folder(config))
   pin_latent_vae(config, workdir)  # one VAE for the whole run, resumed or not
   mesh = make_mesh(dict(config.mesh))
-  check_fits_mesh(config, mesh)
+  for stage in resolve_stages(config):
+    check_fits_mesh(stage.config, mesh)
   lead = jax.process_index() == 0  # the one process that writes files other than checkpoints
   with contextlib.ExitStack() as held:
 
@@ -246,110 +286,167 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
         "or train this one in a new --workdir. Nothing in the workdir was changed.")
 
 
+class StageRun:
+  """What one stage (configs/stages.py; a run without stages is one) trains with: its data
+  iterator, its compiled step (and the VAE's image step), its previews and its throughput."""
+
+  def __init__(self, stage: Stage, model, graphdef, shardings, mesh, text_encoder, vae):
+    config = stage.config
+    self.stage, self.config, self.mesh = stage, config, mesh
+    pixels = (*config.train.video_shape, model.in_channels) if vae is None else pixel_shape(
+        vae.config, config.train.video_shape)
+    self.source, self.data_iterator = make_data(config, text_encoder, pixels,
+                                                ranks=batch_degree(mesh))
+    optimizer = optimizer_for(model, config.optim)
+    schedule = learning_rate_schedule(config.optim)
+    # The optimizer's own count restarts with its state at the latest reset: the logged rate
+    # counts from there too.
+    options = dict(ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
+                   learning_rate=lambda step: schedule(step - stage.schedule_start))
+    self.image_step, self.image_pixels = None, None
+    if trains(config) == "vae":
+      perceptual = perceptual_loss(config.vae_loss)
+      step = make_vae_train_step(graphdef, optimizer, config.vae_loss, perceptual=perceptual,
+                                 **options)
+      if config.vae_loss.image_steps:  # the first steps train on the videos' first frames
+        self.image_step = jit_train_step(
+            make_vae_train_step(graphdef, optimizer, config.vae_loss, perceptual=perceptual,
+                                images=True, **options), shardings, mesh)
+      self.make_preview = lambda state: Reconstructions(graphdef, self.source,
+                                                        config.vae_loss.reconstructions)
+      # pixels a step codes: an image step codes only the first frame of each video
+      self.pixels = config.train.batch_size * int(np.prod(config.train.video_shape))
+      self.image_pixels = self.pixels // config.train.video_shape[0]
+    else:
+      step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
+                             encode=latent_step_input(config, vae), **options)
+      decoder = None if vae is None else latent_decoder(vae)
+      self.make_preview = lambda state: Samples(VideoSampler(
+          graphdef, state.model_state, config, text_encoder, decoder=decoder), config)
+    self.preview = None
+    self.train_step = jit_train_step(step, shardings, mesh)
+    self.reset_optimizer = jax.jit(optimizer.init, out_shardings=shardings.opt_state)
+
+  def run_step(self, state, batch: dict, step: int, key):
+    """One step on this process's numpy batch -> (state, metrics, units done: video tokens,
+    or pixels coded for a VAE)."""
+    on_image = self.image_step is not None and step < self.config.vae_loss.image_steps
+    inputs = global_batch(model_inputs(batch), self.mesh)
+    state, metrics = (self.image_step if on_image else self.train_step)(state, inputs, key)
+    if trains(self.config) == "vae":
+      return state, metrics, self.image_pixels if on_image else self.pixels
+    return state, metrics, batch_tokens(batch, self.config.model.patch_size)
+
+  def write_preview(self, state, out_dir: str, lead: bool) -> None:
+    """Samples (a DiT) or reconstructions (a VAE) from the EMA parameters, in out_dir."""
+    if self.preview is None:
+      self.preview = self.make_preview(state)
+    self.preview.write(state, out_dir, lead)
+
+
+def restore_run(manager, abstract, stages, make_run):
+  """The newest checkpoint that restores -> (state, rng, the StageRun of the stage that ran its
+  last step, its data iterator at the saved position)."""
+  newest = manager.latest_step()
+  run = make_run(stage_at(stages, newest - 1))
+  state, rng = checkpoints.restore_newest(manager, abstract, run.data_iterator)
+  step = int(state.step)
+  if stage_at(stages, step - 1) is not run.stage:  # fell back across a stage boundary
+    run = make_run(stage_at(stages, step - 1))
+    state, rng = checkpoints.restore(manager, abstract, run.data_iterator, step=step)
+  return state, rng, run
+
+
 def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
            mesh: jax.sharding.Mesh):
   lead = jax.process_index() == 0
   text_encoder = text_encoder_for(config) if trains(config) == "dit" else None
   vae = open_latent_vae(config)  # None in pixel space
-  pixels = (*config.train.video_shape, model.in_channels) if vae is None else pixel_shape(
-      vae.config, config.train.video_shape)
-  source, data_iterator = make_data(config, text_encoder, pixels)
-
-  optimizer = optimizer_for(model, config.optim)
+  stages = resolve_stages(config)
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
                                                      config.sharding.rules)
+  make_run = lambda stage: StageRun(stage, model, graphdef, shardings, mesh, text_encoder,
+                                    vae)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  # A new run's data is checked before anything is written.
+  run = None if checkpoints.saved_steps(workdir) else make_run(stages[0])
   # Under the workdir's lock no save is in flight: the temporary folders of saves a kill
   # interrupted are removed (orbax's cleanup_tmp_directories).
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints,
                                      cleanup_interrupted=True)
   if manager.latest_step() is not None:  # restored straight into this mesh's shards
-    state, rng = checkpoints.restore_newest(manager, abstract, data_iterator)
+    state, rng, run = restore_run(manager, abstract, stages, make_run)
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
     state = init_sharded_train_state(model, config.optim, config.seed, shardings)
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
 
-  image_step, image_throughput = None, None
-  step_options = dict(ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum,
-                      learning_rate=learning_rate_schedule(config.optim))
-  if trains(config) == "vae":
-    perceptual = perceptual_loss(config.vae_loss)
-    train_step = make_vae_train_step(graphdef, optimizer, config.vae_loss,
-                                     perceptual=perceptual, **step_options)
-    if config.vae_loss.image_steps:  # the first steps train on the videos' first frames
-      image_step = jit_train_step(
-          make_vae_train_step(graphdef, optimizer, config.vae_loss, perceptual=perceptual,
-                              images=True, **step_options), shardings, mesh)
-    preview = (Reconstructions(graphdef, source, config.vae_loss.reconstructions)
-               if config.train.sample_every else None)
-    # pixels a step codes: an image step codes only the first frame of each video
-    throughput = config.train.batch_size * int(np.prod(config.train.video_shape))
-    image_throughput = throughput // config.train.video_shape[0]
-  else:
-    train_step = make_train_step(graphdef, optimizer, config.flow, config.model.patch_size,
-                                 encode=latent_step_input(config, vae),
-                                 **step_options)
-    decoder = None if vae is None else latent_decoder(vae)
-    preview = (Samples(VideoSampler(graphdef, state.model_state, config, text_encoder,
-                                    decoder=decoder), config)
-               if config.train.sample_every else None)
-    throughput = config.train.batch_size * num_video_tokens(config.train.video_shape,
-                                                            model.patch_size)
-  train_step = jit_train_step(train_step, shardings, mesh)
   throughput_name = "pixels_per_sec" if trains(config) == "vae" else "tokens_per_sec"
-
   writer = MetricWriter(workdir) if lead else None
   train_cfg = config.train
   start = int(state.step)
   last_saved = start if start else None
   progress = _progress_bar(start, train_cfg.num_steps)
-  pending, timer, units = [], (time.perf_counter(), start), 0
+  pending, timer, units, imbalances = [], (time.perf_counter(), start), 0, []
   try:
     with TerminationRequest() as termination:
       for step in range(start, train_cfg.num_steps):
-        batch = global_batch(model_inputs(next(data_iterator)), mesh)
-        on_image = image_step is not None and step < config.vae_loss.image_steps
-        step_fn = image_step if on_image else train_step
-        state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
-        units += image_throughput if on_image else throughput
+        stage = stage_at(stages, step)
+        if run is None or run.stage is not stage:
+          run = make_run(stage)
+          if stage.index and step == stage.start and stage.optimizer == "reset":
+            state = state.replace(opt_state=run.reset_optimizer(state.params))
+          if len(stages) > 1 and lead:
+            print(f"stage {stage.index} ({stage.name!r}): steps {stage.start}-{stage.end - 1}, "
+                  f"optimizer {stage.optimizer}", flush=True)
+        batch = next(run.data_iterator)
+        if "rank_imbalance" in batch:
+          imbalances.append(float(batch["rank_imbalance"]))
+        state, metrics, done_units = run.run_step(state, batch, step,
+                                                  jax.random.fold_in(rng, step))
+        units += done_units
         pending.append(metrics)
         done = step + 1
         progress.update(1)
         stop = termination.agreed()  # read once: a signal during this step is seen next step
         save_now = (done % train_cfg.checkpoint_every == 0 or done == train_cfg.num_steps
-                    or stop)
+                    or done == stage.end or stop)
         if save_now or done % train_cfg.log_every == 0:
           logged = _check_and_average(jax.device_get(pending), done - len(pending), manager)
           now = time.perf_counter()
           steps_per_sec = (done - timer[1]) / (now - timer[0])
           logged.update({"steps_per_sec": steps_per_sec,
                          throughput_name: units / (now - timer[0])})
-          if hasattr(source, "num_skipped"):  # unreadable files met so far (video folders)
-            logged["skipped_videos"] = source.num_skipped
+          if imbalances:  # packed rows: the slowest data-parallel rank's estimated cost / mean
+            logged["rank_imbalance"] = float(np.mean(imbalances))
+          if len(stages) > 1:
+            logged["stage"] = float(stage.index)
+          if hasattr(run.source, "num_skipped"):  # unreadable files met so far (video folders)
+            logged["skipped_videos"] = run.source.num_skipped
           if writer is not None:
             writer.write(done, logged)
           if progress.disable and lead:  # no terminal (a cluster job's log): one line per log
             print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),
                   flush=True)
           progress.set_postfix(loss=f"{logged['loss']:.4f}")
-          pending, timer, units = [], (now, done), 0
+          pending, timer, units, imbalances = [], (now, done), 0, []
         if save_now and done != last_saved:
           if not all_finite(state.params):
             raise NonFiniteLossError(_non_finite_message("parameters", done, manager))
-          checkpoints.save(manager, state, rng, data_iterator, force=True)
+          checkpoints.save(manager, state, rng, run.data_iterator, force=True)
           last_saved = done
-        if preview is not None and (done % train_cfg.sample_every == 0
-                                    or done == train_cfg.num_steps):
-          preview.write(state, os.path.join(workdir, "samples", f"step_{done}"), lead)
+        sample_every = run.config.train.sample_every
+        if sample_every and (done % sample_every == 0 or done == stage.end):
+          run.write_preview(state, os.path.join(workdir, "samples", f"step_{done}"), lead)
         if stop:
           print(f"stopped by {stop} after step {done}, checkpoint saved; run again to resume",
                 flush=True)
           break
     if trains(config) == "vae" and int(state.step) == train_cfg.num_steps:  # every process
       vae = nnx.merge(graphdef, state.ema_params, state.model_state)
-      measured = write_latent_statistics(workdir, vae, source, step=int(state.step), write=lead)
+      measured = write_latent_statistics(workdir, vae, run.source, step=int(state.step),
+                                         write=lead)
       if lead:
         print(f"latent statistics of {measured['videos']} videos written to {workdir}/"
               f"{STATISTICS_FILE}", flush=True)

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from configs import common
+from configs.stages import resolve_stages
 from dit import attention as attention_lib
 from dit.config import DiTConfig
 from dit.vae.config import VAEConfig
@@ -154,11 +155,37 @@ def validate_train_config(config: ml_collections.ConfigDict, patch_size=None) ->
 
 
 def validate_data_config(config: ml_collections.ConfigDict) -> None:
-  from data.sources import SOURCES  # noqa: PLC0415  (data imports grain)
+  from data.batching import BATCHINGS  # noqa: PLC0415  (data imports grain)
+  from data.sources import SOURCES  # noqa: PLC0415
 
   errors = positive("data", config, ("num_threads",))
   if config.name not in SOURCES:
     errors.append(f"data.name={config.name!r}; choose one of {list(SOURCES)}")
+  batching = config.get("batching", "fixed")
+  if batching not in BATCHINGS:
+    errors.append(f"data.batching={batching!r}; choose one of {list(BATCHINGS)}")
+  elif batching == "buckets" and not config.tokens_per_device > 0:
+    errors.append(f"data.batching='buckets' needs data.tokens_per_device > 0 (video tokens per "
+                  f"device and step), got {config.tokens_per_device}")
+  elif batching == "packing":
+    errors += positive("data", config, ("row_tokens", "max_slots"))
+  raise_if_any("data", errors)
+
+
+def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> None:
+  """What data.batching "buckets" or "packing" needs of the rest of the experiment."""
+  batching = config.data.get("batching", "fixed")
+  errors = []
+  if batching != "fixed" and common.latent_vae(config):
+    errors.append(f"data.batching={batching!r} trains in pixel space for now (latents of "
+                  "varied shapes are not encoded yet): set data.batching='fixed' or train "
+                  "without latents.vae")
+  if batching == "buckets" and config.train.grad_accum != 1:
+    errors.append("data.batching='buckets' sizes each batch by its tokens: set "
+                  "train.grad_accum=1")
+  if batching == "packing" and model.sparse_pattern != "full":
+    errors.append(f"model.sparse_pattern={model.sparse_pattern!r} is drawn on one video's "
+                  "patch grid; data.batching='packing' needs 'full'")
   raise_if_any("data", errors)
 
 
@@ -289,15 +316,31 @@ def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
     raise ValueError(f"config.trains={trains(config)!r}; choose one of {list(common.TRAINS)}")
   raise_if_any("experiment", schema_errors(config))
   if trains(config) == "vae":
+    if config.get("stages"):
+      raise ValueError("config.stages trains a DiT in stages; a VAE experiment has none (use "
+                       "vae_loss.image_steps for images first)")
     return validate_vae_experiment(config)
   model = validate_model_config(config.model)
   validate_mesh_config(config)
+  validate_text_config(config.text)
+  validate_eval_config(config.eval)
+  validate_latents_config(config)
+  stages = resolve_stages(config)
+  for stage in stages:
+    try:
+      validate_stage(stage.config, model)
+    except ValueError as e:
+      if len(stages) == 1:
+        raise
+      raise ValueError(f"stage {stage.index} ({stage.name!r}): {e}") from None
+  return model
+
+
+def validate_stage(config: ml_collections.ConfigDict, model: DiTConfig) -> None:
+  """The sections a stage may change (configs/stages.py), as that stage runs them."""
   validate_flow_config(config.flow)
   validate_optim_config(config.optim)
   validate_sample_config(config.sample)
   validate_train_config(config.train, model.patch_size)
   validate_data_config(config.data)
-  validate_text_config(config.text)
-  validate_eval_config(config.eval)
-  validate_latents_config(config)
-  return model
+  validate_batching(config, model)

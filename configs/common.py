@@ -170,8 +170,34 @@ def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.Con
 
 
 def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigDict:
-  """config.data: a source from data.sources.SOURCES by name, and its keyword arguments."""
-  return ml_collections.ConfigDict(dict(name=name, kwargs=kwargs, num_threads=2))
+  """config.data: a source from data.sources.SOURCES by name, its keyword arguments, and how
+  examples of varied shapes make batches (data/batching.py; set the fields after, e.g.
+  config.data.update(batching="packing", row_tokens=256))."""
+  return ml_collections.ConfigDict(dict(
+      name=name, kwargs=kwargs, num_threads=2,
+      batching="fixed",     # "fixed": every example has train.video_shape, train.batch_size a
+                            # step; "buckets": batches of one shape each, as many as fit
+                            # tokens_per_device; "packing": train.batch_size rows of
+                            # row_tokens video tokens holding whole examples of any shapes
+      tokens_per_device=0,  # buckets: video tokens per data-parallel device and step
+      row_tokens=0,         # packing: video tokens per row
+      max_slots=8,          # packing: examples per row at most
+      balance=True,         # packing: examples to data-parallel ranks by estimated cost
+                            # (Seaweed's runtime balance), not in order
+  ))
+
+
+# What a stage of a multi-stage run may change (config.stages; configs/stages.py).
+STAGE_SECTIONS = ("data", "train", "optim", "flow", "sample")
+
+
+def stage_config(name: str, num_steps: int, *, optimizer: str = "reset",
+                 **sections: dict) -> dict:
+  """One stage of config.stages: `num_steps` steps with these sections' fields changed (dicts
+  keyed by section, among STAGE_SECTIONS; data.kwargs is replaced whole). optimizer "reset"
+  starts the optimizer state (and the learning-rate schedule) afresh at the stage's start;
+  "carry" keeps the previous stage's moments. The weights and their EMA always carry over."""
+  return dict(name=name, num_steps=num_steps, optimizer=optimizer, **sections)
 
 
 def text_config(**overrides) -> ml_collections.ConfigDict:

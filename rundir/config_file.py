@@ -30,6 +30,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 ADDED_FIELDS = {
     ("model", "prediction"): "velocity",
     ("sample", "guidance_interval"): (0.0, 1.0),
+    ("data", "batching"): "fixed",
+    ("data", "tokens_per_device"): 0,
+    ("data", "row_tokens"): 0,
+    ("data", "max_slots"): 8,
+    ("data", "balance"): True,
 }
 
 

@@ -44,8 +44,14 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     if seq > 1:
       errors.append(f"mesh.seq={seq}: the VAE has no sequence parallelism; set mesh.seq=1")
   elif model.sequence_parallel != "none":
+    batching = config.data.get("batching", "fixed") if "data" in config else "fixed"
     video = num_video_tokens(config.train.video_shape, model.patch_size)
     text = config.text.max_length if model.conditioning == "text" else 0
+    if batching == "packing":  # a row: row_tokens video tokens, then each slot's text
+      video, text = config.data.row_tokens, text * config.data.max_slots
+    elif batching == "buckets" and seq > 1:
+      errors.append("data.batching='buckets' with mesh.seq > 1 is not supported yet (each "
+                    "bucket's tokens would have to split over seq): use packing, or mesh.seq=1")
     if (video + text) % seq:
       errors.append(f"{video + text} tokens per video (video + text.max_length) do not split "
                     f"over mesh.seq={seq}: change the video shape, the text length or the seq "
