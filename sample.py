@@ -17,6 +17,13 @@ Sparse attention after a warm-up of full attention (diffusion/sparse_sampling.py
 AdaSpa also writes sparse_attention.json: the recall of attention mass and the sparsity of every
 layer's pattern at each search.
 
+Any shape the model takes (T, H, W divisible by its patch size; latent frames and pixels for a
+latent DiT) with --shape=T,H,W, default train.video_shape; it prints the shapes the run trained
+on, which sample best (a run of several shapes: configs/mixed_shapes.py):
+
+  python sample.py --workdir=runs/mixed_shapes --shape=8,32,32 --prompt="the digit 3 moves up"
+  python sample.py --workdir=runs/mixed_shapes --shape=1,32,32 --prompt="the digit 3"
+
 It runs on the mesh of the training run's config, or on --mesh=seq=4,data=-1 (the parameters are
 restored straight into that mesh's shards); multi-host as train.py.
 """
@@ -28,6 +35,7 @@ from absl import app, flags, logging
 
 from configs.common import parse_arg
 from diffusion.sparse_sampling import SPARSE_ATTENTION
+from eval.shapes import parse_shape, shape_name, trained_shapes
 from rundir.config_file import load_config
 from rundir.logs import quiet_library_logs
 from rundir.open_run import check_dit_run, open_run
@@ -45,6 +53,8 @@ flags.DEFINE_string("sampler", None, "euler or heun (default: the config's sampl
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale; 1 turns it off.")
 flags.DEFINE_integer("upscale", None, "Write videos this many times larger (nearest "
                      "neighbour); default: the config's sample.upscale.")
+flags.DEFINE_string("shape", None, "T,H,W of the videos (an image: 1,H,W); default: the run's "
+                    "train.video_shape.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial noise.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples/sample_<step>).")
 flags.DEFINE_integer("fps", 8, "Frames per second of the written videos.")
@@ -116,6 +126,21 @@ def main(argv):
                          "--label")
   if FLAGS.attention is not None:
     config.model.attention = FLAGS.attention
+  trained = sorted({shape for shapes in trained_shapes(config).values() for shape in shapes})
+  print(f"the run trained on shapes (T x H x W) {', '.join(map(shape_name, trained))}")
+  if FLAGS.shape:
+    try:
+      shape = parse_shape(FLAGS.shape)
+    except ValueError as e:
+      raise app.UsageError(f"--shape: {e}") from None
+    patch = tuple(config.model.patch_size)
+    if any(size % p for size, p in zip(shape, patch)):
+      raise app.UsageError(f"--shape={FLAGS.shape}: T, H and W must be multiples of the "
+                           f"model's patch size {patch}")
+    if shape not in trained:
+      logging.warning("--shape=%s is none of the shapes the run trained on: the model may not "
+                      "draw it well", FLAGS.shape)
+    config.train.video_shape = shape
   for field, value in (("attention", FLAGS.sparse_attention), ("sparsity", FLAGS.sparsity),
                        ("warmup", FLAGS.sparse_warmup), ("block", FLAGS.sparse_block)):
     if value is not None:

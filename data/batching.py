@@ -141,7 +141,7 @@ class PackedBatches:
   def plan_epoch(self, epoch: int) -> list[tuple[list[list[int]], float]]:
     """(rows of example indices, rank imbalance) of every global batch of the epoch: examples
     in the epoch's order fill a batch until the next fits in no row, then start the next. The
-    epoch's last examples, too few to give every row one, wait for the next epoch."""
+    epoch's last examples, too few to give every rank one, wait for the next epoch."""
     pending = list(epoch_order(len(self.source), self.seed, epoch))
     capacity, slots = self.num_rows * self.row_tokens, self.num_rows * self.max_slots
     batches = []
@@ -157,8 +157,9 @@ class PackedBatches:
                                costs=self.costs[candidates])
       rows = [[int(candidates[i]) for i in row] for row in rows]
       pending = [candidates[i] for i in left] + pending[taken:]
-      if not all(rows):  # the epoch's last few examples: dropped, as a partial batch would be
-        break
+      per_rank = len(rows) // self.ranks
+      if not all(any(rows[r * per_rank:(r + 1) * per_rank]) for r in range(self.ranks)):
+        break  # the epoch's last few examples, too few for every rank: left for the next
       batches.append((rows, imbalance(rank_costs(rows, self.costs, self.ranks))))
     return batches
 

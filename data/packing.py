@@ -43,7 +43,9 @@ def assign_rows(tokens: Sequence[int], num_rows: int, row_tokens: int, max_slots
   Rows belong to `ranks` data-parallel ranks in equal consecutive runs. Without balance each
   example goes to the first row with room; with balance the examples go costliest first (by
   `costs`, default example_cost) onto the row with room whose rank has the least cost so far
-  (then the emptiest such row), and each row keeps its examples in the order given.
+  (then the emptiest such row), and no rank takes more than an equal share of the total cost
+  (or the costliest example alone): what would overload every rank is left for the next
+  batch, since the step waits for its slowest rank. Each row keeps its examples in order.
   """
   if num_rows % ranks:
     raise ValueError(f"{num_rows} rows do not split over {ranks} data-parallel ranks")
@@ -54,8 +56,13 @@ def assign_rows(tokens: Sequence[int], num_rows: int, row_tokens: int, max_slots
   rank_cost = np.zeros(ranks)
   left = []
   order = sorted(range(len(tokens)), key=lambda i: -costs[i]) if balance else range(len(tokens))
+  cap = max(costs.max(initial=0.0), costs.sum() / ranks) * (1 + 1e-9)
   for i in order:
-    fits = np.flatnonzero((room >= tokens[i]) & (np.array([len(r) for r in rows]) < max_slots))
+    fits = (room >= tokens[i]) & (np.array([len(r) for r in rows]) < max_slots)
+    if balance:  # a rank may exceed the cap only with its first example
+      loaded = rank_cost[rank_of_row] + costs[i]
+      fits &= (loaded <= cap) | (rank_cost[rank_of_row] == 0)
+    fits = np.flatnonzero(fits)
     if not fits.size:
       left.append(i)
       continue

@@ -5,17 +5,23 @@
       --config.eval.num_videos=512 --metrics=fvd,digits
   python -m eval --workdir=runs/quickstart --videos=runs/quickstart/samples/sample_3200
   python -m eval --workdir=runs/x --videos=generated/ --reference_videos=originals/  # + PSNR/SSIM
+  python -m eval --workdir=runs/mixed_shapes --shape=8,32,32   # one shape of a multi-shape run
 
 It samples eval.num_videos videos (EMA parameters, the config's sample settings) for the
 captions of as many real videos drawn from the config's dataset, or reads them from --videos,
 then writes <workdir>/eval/metrics_<step>.json (an earlier file of that name is kept as
 metrics_<step>.<n>.json) and prints a table. The config is --config if given, else the run's
 config.json; eval settings are config.eval (configs/common.py:eval_config).
+
+A run that trained on several shapes (stages, or a mixture of shapes: eval/shapes.py) is
+evaluated at each of them, against real videos of that shape, into metrics_<step>_<TxHxW>.json;
+--shape picks one.
 """
 from absl import app, flags
 from ml_collections import config_flags
 
 from eval import evaluate
+from eval.shapes import parse_shape, shape_name, shape_targets
 from rundir.config_file import load_config
 from rundir.logs import quiet_library_logs
 
@@ -31,6 +37,8 @@ flags.DEFINE_string("reference_videos", None, "A folder of real videos paired by
 flags.DEFINE_integer("num_videos", None, "Overrides eval.num_videos.")
 flags.DEFINE_list("metrics", None, "Overrides eval.metrics, e.g. fvd,digits.")
 flags.DEFINE_string("out", None, "The results JSON (default: <workdir>/eval/metrics_<step>.json).")
+flags.DEFINE_string("shape", None, "T,H,W: evaluate at this one of the shapes the run trained "
+                    "on (default: each of them, when there are several).")
 flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
                     "runs best), xla, cudnn or block_sparse (default: the config's).")
 FLAGS = flags.FLAGS
@@ -52,11 +60,30 @@ def main(argv):
     config.eval.num_videos = FLAGS.num_videos
   if FLAGS.metrics is not None:
     config.eval.metrics = tuple(FLAGS.metrics)
-  results = evaluate.run(config, FLAGS.workdir, step=FLAGS.step, videos_dir=FLAGS.videos,
-                reference_dir=FLAGS.reference_videos, out=FLAGS.out)
-  print(evaluate.table(results))
-  print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
-        f"wrote {results['path']}")
+  targets = shape_targets(config)
+  if FLAGS.shape:
+    try:
+      shape = parse_shape(FLAGS.shape)
+    except ValueError as e:
+      raise app.UsageError(f"--shape: {e}") from None
+    if shape not in targets:
+      raise app.UsageError(f"--shape={FLAGS.shape}: the run trained on "
+                           f"{', '.join(map(shape_name, targets))}; evaluate one of those")
+    targets = {shape: targets[shape]}
+  elif len(targets) > 1 and (FLAGS.videos or FLAGS.out):
+    raise app.UsageError(f"the run trained on {len(targets)} shapes ("
+                         f"{', '.join(map(shape_name, targets))}): pass --shape with --videos "
+                         "or --out")
+  several = len(targets) > 1 or FLAGS.shape
+  for shape, target in targets.items():
+    if several:
+      print(f"shape {shape_name(shape)} (T x H x W):")
+    results = evaluate.run(target if several else config, FLAGS.workdir, step=FLAGS.step,
+                           videos_dir=FLAGS.videos, reference_dir=FLAGS.reference_videos,
+                           out=FLAGS.out, suffix=f"_{shape_name(shape)}" if several else "")
+    print(evaluate.table(results))
+    print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
+          f"wrote {results['path']}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data.moving_digits import DIRECTIONS, parse_caption
+from data.moving_digits import DIRECTIONS, STILL, parse_caption
 from data.sources import make_source
 
 NUM_DIGITS = 10
@@ -115,9 +115,11 @@ def train(data: ml_collections.ConfigDict, *, steps: int = 600, batch_size: int 
 
     def loss_fn(params):
       out = nnx.merge(graphdef, params)(video)
+      moving = direction != STILL  # still images have no direction to learn
+      direction_loss = optax.softmax_cross_entropy_with_integer_labels(
+          out["direction"], jnp.where(moving, direction, 0))
       return (optax.softmax_cross_entropy_with_integer_labels(out["digit"], digit).mean()
-              + optax.softmax_cross_entropy_with_integer_labels(out["direction"],
-                                                                direction).mean())
+              + jnp.sum(jnp.where(moving, direction_loss, 0.0)) / jnp.maximum(moving.sum(), 1))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -160,9 +162,13 @@ def predict(model: DigitClassifier, videos: np.ndarray, batch_size: int = 256) -
               features=out["features"].astype(np.float32))
 
 
-def accuracies(model, videos, digits, directions) -> tuple[float, float]:
+def accuracies(model, videos, digits, directions) -> tuple[float, float | None]:
+  """(digit accuracy, direction accuracy: None for still images, which have none)."""
   out = predict(model, videos)
-  return (float(np.mean(out["digit"] == digits)), float(np.mean(out["direction"] == directions)))
+  moving = directions != STILL
+  return (float(np.mean(out["digit"] == digits)),
+          float(np.mean(out["direction"][moving] == directions[moving])) if moving.any()
+          else None)
 
 
 def save(model: DigitClassifier, meta: dict, directory: str) -> None:
@@ -202,9 +208,15 @@ def trained_classifier(workdir: str, data: ml_collections.ConfigDict, num_frames
   log(f"training the digit classifier for {data.name} (cached in {directory})")
   model, meta = train(data, log=log, **train_options)
   save(model, meta, directory)
-  log(f"digit classifier: held-out accuracy digit {meta['held_out_digit_accuracy']:.3f}, "
-      f"direction {meta['held_out_direction_accuracy']:.3f} ({meta['train_seconds']} s)")
+  log(f"digit classifier: {held_out_text(meta)} ({meta['train_seconds']} s)")
   return model, meta
+
+
+def held_out_text(meta: dict) -> str:
+  """The classifier's held-out accuracies in words (no direction for still images)."""
+  direction = meta["held_out_direction_accuracy"]
+  return (f"held-out accuracy digit {meta['held_out_digit_accuracy']:.3f}"
+          + ("" if direction is None else f", direction {direction:.3f}"))
 
 
 def digit_metrics(model: DigitClassifier, generated: np.ndarray, captions,
@@ -219,11 +231,13 @@ def digit_metrics(model: DigitClassifier, generated: np.ndarray, captions,
   # Which digits the model draws well: the accuracy of each prompted digit on its own.
   per_digit = {f"digit_{d}_accuracy": float(np.mean(out["digit"][digits == d] == d))
                for d in np.unique(digits)}
-  return dict(
-      digit_accuracy=float(np.mean(out["digit"] == digits)),
-      direction_accuracy=float(np.mean(out["direction"] == directions)),
-      digit_and_direction_accuracy=float(np.mean((out["digit"] == digits)
-                                                 & (out["direction"] == directions))),
+  metrics = dict(digit_accuracy=float(np.mean(out["digit"] == digits)))
+  if (directions != STILL).all():  # still images (one frame) have no direction to judge
+    metrics.update(
+        direction_accuracy=float(np.mean(out["direction"] == directions)),
+        digit_and_direction_accuracy=float(np.mean((out["digit"] == digits)
+                                                   & (out["direction"] == directions))))
+  return metrics | dict(
       digit_frechet_distance=frechet_distance(out["features"], real_out["features"]),
       digit_kernel_distance=kid, digit_kernel_distance_std=kid_std) | per_digit
 
@@ -242,9 +256,7 @@ def main(argv):
   frames, *_, channels = video_shape(config)  # decoded videos' for a DiT of latents
   model, meta = trained_classifier(workdir, config.data, frames, channels,
                                    steps=flags.FLAGS.steps)
-  print(f"digit classifier in {cache_dir(workdir, config.data)}: held-out accuracy digit "
-        f"{meta['held_out_digit_accuracy']:.3f}, direction "
-        f"{meta['held_out_direction_accuracy']:.3f}")
+  print(f"digit classifier in {cache_dir(workdir, config.data)}: {held_out_text(meta)}")
 
 
 if __name__ == "__main__":

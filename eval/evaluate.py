@@ -65,7 +65,8 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
         steps=settings.classifier_steps)
     metrics.update(digit_classifier.digit_metrics(model, generated, captions, real))
     metrics["classifier_held_out_digit_accuracy"] = meta["held_out_digit_accuracy"]
-    metrics["classifier_held_out_direction_accuracy"] = meta["held_out_direction_accuracy"]
+    if meta["held_out_direction_accuracy"] is not None:  # None: still images
+      metrics["classifier_held_out_direction_accuracy"] = meta["held_out_direction_accuracy"]
     seconds["digits"] = time.perf_counter() - start
   if "fvd" in ready:
     from eval import i3d  # noqa: PLC0415
@@ -88,9 +89,10 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
 
 
 def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
-        log=print) -> dict:
+        log=print, suffix: str = "") -> dict:
   """Evaluates and writes the results JSON; returns the results. config: the run's (or another)
-  experiment config, checked here first; log (None: quiet) gets progress messages."""
+  experiment config, checked here first; log (None: quiet) gets progress messages; suffix ends
+  the default results file's name (metrics_<step><suffix>.json)."""
   from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
   from eval import videos  # noqa: PLC0415
   from rundir.open_run import restore_run  # noqa: PLC0415
@@ -157,7 +159,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
       seconds={k: round(v, 1) for k, v in timings.items()},
       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
   out = out or os.path.join(workdir, "eval", f"metrics_{step if step is not None else 'videos'}"
-                            ".json")
+                            f"{suffix}.json")
   _write_keeping_old(out, results)
   results["path"] = out
   return results

@@ -3,7 +3,6 @@ import os
 import shutil
 
 import jax
-import numpy as np
 import optax
 import pytest
 
@@ -104,3 +103,24 @@ def test_a_vae_experiment_has_no_stages():
   config.stages = (stage_config("a", 3),)
   with pytest.raises(ValueError, match="a VAE experiment has none"):
     validate_config(config)
+
+
+def test_each_trained_shape_is_judged_on_its_own(uninterrupted):
+  from eval import evaluate  # noqa: PLC0415
+  from eval.shapes import shape_targets, trained_shapes  # noqa: PLC0415
+  from rundir.config_file import load_config  # noqa: PLC0415
+
+  config = load_config(str(uninterrupted))
+  assert trained_shapes(config) == {
+      "images": [(1, 32, 32)],
+      "videos": [(1, 32, 32), (4, 32, 32), (4, 32, 48), (8, 32, 32)]}
+  targets = shape_targets(config)
+  wide = targets[(4, 32, 48)]
+  assert wide.data.name == "moving_digits" and tuple(wide.data.kwargs.size) == (32, 48)
+  image = targets[(1, 32, 32)]
+  image.eval.update(num_videos=4, batch_size=4, metrics=("digits",))
+  results = evaluate.run(image, str(uninterrupted), log=None, suffix="_1x32x32")
+  assert results["video_shape"] == [1, 32, 32, 1]
+  assert results["path"].endswith("metrics_12_1x32x32.json")
+  assert "digit_accuracy" in results["metrics"]
+  assert "direction_accuracy" not in results["metrics"]  # a still image has no motion
