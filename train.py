@@ -20,6 +20,11 @@ error before anything is written. SIGTERM or Ctrl-C saves a checkpoint and exits
 every process agrees on (a second Ctrl-C stops without saving); a non-finite loss stops the run
 and leaves the last good checkpoint as it was. One process trains in a workdir at a time (train.lock; a second one exits with an error).
 
+A config with stages (config.stages, configs/stages.py; e.g. configs/mixed_shapes.py) runs
+them in order, each with its own data, shapes, batch and learning-rate schedule, the weights
+carried across; examples of varied shapes come in buckets or packed rows (data.batching,
+data/batching.py).
+
 The workdir holds: config.json (the resolved config), checkpoints/, metrics.jsonl,
 tensorboard/, samples/step_<N>/ (videos from the EMA parameters every train.sample_every; a
 VAE's are the data's first videos beside their reconstructions) and train.lock.

@@ -106,6 +106,11 @@ class MovingMNIST:
   def __len__(self) -> int:
     return self.num_examples
 
+  @property
+  def video_shape(self) -> tuple[int, int, int]:
+    """(T, H, W) of every example."""
+    return (self.num_frames, self.size, self.size)
+
   def __repr__(self) -> str:
     return (f"MovingMNIST(n={self.num_examples}, frames={self.num_frames}, size={self.size}, "
             f"digit_size={self.digit_size}, digits={self.num_digits}, seed={self.seed})")

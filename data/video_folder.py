@@ -94,6 +94,11 @@ class VideoFolder:
     return sorted(paths), sidecars
 
   @property
+  def video_shape(self) -> tuple[int, int, int]:
+    """(T, H, W) of every clip."""
+    return (self.num_frames, *self.size)
+
+  @property
   def num_skipped(self) -> int:
     return len(self.skipped)
 

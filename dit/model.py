@@ -8,6 +8,8 @@ scanning over layers and unrolling them share one parameter layout and one check
 `DiT(config)(video, t, ...)` returns the velocity, always. `DiT.with_attention(attention, ...)`
 runs every block's attention through an object built outside the network (AdaSpa's per-layer
 patterns, diffusion/sparse_attention.py) and returns (velocity, per-layer outputs).
+`DiT.packed(patches, t, segment_ids, positions, ...)` runs rows that pack several examples of
+any shapes (data/packing.py): each attends within itself, with its own timestep and condition.
 """
 from collections.abc import Callable
 from typing import Any
