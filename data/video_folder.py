@@ -16,7 +16,8 @@ import os
 import numpy as np
 from absl import logging
 
-from data.video_io import UnreadableVideo, read_video_frames, resize_and_center_crop
+from data.shapes import check_shapes, nearest_shape
+from data.video_io import UnreadableVideo, probe_video, read_video_frames, resize_and_center_crop
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
 
@@ -31,15 +32,21 @@ class VideoFolder:
   Each item is {"video": float32 [num_frames, h, w, 3] in [-1, 1], "caption": str,
   "label": int32}. The clip starts at a random frame drawn from (seed, index), takes every
   `stride`-th frame (a short video repeats its last frame), and is resized to cover `size` and
-  center-cropped. The label is the index of the file's folder (relative to root) among the
+  center-cropped.
+
+  With `shapes` (allowed (T, H, W)) each file keeps a shape of its own instead: the nearest
+  allowed one to its aspect ratio, size and duration (data/shapes.py), found when the folder
+  is opened (every file is probed once); example_shape(index) gives it without decoding, for
+  data.batching "buckets" or "packing". The label is the index of the file's folder (relative to root) among the
   sorted folders holding videos: 0 for every file when they lie flat in root.
 
   `skipped` (absolute path -> reason) and `num_skipped` count the unreadable files this copy of the
   source has met; each worker process holds its own copy.
   """
 
-  def __init__(self, root: str, num_frames: int, size: tuple[int, int] | int = (64, 64),
-               stride: int = 1, seed: int = 0, extensions: tuple[str, ...] = VIDEO_EXTENSIONS):
+  def __init__(self, root: str, num_frames: int = 16, size: tuple[int, int] | int = (64, 64),
+               stride: int = 1, seed: int = 0, extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+               shapes=None):
     if isinstance(size, int):
       size = (size, size)
     size = tuple(size)
@@ -78,6 +85,31 @@ class VideoFolder:
     class_index = {name: i for i, name in enumerate(self.classes)}
     self.labels = np.array([class_index[os.path.dirname(p)] for p in self.paths], np.int32)
     self.skipped: dict[str, str] = {}
+    self.shapes = None
+    if shapes is not None:
+      try:
+        allowed = check_shapes(shapes)
+      except ValueError as e:
+        raise ValueError(f"VideoFolder: {e}") from None
+      self.shapes = [self._probe(i, allowed) for i in range(len(self.paths))]
+
+  def _probe(self, index: int, allowed) -> tuple[int, int, int]:
+    """The allowed shape of file `index` (an unreadable one: the first allowed; it is skipped
+    when read, and the next readable file is read at this shape)."""
+    path = os.path.join(self.root, self.paths[index])
+    try:
+      frames, height, width = probe_video(path)
+    except UnreadableVideo as e:
+      self.skipped[path] = e.reason
+      logging.warning("VideoFolder skips %s: %s", path, e.reason)
+      return allowed[0]
+    return nearest_shape((frames - 1) // self.stride + 1, height, width, allowed)
+
+  def example_shape(self, index: int) -> tuple[int, int, int]:
+    """(T, H, W) of example `index`."""
+    if self.shapes is None:
+      return self.video_shape
+    return self.shapes[index]
 
   def _list_files(self) -> tuple[list[str], set[str]]:
     paths, sidecars = [], set()
@@ -135,7 +167,8 @@ class VideoFolder:
       if path in self.skipped:
         continue
       try:
-        return self._read(candidate, np.random.default_rng([self.seed, index]))
+        return self._read(candidate, np.random.default_rng([self.seed, index]),
+                          self.example_shape(index))
       except UnreadableVideo as e:
         if path not in self.skipped:
           self.skipped[path] = e.reason
@@ -145,11 +178,11 @@ class VideoFolder:
                        f"decoded (e.g. {next(iter(self.skipped.items()))}): check them with "
                        "ffprobe, or re-encode them as H.264 mp4")
 
-  def _read(self, index: int, rng: np.random.Generator) -> dict:
+  def _read(self, index: int, rng: np.random.Generator, shape) -> dict:
     caption = self.caption(index)  # first: a bad caption skips the example before decoding
-    frames = read_video_frames(os.path.join(self.root, self.paths[index]), self.num_frames,
+    frames = read_video_frames(os.path.join(self.root, self.paths[index]), shape[0],
                                self.stride, rng=rng)  # uint8 [T, H, W, 3]
-    frames = resize_and_center_crop(frames, self.size)
+    frames = resize_and_center_crop(frames, tuple(shape[1:]))
     return {
         "video": frames.astype(np.float32) / 127.5 - 1.0,  # [T, h, w, 3]
         "caption": caption,

@@ -83,6 +83,34 @@ def read_video_frames(path: str, num_frames: int, stride: int = 1, start: int | 
   return _read_ffmpeg(path, num_frames, stride, start, rng)
 
 
+def probe_video(path: str) -> tuple[int, int, int]:
+  """(frames, height, width) of a video file, without decoding its frames (a GIF is decoded:
+  Pillow does not count frames otherwise). Raises UnreadableVideo when it cannot be read."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UnreadableVideo(path, "no such file")
+  if path.lower().endswith(GIF_EXTENSIONS):
+    try:
+      frames = _read_gif(path)
+    except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...
+      raise UnreadableVideo(path, _reason(e)) from e
+    return len(frames), frames.shape[1], frames.shape[2]
+  import imageio.v2 as iio
+
+  try:
+    reader = iio.get_reader(path, format="FFMPEG")
+  except Exception as e:  # ffmpeg's errors arrive as OSError or RuntimeError
+    raise UnreadableVideo(path, _reason(e)) from e
+  try:
+    width, height = reader.get_meta_data()["size"]
+    total = _count_frames(reader, path)
+  finally:
+    reader.close()
+  if total < 1:
+    raise UnreadableVideo(path, "no frames")
+  return total, int(height), int(width)
+
+
 def _count_frames(reader, path: str, retry: bool = True) -> int:
   """The frame count (ffmpeg counts packets without decoding, so it is fast).
 

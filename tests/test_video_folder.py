@@ -157,3 +157,30 @@ def test_captions_are_utf8_without_a_bom_and_one_that_is_not_utf8_skips_its_exam
   for name in ("b_latin1", "c_utf16"):
     reason = source.skipped[os.path.join(source.root, f"{name}.gif")]
     assert f"{name}.txt is not UTF-8" in reason and "re-save it as UTF-8" in reason
+
+
+def test_with_allowed_shapes_each_file_keeps_the_nearest_one(root):
+  """12 frames of 40x48, 12 of 36x36, a broken file and 6 of 32x64: each takes the allowed
+  resolution nearest its aspect ratio (never larger than itself when one is not) and the longest
+  allowed duration it has frames for; reading gives exactly that shape."""
+  shapes = ((1, 16, 16), (4, 16, 16), (8, 16, 16), (8, 32, 32), (4, 16, 32), (8, 16, 32))
+  source = VideoFolder(root, shapes=shapes)
+  assert [source.example_shape(i) for i in range(4)] == [
+      (8, 32, 32), (8, 32, 32), (1, 16, 16), (4, 16, 32)]
+  assert source.num_skipped == 1  # the broken file, found when probing
+  for i in (0, 1, 3):
+    assert source[i]["video"].shape == (*source.example_shape(i), 3)
+  # The broken file's example is the next readable one, read at the broken one's shape.
+  assert source[BROKEN]["video"].shape == (1, 16, 16, 3)
+  with pytest.raises(ValueError, match="shapes must be a non-empty list"):
+    VideoFolder(root, shapes=((4, 16),))
+
+
+def test_nearest_shape_prefers_aspect_then_no_upscaling_then_duration():
+  from data.shapes import nearest_shape  # noqa: PLC0415
+  allowed = [(1, 32, 32), (4, 32, 32), (4, 64, 64), (4, 32, 64), (8, 32, 64)]
+  assert nearest_shape(10, 40, 40, allowed) == (4, 32, 32)  # 64x64 would upscale
+  assert nearest_shape(10, 100, 100, allowed) == (4, 64, 64)
+  assert nearest_shape(3, 100, 100, allowed) == (4, 64, 64)  # too short: the shortest allowed
+  assert nearest_shape(30, 90, 200, allowed) == (8, 32, 64)  # wide: the 2:1 resolution
+  assert nearest_shape(1, 20, 20, allowed) == (1, 32, 32)  # smaller than all; one frame: an image
