@@ -11,6 +11,7 @@ SOURCES = {
     "moving_digits": ("data.moving_digits", "MovingDigits"),
     "moving_mnist": ("data.moving_mnist", "MovingMNIST"),
     "video_folder": ("data.video_folder", "VideoFolder"),
+    "image_folder": ("data.video_folder", "ImageFolder"),  # stills as one-frame videos
     "mixture": ("data.mixture", "Mixture"),  # several of these, each keeping its own shape
 }
 

@@ -8,7 +8,8 @@
 Files are found recursively and sorted, so index i is the same file on every host. Sidecar
 captions are read as UTF-8 (a byte-order mark is dropped). A video that cannot be decoded, or
 whose caption is not UTF-8, is skipped: a warning names the file once, it is counted in
-`skipped`, and the example is taken from the next readable file instead.
+`skipped`, and the example is taken from the next readable file instead. ImageFolder reads a
+folder of still images the same way, as one-frame videos.
 """
 
 import os
@@ -17,7 +18,8 @@ import numpy as np
 from absl import logging
 
 from data.shapes import check_shapes, nearest_shape
-from data.video_io import UnreadableVideo, probe_video, read_video_frames, resize_and_center_crop
+from data.video_io import (IMAGE_EXTENSIONS, UnreadableVideo, probe_video, read_video_frames,
+                           resize_and_center_crop)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
 
@@ -188,3 +190,14 @@ class VideoFolder:
         "caption": caption,
         "label": self.labels[index],
     }
+
+
+class ImageFolder(VideoFolder):
+  """A folder of images (png, jpg, ...) as one-frame videos [1, h, w, 3], laid out and captioned
+  as a VideoFolder's files; with `shapes`, each keeps the allowed (1, H, W) nearest its own
+  aspect ratio and size."""
+
+  def __init__(self, root: str, size: tuple[int, int] | int = (64, 64), seed: int = 0,
+               extensions: tuple[str, ...] = IMAGE_EXTENSIONS, shapes=None):
+    super().__init__(root, num_frames=1, size=size, seed=seed, extensions=extensions,
+                     shapes=shapes)

@@ -16,6 +16,9 @@ import numpy as np
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 GIF_EXTENSIONS = (".gif",)
+# Still images, read as one-frame videos (Pillow, like GIFs).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+PILLOW_EXTENSIONS = GIF_EXTENSIONS + IMAGE_EXTENSIONS
 
 
 class UnreadableVideo(Exception):
@@ -72,7 +75,7 @@ def read_video_frames(path: str, num_frames: int, stride: int = 1, start: int | 
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UnreadableVideo(path, "no such file")
-  if path.lower().endswith(GIF_EXTENSIONS):
+  if path.lower().endswith(PILLOW_EXTENSIONS):
     try:
       frames = _read_gif(path)
     except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...
@@ -89,7 +92,7 @@ def probe_video(path: str) -> tuple[int, int, int]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UnreadableVideo(path, "no such file")
-  if path.lower().endswith(GIF_EXTENSIONS):
+  if path.lower().endswith(PILLOW_EXTENSIONS):
     try:
       frames = _read_gif(path)
     except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...

@@ -184,3 +184,18 @@ def test_nearest_shape_prefers_aspect_then_no_upscaling_then_duration():
   assert nearest_shape(3, 100, 100, allowed) == (4, 64, 64)  # too short: the shortest allowed
   assert nearest_shape(30, 90, 200, allowed) == (8, 32, 64)  # wide: the 2:1 resolution
   assert nearest_shape(1, 20, 20, allowed) == (1, 32, 32)  # smaller than all; one frame: an image
+
+
+def test_an_image_folder_gives_one_frame_videos_of_their_own_shapes(tmp_path):
+  from PIL import Image  # noqa: PLC0415
+  from data.sources import make_source  # noqa: PLC0415
+
+  (tmp_path / "digits").mkdir()
+  Image.fromarray(moving_video(1, 40, 40)[0]).save(tmp_path / "digits/a-three.png")
+  Image.fromarray(moving_video(1, 30, 64)[0]).save(tmp_path / "digits/wide.jpg")
+  source = make_source("image_folder", seed=0, root=str(tmp_path),
+                       shapes=((1, 32, 32), (1, 16, 32)))
+  assert [source.example_shape(i) for i in range(2)] == [(1, 32, 32), (1, 16, 32)]
+  item = source[0]
+  assert item["video"].shape == (1, 32, 32, 3) and item["caption"] == "a three"
+  assert source[1]["video"].shape == (1, 16, 32, 3)
