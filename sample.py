@@ -126,8 +126,12 @@ def main(argv):
                          "--label")
   if FLAGS.attention is not None:
     config.model.attention = FLAGS.attention
-  trained = sorted({shape for shapes in trained_shapes(config).values() for shape in shapes})
-  print(f"the run trained on shapes (T x H x W) {', '.join(map(shape_name, trained))}")
+  try:  # a courtesy: the run's data (a video folder) may not be on this machine
+    trained = sorted({shape for shapes in trained_shapes(config).values() for shape in shapes})
+    print(f"the run trained on shapes (T x H x W) {', '.join(map(shape_name, trained))}")
+  except (ValueError, OSError) as e:
+    trained = None
+    logging.warning("the shapes the run trained on are unknown here (%s)", e)
   if FLAGS.shape:
     try:
       shape = parse_shape(FLAGS.shape)
@@ -137,7 +141,7 @@ def main(argv):
     if any(size % p for size, p in zip(shape, patch)):
       raise app.UsageError(f"--shape={FLAGS.shape}: T, H and W must be multiples of the "
                            f"model's patch size {patch}")
-    if shape not in trained:
+    if trained is not None and shape not in trained:
       logging.warning("--shape=%s is none of the shapes the run trained on: the model may not "
                       "draw it well", FLAGS.shape)
     config.train.video_shape = shape

@@ -180,9 +180,14 @@ def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> No
     errors.append(f"data.batching={batching!r} trains in pixel space for now (latents of "
                   "varied shapes are not encoded yet): set data.batching='fixed' or train "
                   "without latents.vae")
-  if batching == "buckets" and config.train.grad_accum != 1:
-    errors.append("data.batching='buckets' sizes each batch by its tokens: set "
-                  "train.grad_accum=1")
+  if batching != "fixed" and config.train.grad_accum != 1:
+    errors.append(f"data.batching={batching!r} takes train.grad_accum=1 (buckets size each "
+                  "batch by its tokens; packed rows average the loss per example over the "
+                  "whole batch): raise data.tokens_per_device or train.batch_size instead")
+  if batching == "fixed" and (config.data.name == "mixture"
+                              or len(config.data.kwargs.get("shapes") or ()) > 1):
+    errors.append(f"data.name={config.data.name!r} gives examples of several shapes: set "
+                  "data.batching='buckets' or 'packing' (with their sizes)")
   if batching == "packing" and model.sparse_pattern != "full":
     errors.append(f"model.sparse_pattern={model.sparse_pattern!r} is drawn on one video's "
                   "patch grid; data.batching='packing' needs 'full'")

@@ -23,6 +23,8 @@ from configs.common import STAGE_SECTIONS
 
 OPTIMIZER_AT_START = ("reset", "carry")
 STAGE_KEYS = ("name", "num_steps", "optimizer") + STAGE_SECTIONS
+# train fields that hold for the whole run (the loop, the checkpoints), not per stage.
+RUN_TRAIN_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,10 @@ def resolve_stages(config: ml_collections.ConfigDict) -> list[Stage]:
     effective = copy.deepcopy(config)
     for section in STAGE_SECTIONS:
       for field, value in dict(stage.get(section) or {}).items():
+        if section == "train" and field in RUN_TRAIN_FIELDS:
+          errors.append(f"{where}.train.{field}: set it for the whole run (train.{field}); a "
+                        "stage's length is its num_steps")
+          continue
         if field not in effective[section]:
           errors.append(f"{where}.{section}.{field}: {section} has no field {field!r} "
                         f"(its fields: {sorted(effective[section].keys())})")

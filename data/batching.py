@@ -11,14 +11,17 @@
              rank imbalance (slowest over mean estimated cost).
 
 Both plan an epoch from the examples' shapes alone (no video is read to plan), in an order
-shuffled per epoch from the seed, so batch k is the same on every run and every process; a
-grain MapDataset over k gives the iterator position that checkpoints save (resumable), and each
-process reads only its own share of every global batch (its rows or examples).
+shuffled per epoch from the seed, so batch k is the same on every run and every process for
+the same number of data-parallel devices (the plans place examples on them: resume on as many);
+a grain MapDataset over k gives the iterator position that checkpoints save (resumable), and
+each process reads only its own share of every global batch (its rows or examples). Planning
+costs ~50 us per example with balance, once per epoch; the plans of past epochs are kept.
 """
 import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from absl import logging
 
 from data.mixture import example_shape
 from data.packing import assign_rows, example_cost, imbalance, pack_rows, rank_costs
@@ -43,7 +46,9 @@ class EpochPlans:
       while k >= self._starts[-1]:
         plan = self.plan_epoch(len(self._plans))
         if not plan:
-          raise ValueError("an epoch of the data holds no batch: add data or lower the batch")
+          raise ValueError("an epoch of the data holds no batch: add data, or lower "
+                           "data.tokens_per_device (buckets) or train.batch_size (packing: "
+                           "every data-parallel device needs an example)")
         self._plans.append(plan)
         self._starts.append(self._starts[-1] + len(plan))
       epoch = int(np.searchsorted(self._starts, k, side="right")) - 1
@@ -81,6 +86,11 @@ class BucketBatches:
         raise ValueError(f"an example of shape {shape} has {tokens} video tokens, more than "
                          f"data.tokens_per_device={tokens_per_device}: raise the budget")
       self.batch_sizes.append(per_device * ranks)
+    counts = np.bincount(self.bucket_of, minlength=len(self.buckets))
+    for shape, size, count in zip(self.buckets, self.batch_sizes, counts):
+      if count < size:
+        logging.warning("the %d examples of shape %s are fewer than one batch of %d: they never "
+                        "train; lower data.tokens_per_device", count, shape, size)
     for size in self.batch_sizes:
       if size % process_count:
         raise ValueError(f"a bucket's global batch of {size} does not split over "
@@ -141,7 +151,8 @@ class PackedBatches:
   def plan_epoch(self, epoch: int) -> list[tuple[list[list[int]], float]]:
     """(rows of example indices, rank imbalance) of every global batch of the epoch: examples
     in the epoch's order fill a batch until the next fits in no row, then start the next. The
-    epoch's last examples, too few to give every rank one, wait for the next epoch."""
+    epoch's last examples, too few to give every rank one, are dropped (the next epoch is a new
+    order of all of them)."""
     pending = list(epoch_order(len(self.source), self.seed, epoch))
     capacity, slots = self.num_rows * self.row_tokens, self.num_rows * self.max_slots
     batches = []

@@ -60,11 +60,13 @@ def shape_targets(config: ml_collections.ConfigDict) -> dict[tuple[int, int, int
   targets = {}
   for stage in resolve_stages(config):
     for source, shape in _sources_of(stage.config.data, stage.config.train.video_shape):
-      target = copy.deepcopy(config)
+      target = copy.deepcopy(stage.config)  # the stage's sampling and flow settings too
+      kwargs = dict(source["kwargs"])
+      if kwargs.get("shapes"):  # a folder of allowed shapes: every file read at this one
+        kwargs["shapes"] = [list(shape)]
       with target.unlocked():
-        target.data = copy.deepcopy(stage.config.data)
         target.data.name = source["name"]
-        target.data.kwargs = ml_collections.ConfigDict(source["kwargs"])
+        target.data.kwargs = ml_collections.ConfigDict(kwargs)
         target.data.batching = "fixed"
         target.train.video_shape = shape
         target.stages = ()

@@ -105,3 +105,18 @@ def test_captions_of_packed_rows_are_encoded_per_slot_and_empty_slots_masked():
   used = batch["slot_shapes"][..., 0] > 0
   assert out["text_mask"][used].all() and not out["text_mask"][~used].any()
   assert out["text"][0, 0, 0] == len(batch["caption"][0, 0])
+
+
+def test_a_packed_pipeline_resumes_mid_epoch_to_the_same_next_batch():
+  make = lambda: make_iterator(make_shaped_dataset(packed(seed=5)))
+  iterator = make()
+  for _ in range(7):
+    next(iterator)
+  state = iterator.get_state()
+  expected = [next(iterator) for _ in range(2)]
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in ("patches", "segment_ids", "positions", "slot_shapes"):
+      np.testing.assert_array_equal(got[key], want[key])

@@ -181,3 +181,14 @@ def test_packing_checks_what_it_is_given():
   with pytest.raises(ValueError, match="cannot be cut into patches"):
     pack_rows([{"video": np.zeros((2, 7, 8, 2)), "label": 1}], [[0]], patch_size=PATCH,
               row_tokens=64, max_slots=2)
+
+
+def test_each_packed_example_is_shifted_by_its_own_token_count():
+  from diffusion.flow_matching import slot_token_counts, timestep_shift  # noqa: PLC0415
+  segment_ids = jnp.array([[1, 1, 1, 2, 0, 0], [1, 2, 2, 2, 2, 3]])
+  counts = slot_token_counts(segment_ids, 3)
+  np.testing.assert_array_equal(counts, [[3, 1, 0], [1, 4, 1]])
+  flow = flow_config(shift=2.0, shift_base_tokens=4)
+  np.testing.assert_allclose(timestep_shift(counts, flow),
+                             [[timestep_shift(int(n), flow) for n in row] for row in counts],
+                             rtol=1e-6)

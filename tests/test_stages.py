@@ -87,6 +87,13 @@ def test_stages_resolve_to_effective_configs_and_schedules():
      r"train has no field 'batch_sise'"),
     ((stage_config("a", 100), stage_config("b", 200, data=dict(batching="packing"))),
      r"(?s)stage 1 \('b'\).*data.row_tokens=0 must be positive"),
+    ((stage_config("a", 100), stage_config("b", 200, train=dict(checkpoint_every=5))),
+     r"set it for the whole run"),
+    ((stage_config("a", 100), stage_config("b", 200, data=dict(
+        batching="packing", row_tokens=64), train=dict(grad_accum=2))),
+     r"takes train.grad_accum=1"),
+    ((stage_config("a", 100), stage_config("b", 200, data=dict(
+        name="mixture", kwargs=dict(parts=())))), r"gives examples of several shapes"),
 ])
 def test_a_bad_stage_is_a_clear_error(stages, message):
   config = get_config("image_steps=100,video_steps=200")
