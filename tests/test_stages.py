@@ -64,6 +64,21 @@ def test_a_run_killed_in_its_second_stage_resumes_there_to_the_same_bits(
                        final_state(uninterrupted))
 
 
+def test_a_damaged_checkpoint_falls_back_across_the_stage_boundary(uninterrupted, tmp_path):
+  """The newest checkpoint (step 6, in the second stage) does not restore: the run resumes from
+  step 4, the first stage's last, with that stage's data position, and ends the same."""
+  from test_train import damage_truncated_array  # noqa: PLC0415
+
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  for later in (9, 12):
+    shutil.rmtree(workdir / "checkpoints" / str(later))
+  damage_truncated_array(workdir / "checkpoints" / "6")
+  state = train.train(tiny_config(), str(workdir))
+  assert os.listdir(workdir / "checkpoints_damaged") == ["6"]
+  assert_bitwise_equal(state, final_state(uninterrupted))
+
+
 def test_stages_resolve_to_effective_configs_and_schedules():
   config = get_config("image_steps=10,video_steps=20")
   images, videos = resolve_stages(config)
