@@ -26,15 +26,8 @@ import ml_collections
 from configs.common import (data_config, eval_config, flow_config, mesh_config, model_config,
                             optim_config, parse_arg, sample_config, sharding_config,
                             stage_config, text_config, train_config)
+from configs.quickstart import PROMPTS  # the quick start's, as videos
 
-PROMPTS = (
-    "the digit 0 moves to the right",
-    "the digit 1 moves up",
-    "the digit 3 moves down and to the left",
-    "the digit 5 moves to the left",
-    "the digit 7 moves down",
-    "the digit 8 moves up and to the right",
-)
 STILL_PROMPTS = ("the digit 0", "the digit 1", "the digit 3", "the digit 5", "the digit 7",
                  "the digit 8")
 

@@ -47,6 +47,17 @@ def _read_gif(path: str) -> np.ndarray:
   return frames if frames.ndim == 4 else frames[None]  # a still GIF decodes as [H, W, 3]
 
 
+def _read_pillow(path: str) -> np.ndarray:
+  """A GIF's or an image's frames, uint8 [T, H, W, 3]; UnreadableVideo when there are none."""
+  try:
+    frames = _read_gif(path)
+  except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...
+    raise UnreadableVideo(path, _reason(e)) from e
+  if len(frames) == 0:
+    raise UnreadableVideo(path, "no frames")
+  return frames
+
+
 def _frame_indices(total: int, num_frames: int, stride: int, start: int | None,
                    rng: np.random.Generator | None) -> np.ndarray:
   span = (num_frames - 1) * stride + 1
@@ -76,12 +87,7 @@ def read_video_frames(path: str, num_frames: int, stride: int = 1, start: int | 
   if not os.path.isfile(path):
     raise UnreadableVideo(path, "no such file")
   if path.lower().endswith(PILLOW_EXTENSIONS):
-    try:
-      frames = _read_gif(path)
-    except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...
-      raise UnreadableVideo(path, _reason(e)) from e
-    if len(frames) == 0:
-      raise UnreadableVideo(path, "no frames")
+    frames = _read_pillow(path)
     return frames[_frame_indices(len(frames), num_frames, stride, start, rng)]
   return _read_ffmpeg(path, num_frames, stride, start, rng)
 
@@ -93,10 +99,7 @@ def probe_video(path: str) -> tuple[int, int, int]:
   if not os.path.isfile(path):
     raise UnreadableVideo(path, "no such file")
   if path.lower().endswith(PILLOW_EXTENSIONS):
-    try:
-      frames = _read_gif(path)
-    except Exception as e:  # Pillow and imageio raise OSError, ValueError, EOFError, ...
-      raise UnreadableVideo(path, _reason(e)) from e
+    frames = _read_pillow(path)
     return len(frames), frames.shape[1], frames.shape[2]
   import imageio.v2 as iio
 
