@@ -135,7 +135,8 @@ def test_a_packed_example_gets_what_it_gets_alone(key, randomize):
     for slot, i in enumerate(row):
       alone = model(items[i]["video"][None], t[r, slot][None], text=items[i]["text"][None],
                     text_mask=items[i]["text_mask"][None])[0]
-      np.testing.assert_allclose(videos[r][slot], alone, rtol=2e-5, atol=2e-5)
+      scale = float(np.abs(alone).max())  # outputs reach ~70: float32 sums differ in order
+      np.testing.assert_allclose(videos[r][slot], alone, rtol=1e-5, atol=2e-6 * scale)
 
 
 def test_one_compiled_step_serves_every_mix_of_shapes(key, randomize):
