@@ -73,3 +73,39 @@ def peak_flops(device_kind: str) -> float | None:
     if name in device_kind:
       return flops
   return None
+
+
+def sequence_workload(config: DiTConfig, *, zero_shards: int = 1, optimizer_bytes: int = 8):
+  """The DiT's training step per token, for the sequence-parallel cost model
+  (sharding.sp_cost.Workload): linear FLOPs per token and attention FLOPs per (query, key) pair
+  of a forward and backward (3x the forward), the bytes Ulysses' all-to-alls and USP's ring
+  move per token, activation bytes per token under model.remat, and the parameters, gradients,
+  EMA and optimizer state per device (divided over zero_shards devices when sharded).
+  """
+  from flax import nnx  # noqa: PLC0415  (only this function needs the model's shapes)
+  import jax  # noqa: PLC0415
+  from dit.model import DiT  # noqa: PLC0415
+  from sharding.sp_cost import Workload  # noqa: PLC0415
+
+  dim, hidden, depth = config.hidden_size, config.mlp_hidden_size, config.depth
+  pt, ph, pw = config.patch_size
+  patch_dim = pt * ph * pw * config.in_channels
+  per_token_block = 2 * (3 * dim * dim + dim * dim + 3 * dim * hidden)
+  forward = depth * per_token_block + 2 * 2 * patch_dim * dim  # blocks, patch embed, final
+  recompute = config.remat != "none"  # the forward's all-to-alls run again in the backward
+  width = 2 if config.dtype in ("bfloat16", "float16") else 4
+  working = (10 * dim + 3 * hidden) * width * 2  # one block's activations and their gradients
+  kept = depth * {"none": working / 2, "dots_saveable": (5 * dim + 2 * hidden) * width,
+                  "offload_block_inputs": 0}.get(config.remat, dim * width)  # per layer
+  abstract = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0)))
+  params = sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  param_width = 2 if config.param_dtype in ("bfloat16", "float16") else 4
+  return Workload(
+      flops_per_token=3.0 * forward,
+      flops_per_pair=3.0 * 4 * dim * depth,
+      alltoall_bytes_per_token=(12 if recompute else 8) * depth * dim * width,
+      ring_bytes_per_token=(8 if recompute else 6) * depth * dim * width,
+      activation_bytes_per_token=kept + working,
+      static_bytes=params * (3 * param_width + optimizer_bytes) / zero_shards,
+      num_heads=config.num_heads,
+      collectives=(12 if recompute else 8) * depth)
