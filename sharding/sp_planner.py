@@ -20,7 +20,6 @@ sequences placed longest first on the least loaded group.
 """
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.optimize
