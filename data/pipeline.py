@@ -23,6 +23,8 @@ class EncodeCaptions(grain.transforms.Map):
     self.encoder = encoder
 
   def map(self, batch: dict) -> dict:
+    if "rows" in batch:  # data/planned_batches.py: one packed row per device group
+      return dict(batch, rows=[None if row is None else self.map(row) for row in batch["rows"]])
     captions = np.asarray(batch["caption"])
     encoded = self.encoder([str(c) for c in captions.ravel()])
     encoded = {k: np.asarray(v).reshape(*captions.shape, *np.shape(v)[1:])

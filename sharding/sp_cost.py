@@ -78,6 +78,8 @@ class CostModel:
   hardware: Hardware
   workload: Workload
   memory_limit: float | None = None  # bytes per device; default the hardware's
+  tokens_per_device: int | None = None  # a tighter limit in tokens (the data's rows), if set
+  slots_per_device: int | None = None   # at most this many sequences per device of a group
 
   @property
   def limit(self) -> float:
@@ -122,7 +124,14 @@ class CostModel:
   def capacity(self, degree: int) -> int:
     """The most tokens a group of `degree` devices can hold in one row under the limit."""
     room = self.limit - self.workload.static_bytes
-    return max(0, int(room // self.workload.activation_bytes_per_token)) * degree
+    tokens = max(0, int(room // self.workload.activation_bytes_per_token))
+    if self.tokens_per_device is not None:
+      tokens = min(tokens, self.tokens_per_device)
+    return tokens * degree
+
+  def slots(self, degree: int) -> int:
+    """The most sequences a group of `degree` devices may run in one row."""
+    return 2**62 if self.slots_per_device is None else self.slots_per_device * degree
 
 
 def degrees(num_devices: int) -> list[int]:

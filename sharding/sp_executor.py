@@ -2,7 +2,7 @@
 gradients: every group of the plan on its own devices at its own degree, the gradients summed
 over all devices.
 
-    executor = PlanExecutor(grad_fn_for, devices, rules, num_heads=24)
+    executor = PlanExecutor(grad_fn_for, mesh, rules, num_heads=24)
     grads, metrics = executor.gradients(params, model_state, plan, rows, key)
 
 Group g of the plan (degree d, laid out widest first from device 0) gets a mesh of its d devices
@@ -53,14 +53,17 @@ def group_starts(plan: Plan) -> list[int]:
 
 class PlanExecutor:
 
-  def __init__(self, grad_fn_for: Callable[[str, int], GradFn], devices: Sequence[jax.Device],
+  """Runs plans on the devices of `mesh` (in its order); the gradients come back replicated
+  over it."""
+
+  def __init__(self, grad_fn_for: Callable[[str, int], GradFn], mesh: jax.sharding.Mesh,
                rules: Rules, *, num_heads: int, cache_size: int = 32):
     if jax.process_count() > 1:
       raise ValueError("sharding.sequence_parallel_plan='adaptive' runs on one process for now: "
                        "use 'static' on several hosts")
     self.grad_fn_for, self.rules, self.num_heads = grad_fn_for, rules, num_heads
-    self.devices = list(devices)
-    self.flat = jax.sharding.Mesh(np.array(self.devices), ("devices",))
+    self.devices = list(mesh.devices.flat)
+    self.flat = mesh
     self.compilations = 0
     self._programs: collections.OrderedDict = collections.OrderedDict()
     self._cache_size = cache_size
@@ -103,7 +106,7 @@ class PlanExecutor:
             lambda x, device=device: jnp.zeros(x.shape, x.dtype, device=device), template)
     leaves = [jax.tree.leaves(x) for x in per_device]
     treedef = jax.tree.structure(template)
-    sharding = NamedSharding(self.flat, P("devices"))
+    sharding = NamedSharding(self.flat, P(self.flat.axis_names))
     gathered = [jax.make_array_from_single_device_arrays(
         (len(self.devices),) + column[0].shape[1:], sharding, list(column))
         for column in zip(*leaves)]

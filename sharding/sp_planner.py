@@ -69,9 +69,9 @@ def check_plan(plan: Plan, lengths, cost: CostModel, num_devices: int) -> None:
     raise ValueError(f"the plan places sequences {placed}, not each of the {len(lengths)} once")
   for d, members in plan.groups:
     tokens = int(np.sum(np.asarray(lengths)[list(members)]))
-    if tokens > cost.capacity(d):
-      raise ValueError(f"a group of {d} holds {tokens} tokens, more than its "
-                       f"{cost.capacity(d)}")
+    if tokens > cost.capacity(d) or len(members) > cost.slots(d):
+      raise ValueError(f"a group of {d} holds {len(members)} sequences of {tokens} tokens, "
+                       f"more than its {cost.slots(d)} and {cost.capacity(d)}")
 
 
 def check_fits(lengths, num_devices: int, cost: CostModel) -> None:
@@ -87,10 +87,11 @@ def check_fits(lengths, num_devices: int, cost: CostModel) -> None:
           f"{widest} devices it needs {need:.2f} GiB per device, over the memory limit of "
           f"{cost.limit / 2**30:.2f} GiB (at most {cost.capacity(widest):,} tokens): cut it "
           "shorter, or add devices or memory (remat)")
-  if lengths.sum() > cost.capacity(1) * num_devices:
-    raise ValueError(f"the step's {int(lengths.sum()):,} tokens do not fit the memory of "
-                     f"{num_devices} devices ({cost.capacity(1) * num_devices:,} tokens): "
-                     "take fewer sequences a step")
+  if lengths.sum() > cost.capacity(1) * num_devices or len(lengths) > cost.slots(num_devices):
+    raise ValueError(f"the step's {len(lengths)} sequences of {int(lengths.sum()):,} tokens do "
+                     f"not fit the memory of {num_devices} devices "
+                     f"({cost.capacity(1) * num_devices:,} tokens, {cost.slots(num_devices)} "
+                     "sequences): take fewer sequences a step")
 
 
 def _cost_table(lengths, num_devices: int, cost: CostModel):
@@ -99,7 +100,8 @@ def _cost_table(lengths, num_devices: int, cost: CostModel):
   times = np.stack([cost.sequence_times(lengths, int(d)) for d in ds], axis=1)
   fixed = np.array([cost.fixed_time(int(d)) for d in ds])
   capacity = np.array([cost.capacity(int(d)) for d in ds])
-  return ds, times, fixed, capacity
+  slots = np.array([cost.slots(int(d)) for d in ds])
+  return ds, times, fixed, capacity, slots
 
 
 def static_plan(lengths, num_devices: int, degree: int, cost: CostModel) -> Plan | None:
@@ -110,15 +112,17 @@ def static_plan(lengths, num_devices: int, degree: int, cost: CostModel) -> Plan
   capacity = cost.capacity(degree)
   times = cost.sequence_times(lengths, degree)
   load, room = np.zeros(count), np.full(count, capacity, np.int64)
+  slots = np.full(count, cost.slots(degree))
   members: list[list[int]] = [[] for _ in range(count)]
   for i in np.argsort(-times, kind="stable"):
-    fits = np.flatnonzero(room >= lengths[i])
+    fits = np.flatnonzero((room >= lengths[i]) & (slots > 0))
     if not fits.size:
       return None
     g = fits[np.argmin(load[fits])]
     members[g].append(int(i))
     load[g] += times[i]
     room[g] -= lengths[i]
+    slots[g] -= 1
   return make_plan([(degree, m) for m in members], lengths, cost, num_devices)
 
 
@@ -131,7 +135,7 @@ def best_static_plan(lengths, num_devices: int, cost: CostModel,
   return min(plans, key=lambda p: p.time, default=None)
 
 
-def _greedy(lengths, num_devices, limit, ds, times, fixed, capacity):
+def _greedy(lengths, num_devices, limit, ds, times, fixed, capacity, slots):
   """The groups (degree index, members) that run every sequence within `limit` seconds, or
   None if that takes more than num_devices devices."""
   n = len(lengths)
@@ -140,17 +144,19 @@ def _greedy(lengths, num_devices, limit, ds, times, fixed, capacity):
     return None
   choice = runs.argmax(1)  # the narrowest degree that runs it
   order = np.argsort(-times[np.arange(n), choice], kind="stable")
-  group_k, group_time, group_room, group_members = [], [], [], []
+  group_k, group_time, group_room, group_slots, group_members = [], [], [], [], []
   used = 0
   for i in order:
     if group_k:
       k = np.array(group_k)
       after = np.array(group_time) + times[i, k]
-      fits = (after <= limit) & (np.array(group_room) >= lengths[i])
+      fits = ((after <= limit) & (np.array(group_room) >= lengths[i])
+              & (np.array(group_slots) > 0))
       if fits.any():
         g = int(np.flatnonzero(fits)[np.argmax(after[fits])])  # the fullest that takes it
         group_time[g] = after[g]
         group_room[g] -= lengths[i]
+        group_slots[g] -= 1
         group_members[g].append(int(i))
         continue
     k = int(choice[i])
@@ -160,6 +166,7 @@ def _greedy(lengths, num_devices, limit, ds, times, fixed, capacity):
     group_k.append(k)
     group_time.append(fixed[k] + times[i, k])
     group_room.append(capacity[k] - lengths[i])
+    group_slots.append(slots[k] - 1)
     group_members.append([int(i)])
   return list(zip(group_k, group_members))
 
@@ -170,7 +177,7 @@ def heuristic_plan(lengths, num_devices: int, cost: CostModel, *,
   slower than the best static plan."""
   lengths = np.asarray(lengths, np.int64)
   check_fits(lengths, num_devices, cost)
-  ds, times, fixed, capacity = _cost_table(lengths, num_devices, cost)
+  ds, times, fixed, capacity, slots = _cost_table(lengths, num_devices, cost)
   static = best_static_plan(lengths, num_devices, cost)
   feasible = (lengths[:, None] <= capacity)
   alone = np.where(feasible, times + fixed, np.inf).min(1)
@@ -178,12 +185,12 @@ def heuristic_plan(lengths, num_devices: int, cost: CostModel, *,
   low = max(alone.max(), work.sum() / num_devices)
   high = static.time if static is not None else (times + fixed).max() * len(lengths)
   best = None
-  groups = _greedy(lengths, num_devices, high, ds, times, fixed, capacity)
+  groups = _greedy(lengths, num_devices, high, ds, times, fixed, capacity, slots)
   if groups is not None:
     best = make_plan([(ds[k], m) for k, m in groups], lengths, cost, num_devices)
   while high - low > tolerance * high:
     middle = 0.5 * (low + high)
-    groups = _greedy(lengths, num_devices, middle, ds, times, fixed, capacity)
+    groups = _greedy(lengths, num_devices, middle, ds, times, fixed, capacity, slots)
     if groups is None:
       low = middle
     else:
@@ -202,10 +209,10 @@ def milp_plan(lengths, num_devices: int, cost: CostModel, *, time_limit: float =
   the optimal time; equal to plan.time when it proved optimality within time_limit seconds)."""
   lengths = np.asarray(lengths, np.int64)
   check_fits(lengths, num_devices, cost)
-  ds, times, fixed, capacity = _cost_table(lengths, num_devices, cost)
+  ds, times, fixed, capacity, slots = _cost_table(lengths, num_devices, cost)
   scale = max(float((times + fixed).max()), 1e-30)  # times in units of the slowest: well scaled
-  slots = [(k, j) for k, d in enumerate(ds) for j in range(num_devices // d)]
-  n, m = len(lengths), len(slots)
+  places = [(k, j) for k, d in enumerate(ds) for j in range(num_devices // d)]
+  n, m = len(lengths), len(places)
   # Variables: x[i, s] (n * m), y[s] (m), T.
   x = lambda i, s: i * m + s
   y = lambda s: n * m + s
@@ -225,18 +232,20 @@ def milp_plan(lengths, num_devices: int, cost: CostModel, *, time_limit: float =
 
   for i in range(n):  # each sequence in one slot
     add([(x(i, s), 1.0) for s in range(m)], 1.0, 1.0)
-  for s, (k, j) in enumerate(slots):
+  for s, (k, j) in enumerate(places):
     members = range(n)
     add([(x(i, s), float(lengths[i])) for i in members] + [(y(s), -float(capacity[k]))],
         -np.inf, 0.0)  # memory, and only in a slot in use
+    if slots[k] < n:
+      add([(x(i, s), 1.0) for i in members] + [(y(s), -float(slots[k]))], -np.inf, 0.0)
     add([(x(i, s), times[i, k] / scale) for i in members] + [(y(s), fixed[k] / scale),
                                                               (t_var, -1.0)], -np.inf, 0.0)
     if j:  # slots of one degree are used in order (symmetry)
       add([(y(s), 1.0), (y(s - 1), -1.0)], -np.inf, 0.0)
-  add([(y(s), float(ds[k])) for s, (k, _) in enumerate(slots)], -np.inf, float(num_devices))
+  add([(y(s), float(ds[k])) for s, (k, _) in enumerate(places)], -np.inf, float(num_devices))
   matrix = scipy.sparse.csr_array((vals, (rows, cols)), shape=(row, n * m + m + 1))
   upper_bounds = np.ones(n * m + m + 1)
-  for s, (k, _) in enumerate(slots):  # a sequence never goes where it cannot fit
+  for s, (k, _) in enumerate(places):  # a sequence never goes where it cannot fit
     upper_bounds[[x(i, s) for i in np.flatnonzero(lengths > capacity[k])]] = 0.0
   upper_bounds[t_var] = np.inf
   objective = np.zeros(n * m + m + 1)
@@ -253,7 +262,7 @@ def milp_plan(lengths, num_devices: int, cost: CostModel, *, time_limit: float =
                      f"within {time_limit} s ({result.message})")
   chosen = result.x[:n * m].reshape(n, m) > 0.5
   groups = [(int(ds[k]), np.flatnonzero(chosen[:, s]))
-            for s, (k, _) in enumerate(slots) if result.x[y(s)] > 0.5]
+            for s, (k, _) in enumerate(places) if result.x[y(s)] > 0.5]
   plan = make_plan(groups, lengths, cost, num_devices)
   bound = result.mip_dual_bound
   bound = plan.time if result.status == 0 else (

@@ -15,6 +15,7 @@ from diffusion.flow_matching import packed_velocity_loss
 from dit.config import DiTConfig
 from dit.model import DiT
 from dit.patchify import num_video_tokens
+from sharding.mesh import make_mesh
 from sharding.sp_executor import PlanExecutor, group_kind
 from sharding.sp_planner import Plan
 
@@ -92,8 +93,8 @@ def test_a_heterogeneous_plan_equals_the_single_device_step(key, randomize):
     return lambda p, s, row, k: jax.grad(
         lambda p: summed_loss(graphdefs[kind], p, s, row), has_aux=True)(p)
 
-  devices = jax.devices()[:8]
-  executor = PlanExecutor(grad_fn_for, devices, DEFAULT_RULES, num_heads=base.num_heads)
+  executor = PlanExecutor(grad_fn_for, make_mesh({"data": 8}), DEFAULT_RULES,
+                          num_heads=base.num_heads)
   replicated = NamedSharding(executor.flat, P())
   params_on, state_on = jax.device_put((params, model_state), replicated)
   rows = [packed(items, [list(members)], row_tokens=48) for _, members in PLAN.groups]

@@ -85,8 +85,22 @@ def step_from_grads(grad_fn, optimizer: optax.GradientTransformation, *,
     total, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(grad_accum), microbatches))
     return jax.tree.map(lambda x: x / grad_accum, total)
 
+  apply = apply_gradients(optimizer, ema_decay=ema_decay, learning_rate=learning_rate)
+
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     grads, metrics = accumulated_grads(state, batch, key)
+    return apply(state, grads, metrics)
+
+  return train_step
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, *, ema_decay: float = 0.999,
+                    learning_rate: optax.Schedule | None = None):
+  """(state, grads, metrics) -> (state after one optimizer update and the EMA, metrics with
+  grad_norm and lr): the second half of every step, and all of the adaptive sequence-parallel
+  step's jitted update (training/adaptive_step.py)."""
+
+  def apply(state: TrainState, grads, metrics: dict):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
@@ -97,4 +111,4 @@ def step_from_grads(grad_fn, optimizer: optax.GradientTransformation, *,
     return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                          opt_state=opt_state), metrics
 
-  return train_step
+  return apply
