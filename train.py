@@ -50,6 +50,7 @@ from configs.stages import Stage, resolve_stages, stage_at
 from data.encode_latents import shards_identity
 from data.latent_shards import LatentShards, manifest_mismatches
 from data.batching import BucketBatches, PackedBatches
+from data.planned_batches import PlannedBatches
 from data.pipeline import make_dataset, make_iterator, make_shaped_dataset, model_inputs
 from data.sources import make_source
 from diffusion.video_sampler import VideoSampler
@@ -66,10 +67,12 @@ from rundir.videos import write_videos
 from sharding import distributed
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
+from sharding.sp_calibration import hardware_for, save_hardware
 from text_encoders.encoders import text_encoder_for
 from training import checkpoints
-from training.layout import (batch_degree, check_fits_mesh, global_batch,
+from training.layout import (adaptive_plan, batch_degree, check_fits_mesh, global_batch,
                              init_sharded_train_state, jit_train_step, train_state_layout)
+from training.adaptive_step import HARDWARE_FILE, AdaptiveStep, cost_model_for
 from training.optimizer import learning_rate_schedule
 from training.train_state import optimizer_for
 from training.train_step import make_train_step
@@ -133,7 +136,7 @@ class TerminationRequest:
 
 
 def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple,
-              ranks: int = 1):
+              ranks: int = 1, sp_cost=None):
   """The data source and iterator, after checking that the source's videos have the `expected`
   shape (T, H, W, C): the model's input, or what the VAE encodes to its latents. With
   config.latents.shards the source is those shards, checked against the config. With
@@ -152,7 +155,7 @@ def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple,
       raise ValueError(f"data {source!r} gives videos of {video.shape[-1]} channels but "
                        f"model.in_channels={expected[-1]}: make them agree")
     return source, make_iterator(make_shaped_dataset(
-        shaped_batches(config, source, ranks), text_encoder),
+        shaped_batches(config, source, ranks, sp_cost), text_encoder),
         num_threads=config.data.num_threads)
   if video.shape != tuple(expected):
     section = "vae" if trains(config) == "vae" else "model"
@@ -165,9 +168,14 @@ def make_data(config: ml_collections.ConfigDict, text_encoder, expected: tuple,
   return source, make_iterator(dataset, num_threads=config.data.num_threads)
 
 
-def shaped_batches(config: ml_collections.ConfigDict, source, ranks: int):
-  """data.batching's BucketBatches or PackedBatches of `source` for this process."""
+def shaped_batches(config: ml_collections.ConfigDict, source, ranks: int, sp_cost=None):
+  """data.batching's BucketBatches or PackedBatches of `source` for this process; under an
+  adaptive sequence-parallel plan (sp_cost, the planner's cost model), PlannedBatches."""
   data, model = config.data, config.model
+  if sp_cost is not None:
+    return PlannedBatches(source, patch_size=model.patch_size, num_devices=jax.device_count(),
+                          tokens_per_device=data.tokens_per_device, max_slots=data.max_slots,
+                          cost=sp_cost, seed=config.seed, planner=config.sharding.sp_planner)
   split = dict(seed=config.seed, process_index=jax.process_index(),
                process_count=jax.process_count())
   if data.batching == "buckets":
@@ -183,6 +191,9 @@ def shaped_batches(config: ml_collections.ConfigDict, source, ranks: int):
 def batch_tokens(batch: dict, patch_size) -> int:
   """Video tokens in the global batch of which `batch` is this process's numpy share (real
   tokens only, for packed rows)."""
+  if "rows" in batch:  # planned groups (one process)
+    return sum(int(np.count_nonzero(row["segment_ids"])) for row in batch["rows"]
+               if row is not None)
   if "segment_ids" in batch:
     local = int(np.count_nonzero(batch["segment_ids"]))
   else:
@@ -245,8 +256,14 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       checkpoints.check_writable(workdir)  # every process: each writes its shards
 
     on_every_process(claim_workdir)
+    sp_hardware = None
+    if any(adaptive_plan(stage.config) for stage in resolve_stages(config)):
+      # the planner's device figures: measured once per run (before the mesh is set: on single
+      # devices and pairs) and kept in it, so a resumed run plans as it did
+      sp_hardware = hardware_for(config.sharding.sp_hardware, jax.devices(), model.hidden_size,
+                                 os.path.join(workdir, HARDWARE_FILE))
     held.enter_context(use_mesh(mesh, config.sharding.rules))
-    return _train(config, model, workdir, mesh)
+    return _train(config, model, workdir, mesh, sp_hardware)
 
 
 def latent_step_input(config: ml_collections.ConfigDict, vae):
@@ -295,13 +312,17 @@ class StageRun:
   """What one stage (configs/stages.py; a run without stages is one) trains with: its data
   iterator, its compiled step (and the VAE's image step), its previews and its throughput."""
 
-  def __init__(self, stage: Stage, model, graphdef, shardings, mesh, text_encoder, vae):
+  def __init__(self, stage: Stage, model, graphdef, shardings, mesh, text_encoder, vae,
+               sp_hardware=None):
     config = stage.config
     self.stage, self.config, self.mesh = stage, config, mesh
     pixels = (*config.train.video_shape, model.in_channels) if vae is None else pixel_shape(
         vae.config, config.train.video_shape)
+    sp_cost = None
+    if sp_hardware is not None and adaptive_plan(config):
+      sp_cost = cost_model_for(config, model, sp_hardware)
     self.source, self.data_iterator = make_data(config, text_encoder, pixels,
-                                                ranks=batch_degree(mesh))
+                                                ranks=batch_degree(mesh), sp_cost=sp_cost)
     optimizer = optimizer_for(model, config.optim)
     schedule = learning_rate_schedule(config.optim)
     # The optimizer's own count restarts with its state at the latest reset: the logged rate
@@ -329,13 +350,20 @@ class StageRun:
       self.make_preview = lambda state: Samples(VideoSampler(
           graphdef, state.model_state, config, text_encoder, decoder=decoder), config)
     self.preview = None
-    self.train_step = jit_train_step(step, shardings, mesh)
+    if sp_cost is not None:  # each step's own groups of devices (FlexSP)
+      self.train_step = AdaptiveStep(model, optimizer, config.flow, mesh, config.sharding.rules,
+                                     shardings, **options)
+    else:
+      self.train_step = jit_train_step(step, shardings, mesh)
     self.reset_optimizer = jax.jit(optimizer.init, out_shardings=shardings.opt_state)
 
   def run_step(self, state, batch: dict, step: int, key):
     """One step on this process's numpy batch -> (state, metrics, units done: video tokens,
     or pixels coded for a VAE)."""
     on_image = self.image_step is not None and step < self.config.vae_loss.image_steps
+    if "plan" in batch:
+      state, metrics = self.train_step(state, batch, key)
+      return state, metrics, batch_tokens(batch, self.config.model.patch_size)
     inputs = global_batch(model_inputs(batch), self.mesh)
     state, metrics = (self.image_step if on_image else self.train_step)(state, inputs, key)
     if trains(self.config) == "vae":
@@ -363,15 +391,16 @@ def restore_run(manager, abstract, stages, make_run):
 
 
 def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
-           mesh: jax.sharding.Mesh):
+           mesh: jax.sharding.Mesh, sp_hardware=None):
   lead = jax.process_index() == 0
   text_encoder = text_encoder_for(config) if trains(config) == "dit" else None
   vae = open_latent_vae(config)  # None in pixel space
   stages = resolve_stages(config)
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
                                                      config.sharding.rules)
+  sp_hardware_path = os.path.join(workdir, HARDWARE_FILE)
   make_run = lambda stage: StageRun(stage, model, graphdef, shardings, mesh, text_encoder,
-                                    vae)
+                                    vae, sp_hardware)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   # A new run's data is checked before anything is written.
   run = None if checkpoints.saved_steps(workdir) else make_run(stages[0])
@@ -386,6 +415,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     state = init_sharded_train_state(model, config.optim, config.seed, shardings)
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
+    if (sp_hardware is not None and config.sharding.sp_hardware == "measure"
+        and not os.path.exists(sp_hardware_path)):
+      save_hardware(sp_hardware, sp_hardware_path)
 
   throughput_name = "pixels_per_sec" if trains(config) == "vae" else "tokens_per_sec"
   writer = MetricWriter(workdir) if lead else None
@@ -393,7 +425,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   start = int(state.step)
   last_saved = start if start else None
   progress = _progress_bar(start, train_cfg.num_steps)
-  pending, timer, units, imbalances = [], (time.perf_counter(), start), 0, []
+  pending, timer, units, imbalances, planned = [], (time.perf_counter(), start), 0, [], []
   try:
     with TerminationRequest() as termination:
       for step in range(start, train_cfg.num_steps):
@@ -408,6 +440,8 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
         batch = next(run.data_iterator)
         if "rank_imbalance" in batch:
           imbalances.append(float(batch["rank_imbalance"]))
+        if "plan" in batch:  # the adaptive plan's predicted step time and groups
+          planned.append((batch["planned_seconds"], len(batch["plan"].shape)))
         state, metrics, done_units = run.run_step(state, batch, step,
                                                   jax.random.fold_in(rng, step))
         units += done_units
@@ -425,6 +459,9 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
                          throughput_name: units / (now - timer[0])})
           if imbalances:  # packed rows: the slowest data-parallel rank's estimated cost / mean
             logged["rank_imbalance"] = float(np.mean(imbalances))
+          if planned:
+            logged["planned_step_seconds"] = float(np.mean([p[0] for p in planned]))
+            logged["sp_groups"] = float(np.mean([p[1] for p in planned]))
           if len(stages) > 1:
             logged["stage"] = float(stage.index)
           if hasattr(run.source, "num_skipped"):  # unreadable files met so far (video folders)
@@ -435,7 +472,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
             print(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()),
                   flush=True)
           progress.set_postfix(loss=f"{logged['loss']:.4f}")
-          pending, timer, units, imbalances = [], (now, done), 0, []
+          pending, timer, units, imbalances, planned = [], (now, done), 0, [], []
         if save_now and done != last_saved:
           if not all_finite(state.params):
             raise NonFiniteLossError(_non_finite_message("parameters", done, manager))

@@ -168,7 +168,7 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     errors.append(f"data.batching='buckets' needs data.tokens_per_device > 0 (video tokens per "
                   f"device and step), got {config.tokens_per_device}")
   elif batching == "packing":
-    errors += positive("data", config, ("row_tokens", "max_slots"))
+    errors += positive("data", config, ("max_slots",))  # row_tokens: validate_batching
   raise_if_any("data", errors)
 
 
@@ -188,10 +188,51 @@ def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> No
                               or len(config.data.kwargs.get("shapes") or ()) > 1):
     errors.append(f"data.name={config.data.name!r} gives examples of several shapes: set "
                   "data.batching='buckets' or 'packing' (with their sizes)")
+  adaptive = config.sharding.get("sequence_parallel_plan", "static") == "adaptive"
+  if batching == "packing" and not adaptive and not config.data.row_tokens > 0:
+    errors.append(f"data.batching='packing' needs data.row_tokens > 0 (video tokens per row), "
+                  f"got {config.data.row_tokens}")
   if batching == "packing" and model.sparse_pattern != "full":
     errors.append(f"model.sparse_pattern={model.sparse_pattern!r} is drawn on one video's "
                   "patch grid; data.batching='packing' needs 'full'")
   raise_if_any("data", errors)
+  validate_sequence_parallel_plan(config, model)
+
+
+def validate_sequence_parallel_plan(config: ml_collections.ConfigDict, model: DiTConfig) -> None:
+  """config.sharding.sequence_parallel_plan and what "adaptive" needs of the rest."""
+  from sharding.sp_cost import PUBLISHED  # noqa: PLC0415
+  from data.planned_batches import PLANNERS  # noqa: PLC0415
+
+  sharding = config.sharding
+  plan = sharding.get("sequence_parallel_plan", "static")
+  errors = []
+  if plan not in ("static", "adaptive"):
+    errors.append(f"sharding.sequence_parallel_plan={plan!r}; choose 'static' or 'adaptive'")
+  if plan == "adaptive":
+    if sharding.sp_hardware != "measure" and sharding.sp_hardware not in PUBLISHED:
+      errors.append(f"sharding.sp_hardware={sharding.sp_hardware!r}; choose 'measure' or one "
+                    f"of {sorted(PUBLISHED)}")
+    if sharding.sp_planner not in PLANNERS:
+      errors.append(f"sharding.sp_planner={sharding.sp_planner!r}; choose one of "
+                    f"{list(PLANNERS)}")
+    if sharding.sp_memory_gib < 0:
+      errors.append(f"sharding.sp_memory_gib={sharding.sp_memory_gib} must be >= 0 (0: the "
+                    "device's memory)")
+    packing = config.data.get("batching", "fixed") == "packing"
+    if packing and (config.data.tokens_per_device <= 0 or config.data.max_slots <= 0):
+      errors.append("sharding.sequence_parallel_plan='adaptive' takes data.tokens_per_device "
+                    "(video tokens a device holds) and data.max_slots (examples per device) > 0")
+    mesh = dict(config.mesh)
+    others = {axis: mesh.get(axis, 1) for axis in ("fsdp", "seq", "tensor")}
+    if any(size != 1 for size in others.values()):
+      errors.append(f"sharding.sequence_parallel_plan='adaptive' makes its own groups of "
+                    f"devices and keeps the parameters whole on each: set mesh {others} to 1 "
+                    "(every device on data)")
+    if model.sequence_parallel != "none":
+      errors.append("sharding.sequence_parallel_plan='adaptive' picks each group's sequence "
+                    "parallelism: leave model.sequence_parallel='none'")
+  raise_if_any("sharding", errors)
 
 
 def validate_text_config(config: ml_collections.ConfigDict) -> None:

@@ -250,8 +250,24 @@ def mesh_config(**sizes) -> ml_collections.ConfigDict:
 
 
 def sharding_config() -> ml_collections.ConfigDict:
-  """config.sharding: the rules from logical axis names to mesh axes (sharding/logical.py)."""
-  return ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
+  """config.sharding: the rules from logical axis names to mesh axes (sharding/logical.py), and
+  the sequence-parallel plan of each step.
+
+  sequence_parallel_plan "static": the mesh's seq axis for every video (model.sequence_parallel);
+  "adaptive" (FlexSP, sharding/sp_planner.py): every step of data.batching="packing" splits the
+  devices into groups of its own sizes and gives each group videos, so long videos run on wide
+  groups and short ones on narrow ones, with data.tokens_per_device and data.max_slots per
+  device; every device on the data axis. Stages of plain batches (one shape, one length) run
+  data parallel.
+  """
+  return ml_collections.ConfigDict(dict(
+      rules=DEFAULT_RULES,
+      sequence_parallel_plan="static",
+      sp_hardware="measure",  # the cost model's device: measured at the run's start (and kept
+                              # in the run), or published figures: "h100", "h200", "tpu-v5p"
+      sp_planner="heuristic",  # or "milp": exact (HiGHS), for small device counts
+      sp_memory_gib=0.0,      # the memory per device plans keep under; 0: the device's
+  ))
 
 
 # What an experiment trains (config.trains): "dit" (the default when absent: config.model and

@@ -19,7 +19,12 @@ the optimizer with its own warmup. The network is the quick start's with patches
 
 Variants, as `--config=configs/mixed_shapes.py:tiny`:
   image_steps, video_steps   the stages' lengths
-  tiny    a seconds-long smoke run of both stages (the tests use it)
+  tiny      a seconds-long smoke run of both stages (the tests use it)
+  adaptive  the video stage under adaptive sequence parallelism (FlexSP,
+            sharding.sequence_parallel_plan="adaptive"): each step splits the devices into
+            groups sized for its videos, 64 video tokens and 2 examples per device. Made for 8
+            devices (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8); a long
+            video (128 tokens) needs a group of 2.
 """
 import ml_collections
 
@@ -49,7 +54,7 @@ PARTS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, image_steps=400, video_steps=2400, tiny=False)
+  arg = parse_arg(arg, image_steps=400, video_steps=2400, tiny=False, adaptive=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(
@@ -100,5 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(videos, num_steps=8, data=dict(videos["data"], kwargs=dict(parts=parts)),
              train=dict(batch_size=8), optim=dict(warmup_steps=1, decay_steps=8)),
     )
+  if arg.adaptive:
+    config.sharding.sequence_parallel_plan = "adaptive"
+    videos = dict(config.stages[1])
+    videos["data"] = dict(videos["data"], tokens_per_device=64, max_slots=2)
+    config.stages = (config.stages[0], videos)
   config.lock()
   return config

@@ -35,6 +35,10 @@ ADDED_FIELDS = {
     ("data", "row_tokens"): 0,
     ("data", "max_slots"): 8,
     ("data", "balance"): True,
+    ("sharding", "sequence_parallel_plan"): "static",
+    ("sharding", "sp_hardware"): "measure",
+    ("sharding", "sp_planner"): "heuristic",
+    ("sharding", "sp_memory_gib"): 0.0,
 }
 
 

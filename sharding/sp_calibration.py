@@ -85,7 +85,8 @@ def measure_hardware(devices: Sequence[jax.Device], dim: int) -> Hardware:
 def hardware_for(name: str, devices: Sequence[jax.Device], dim: int,
                  path: str | None = None) -> Hardware:
   """config.sharding.sp_hardware: a PUBLISHED name, or "measure": the figures saved at `path`
-  by an earlier start of this run, else measured now (and saved there)."""
+  by an earlier start of this run, else measured now (the caller saves them there once the
+  run is known to start: save_hardware)."""
   if name != "measure":
     if name not in PUBLISHED:
       raise ValueError(f"sharding.sp_hardware={name!r}; choose 'measure' or one of "
@@ -93,10 +94,7 @@ def hardware_for(name: str, devices: Sequence[jax.Device], dim: int,
     return PUBLISHED[name]
   if path and os.path.exists(path):
     return load_hardware(path)
-  hardware = measure_hardware(devices, dim)
-  if path:
-    save_hardware(hardware, path)
-  return hardware
+  return measure_hardware(devices, dim)
 
 
 def save_hardware(hardware: Hardware, path: str) -> None:

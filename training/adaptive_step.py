@@ -22,9 +22,25 @@ from diffusion.flow_matching import packed_flow_matching_loss
 from dit.config import DiTConfig
 from dit.model import DiT
 from sharding.logical import Rules
+from sharding.sp_cost import CostModel, Hardware
 from sharding.sp_executor import PlanExecutor
 from training.train_state import TrainState
+from training.flops import sequence_workload
 from training.train_step import apply_gradients
+
+HARDWARE_FILE = "sp_hardware.json"  # a run's measured cost-model figures (sp_calibration.py)
+
+
+def cost_model_for(config: ml_collections.ConfigDict, model: DiTConfig,
+                   hardware: Hardware) -> CostModel:
+  """The planner's cost model of a run: the DiT's workload on `hardware`, within
+  sharding.sp_memory_gib (0: the device's memory) and the data's tokens and examples per
+  device."""
+  gib = config.sharding.sp_memory_gib
+  return CostModel(hardware, sequence_workload(model),
+                   memory_limit=gib * 2**30 if gib > 0 else None,
+                   tokens_per_device=config.data.tokens_per_device,
+                   slots_per_device=config.data.max_slots)
 
 
 def graphdef_for(model: DiTConfig, sequence_parallel: str) -> nnx.GraphDef:
@@ -58,7 +74,10 @@ class AdaptiveStep:
 
   def __init__(self, model: DiTConfig, optimizer: optax.GradientTransformation,
                flow: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: Rules,
-               shardings: TrainState, *, ema_decay: float = 0.999, learning_rate=None):
+               shardings: TrainState, *, ema_decay: float = 0.999, learning_rate=None,
+               grad_accum: int = 1):
+    if grad_accum != 1:
+      raise ValueError("adaptive sequence parallelism takes train.grad_accum=1")
     self.executor = PlanExecutor(group_grad_fn_for(model, flow), mesh, rules,
                                  num_heads=model.num_heads)
     replicated = NamedSharding(mesh, P())

@@ -35,7 +35,12 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
   errors = []
   degree = batch_degree(mesh)
   microbatch = config.train.batch_size // max(config.train.grad_accum, 1)
-  if microbatch % degree:
+  adaptive = adaptive_plan(config)
+  if adaptive:  # the plans make the batch: the devices split into power-of-two groups
+    if mesh.size & (mesh.size - 1):
+      errors.append(f"sharding.sequence_parallel_plan='adaptive' splits a power-of-two number "
+                    f"of devices into groups; there are {mesh.size}")
+  elif microbatch % degree:
     errors.append(f"train.batch_size={config.train.batch_size} (/ train.grad_accum="
                   f"{config.train.grad_accum}) must be a multiple of the mesh's data x fsdp = "
                   f"{degree} devices")
@@ -74,6 +79,13 @@ def check_fits_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
   if errors:
     raise ValueError(f"the config does not fit the mesh {dict(mesh.shape)}:\n  "
                      + "\n  ".join(errors))
+
+
+def adaptive_plan(config: ml_collections.ConfigDict) -> bool:
+  """Whether the steps of this (stage's) config run adaptive sequence-parallel plans: packed
+  rows under sharding.sequence_parallel_plan="adaptive"."""
+  return (config.get("sharding", {}).get("sequence_parallel_plan", "static") == "adaptive"
+          and "data" in config and config.data.get("batching", "fixed") == "packing")
 
 
 def with_shardings(abstract_tree, shardings):
