@@ -462,6 +462,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
           if planned:
             logged["planned_step_seconds"] = float(np.mean([p[0] for p in planned]))
             logged["sp_groups"] = float(np.mean([p[1] for p in planned]))
+            logged["sp_programs"] = float(run.train_step.executor.compilations)  # so far
           if len(stages) > 1:
             logged["stage"] = float(stage.index)
           if hasattr(run.source, "num_skipped"):  # unreadable files met so far (video folders)

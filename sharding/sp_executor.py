@@ -99,6 +99,12 @@ class PlanExecutor:
       for i in range(start, start + degree):
         per_device[i] = jax.tree.map(lambda x, i=i: _shard_on(x, self.devices[i]), stacked)
       weights[start:start + degree] = 1.0 / (degree * num_examples)
+    # The reduction starts once every group has finished: on CPU each device's part of a
+    # program that waits in a collective holds a thread, and the reduction's parts on idle
+    # devices would otherwise wait there while the groups still need threads (a deadlock seen
+    # on 8 simulated devices). The groups themselves run concurrently; a GPU loses only the
+    # dispatch of the reduction.
+    jax.block_until_ready([x for x in per_device if x is not None])
     template = next(x for x in per_device if x is not None)
     for i, device in enumerate(self.devices):
       if per_device[i] is None:  # an empty group adds zeros

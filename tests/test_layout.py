@@ -44,6 +44,14 @@ def test_the_network_imports_only_jax_flax_numpy_kernels_and_sharding():
       assert imports_of(path) <= allowed, (path, imports_of(path) - allowed)
 
 
+def test_sharding_imports_only_jax_flax_numpy_scipy_and_kernels():
+  allowed = set(sys.stdlib_module_names) | {"jax", "jaxlib", "flax", "numpy", "scipy",
+                                            "kernels", "sharding"}
+  for path in project_files("sharding"):
+    extra = {"absl"} if path.endswith("distributed.py") else set()  # its flags
+    assert imports_of(path) <= allowed | extra, (path, imports_of(path) - allowed)
+
+
 def test_importing_the_network_loads_no_data_encoder_sampler_writer_or_entry_library():
   """In a fresh interpreter: what `import dit.<every module>` loads beyond jax and flax."""
   script = (

@@ -1,0 +1,22 @@
+"""python -m bench.sp_planning stays runnable: small planning, simulation and CPU sizes."""
+import json
+import subprocess
+import sys
+
+
+def test_the_sp_planning_benchmark_runs_and_records_every_part(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "bench.sp_planning", "--devices=8", "--batches=1",
+       "--milp_seconds=5", "--sim_devices=8", "--sim_steps=2", "--cpu_steps=1",
+       "--cpu_static=8", f"--out={tmp_path}"], capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  [path] = tmp_path.glob("sp_planning-*.json")
+  record = json.loads(path.read_text())
+  assert record["meta"]["jax"] and record["meta"]["scipy"]
+  [planning] = record["planning"]
+  assert planning["over_milp"] < 1.05 and planning["over_bound"] >= planning["over_milp"]
+  assert len(record["simulated"]) == 6
+  assert all(r["speedup_vs_per_step_static"] >= 0.999 for r in record["simulated"])
+  measured = record["measured"]
+  assert set(measured["results"]) == {"adaptive", "static 8"}
+  assert all(r["step_s"] > 0 for r in measured["results"].values())
