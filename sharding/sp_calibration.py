@@ -33,12 +33,15 @@ def _seconds(fn, *args, repeats: int = 5) -> float:
   return float(np.median(times))
 
 
-def matmul_flops_per_second(device: jax.Device, dim: int, tokens: int = 2048,
+def matmul_flops_per_second(devices: Sequence[jax.Device], dim: int, tokens: int = 2048,
                             dtype=jnp.float32) -> float:
-  """Achieved FLOP/s of a [tokens, dim] x [dim, 4 dim] matmul, the shape of the model's MLP."""
-  x = jax.device_put(jnp.ones((tokens, dim), dtype), device)
-  w = jax.device_put(jnp.ones((dim, 4 * dim), dtype), device)
-  matmul = jax.jit(lambda x, w: x @ w)
+  """Achieved FLOP/s per device of a [tokens, dim] x [dim, 4 dim] matmul (the shape of the
+  model's MLP) on every device at once: what each gets when all compute (simulated CPU
+  devices share the host's cores)."""
+  mesh = jax.sharding.Mesh(np.array(devices), ("x",))
+  x = jax.device_put(jnp.ones((len(devices) * tokens, dim), dtype), NamedSharding(mesh, P("x")))
+  w = jax.device_put(jnp.ones((dim, 4 * dim), dtype), NamedSharding(mesh, P()))
+  matmul = jax.jit(lambda x, w: x @ w, out_shardings=NamedSharding(mesh, P("x")))
   return 2.0 * tokens * dim * 4 * dim / _seconds(matmul, x, w)
 
 
@@ -66,7 +69,7 @@ def device_memory_bytes(device: jax.Device) -> float:
 def measure_hardware(devices: Sequence[jax.Device], dim: int) -> Hardware:
   """Hardware figures of these devices (one process's) for a model of width `dim`."""
   devices = list(devices)
-  flops = matmul_flops_per_second(devices[0], dim)
+  flops = matmul_flops_per_second(devices, dim)
   if len(devices) > 1:
     size = 4 << 20
     pair = devices[:2]

@@ -80,6 +80,12 @@ class CostModel:
   memory_limit: float | None = None  # bytes per device; default the hardware's
   tokens_per_device: int | None = None  # a tighter limit in tokens (the data's rows), if set
   slots_per_device: int | None = None   # at most this many sequences per device of a group
+  # ((degree, factor), ...): measured group time over predicted, per degree (a model timed on
+  # this machine: what the figures above miss, e.g. simulated devices sharing a host's cores)
+  degree_factors: tuple[tuple[int, float], ...] = ()
+
+  def factor(self, degree: int) -> float:
+    return dict(self.degree_factors).get(degree, 1.0)
 
   @property
   def limit(self) -> float:
@@ -112,10 +118,12 @@ class CostModel:
       time = time + held * w.alltoall_bytes_per_token * (u - 1) / u / hw.bandwidth(u)
     if r > 1:
       time = time + held * w.ring_bytes_per_token * (r - 1) / hw.bandwidth(degree)
-    return time
+    return time * self.factor(degree)
 
   def fixed_time(self, degree: int) -> float:
-    return self.workload.collectives * self.hardware.collective_latency if degree > 1 else 0.0
+    if degree == 1:
+      return 0.0
+    return self.workload.collectives * self.hardware.collective_latency * self.factor(degree)
 
   def memory(self, tokens: float, degree: int) -> float:
     """Bytes per device of a group of `degree` holding a row of `tokens` tokens."""

@@ -171,6 +171,21 @@ def _greedy(lengths, num_devices, limit, ds, times, fixed, capacity, slots):
   return list(zip(group_k, group_members))
 
 
+def _lower_bound(lengths, num_devices, ds, times, fixed, capacity) -> float:
+  feasible = lengths[:, None] <= capacity
+  alone = np.where(feasible, times + fixed, np.inf).min(1)
+  work = np.where(feasible, times * ds, np.inf).min(1)
+  return float(max(alone.max(), work.sum() / num_devices))
+
+
+def lower_bound(lengths, num_devices: int, cost: CostModel) -> float:
+  """A bound no plan beats: the slowest sequence at its fastest degree, and the device-seconds
+  every sequence needs at least (at its most efficient degree) spread over all devices."""
+  lengths = np.asarray(lengths, np.int64)
+  ds, times, fixed, capacity, _ = _cost_table(lengths, num_devices, cost)
+  return _lower_bound(lengths, num_devices, ds, times, fixed, capacity)
+
+
 def heuristic_plan(lengths, num_devices: int, cost: CostModel, *,
                    tolerance: float = 1e-4) -> Plan:
   """A plan from bisection on the step time with greedy placement (module docstring); never
@@ -179,10 +194,7 @@ def heuristic_plan(lengths, num_devices: int, cost: CostModel, *,
   check_fits(lengths, num_devices, cost)
   ds, times, fixed, capacity, slots = _cost_table(lengths, num_devices, cost)
   static = best_static_plan(lengths, num_devices, cost)
-  feasible = (lengths[:, None] <= capacity)
-  alone = np.where(feasible, times + fixed, np.inf).min(1)
-  work = np.where(feasible, times * ds, np.inf).min(1)
-  low = max(alone.max(), work.sum() / num_devices)
+  low = _lower_bound(lengths, num_devices, ds, times, fixed, capacity)
   high = static.time if static is not None else (times + fixed).max() * len(lengths)
   best = None
   groups = _greedy(lengths, num_devices, high, ds, times, fixed, capacity, slots)

@@ -14,7 +14,7 @@ def test_the_sp_planning_benchmark_runs_and_records_every_part(tmp_path):
   record = json.loads(path.read_text())
   assert record["meta"]["jax"] and record["meta"]["scipy"]
   [planning] = record["planning"]
-  assert planning["over_milp"] < 1.05 and planning["over_bound"] >= planning["over_milp"]
+  assert planning["over_milp"] < 1.05 and planning["over_bound"] >= planning["over_milp"] - 1e-9
   assert len(record["simulated"]) == 6
   assert all(r["speedup_vs_per_step_static"] >= 0.999 for r in record["simulated"])
   measured = record["measured"]

@@ -1,5 +1,6 @@
 """The adaptive sequence-parallel planner (FlexSP): its cost model, the exact MILP against brute
 force, the fast heuristic against the MILP, and plans that cannot fit."""
+import dataclasses
 import itertools
 
 import numpy as np
@@ -126,3 +127,14 @@ def test_a_sequence_too_long_for_every_group_is_named():
     heuristic_plan(np.full(12, 70), 8, TOY)  # 840 tokens on 8 x 100
   with pytest.raises(ValueError, match="power-of-two"):
     heuristic_plan(np.array([10]), 6, TOY)
+
+
+def test_plans_keep_to_the_sequences_a_group_may_hold():
+  cost = dataclasses.replace(TOY, slots_per_device=2)
+  lengths = np.full(12, 5)  # 60 tokens: time and memory alone would fit one or two devices
+  for plan in (heuristic_plan(lengths, 8, cost), milp_plan(lengths, 8, cost)[0],
+               static_plan(lengths, 8, 2, cost)):
+    check_plan(plan, lengths, cost, 8)
+    assert all(len(members) <= 2 * d for d, members in plan.groups)
+  with pytest.raises(ValueError, match="17 sequences"):
+    heuristic_plan(np.full(17, 5), 8, cost)
