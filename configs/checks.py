@@ -190,8 +190,8 @@ def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> No
                   "data.batching='buckets' or 'packing' (with their sizes)")
   adaptive = config.sharding.get("sequence_parallel_plan", "static") == "adaptive"
   if batching == "packing" and not adaptive and not config.data.row_tokens > 0:
-    errors.append(f"data.batching='packing' needs data.row_tokens > 0 (video tokens per row), "
-                  f"got {config.data.row_tokens}")
+    errors.append(f"data.row_tokens={config.data.row_tokens} must be positive (video tokens "
+                  "per row of data.batching='packing')")
   if batching == "packing" and model.sparse_pattern != "full":
     errors.append(f"model.sparse_pattern={model.sparse_pattern!r} is drawn on one video's "
                   "patch grid; data.batching='packing' needs 'full'")
