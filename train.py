@@ -174,8 +174,10 @@ def shaped_batches(config: ml_collections.ConfigDict, source, ranks: int, sp_cos
   data, model = config.data, config.model
   if sp_cost is not None:
     return PlannedBatches(source, patch_size=model.patch_size, num_devices=jax.device_count(),
-                          tokens_per_device=data.tokens_per_device, max_slots=data.max_slots,
-                          cost=sp_cost, seed=config.seed, planner=config.sharding.sp_planner)
+                          max_slots=data.max_slots, cost=sp_cost, seed=config.seed,
+                          planner=config.sharding.sp_planner,
+                          text_tokens=config.text.max_length if model.conditioning == "text"
+                          else 0)
   split = dict(seed=config.seed, process_index=jax.process_index(),
                process_count=jax.process_count())
   if data.batching == "buckets":
@@ -261,7 +263,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       # the planner's device figures: measured once per run (before the mesh is set: on single
       # devices and pairs) and kept in it, so a resumed run plans as it did
       sp_hardware = hardware_for(config.sharding.sp_hardware, jax.devices(), model.hidden_size,
-                                 os.path.join(workdir, HARDWARE_FILE))
+                                 os.path.join(workdir, HARDWARE_FILE), dtype=model.dtype)
     held.enter_context(use_mesh(mesh, config.sharding.rules))
     return _train(config, model, workdir, mesh, sp_hardware)
 

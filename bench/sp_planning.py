@@ -80,6 +80,8 @@ def step_lengths(rng, budget: int, median: float, sigma: float) -> np.ndarray:
 
 def h100_7b(remat: str) -> CostModel:
   config = DiTConfig.from_dict(model_config("7B", remat=remat, dtype="bfloat16"))
+  # The state sharded over all devices (ZeRO-3), as FlexSP trains: the executor here keeps it
+  # whole on every device, which a 7B model on 80 GB would not fit.
   return CostModel(PUBLISHED["h100"], sequence_workload(config, zero_shards=FLAGS.sim_devices))
 
 
@@ -175,7 +177,7 @@ def measured_on_this_machine() -> dict:
   def row_of(members, degree):
     row = pack_rows([examples[i] for i in members], [list(range(len(members)))],
                     patch_size=(1, 4, 4), row_tokens=row_length(
-                        int(lengths[list(members)].sum()), degree, tokens_per_device),
+                        int(lengths[list(members)].sum()), degree, cost.capacity(degree)),
                     max_slots=degree * slots)
     return {k: v for k, v in row.items() if k in ("patches", "segment_ids", "positions",
                                                    "label")}

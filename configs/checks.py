@@ -229,9 +229,10 @@ def validate_sequence_parallel_plan(config: ml_collections.ConfigDict, model: Di
       errors.append(f"sharding.sequence_parallel_plan='adaptive' makes its own groups of "
                     f"devices and keeps the parameters whole on each: set mesh {others} to 1 "
                     "(every device on data)")
-    if model.sequence_parallel != "none":
+    if model.sequence_parallel != "none" or model.ulysses_degree:
       errors.append("sharding.sequence_parallel_plan='adaptive' picks each group's sequence "
-                    "parallelism: leave model.sequence_parallel='none'")
+                    "parallelism: leave model.sequence_parallel='none' and "
+                    "model.ulysses_degree=0")
   raise_if_any("sharding", errors)
 
 

@@ -179,7 +179,8 @@ def data_config(name: str = "moving_digits", **kwargs) -> ml_collections.ConfigD
                             # step; "buckets": batches of one shape each, as many as fit
                             # tokens_per_device; "packing": train.batch_size rows of
                             # row_tokens video tokens holding whole examples of any shapes
-      tokens_per_device=0,  # buckets: video tokens per data-parallel device and step
+      tokens_per_device=0,  # buckets: video tokens per data-parallel device and step;
+                            # adaptive sequence parallelism: video and text tokens a device holds
       row_tokens=0,         # packing: video tokens per row
       max_slots=8,          # packing: examples per row at most
       balance=True,         # packing: examples to data-parallel ranks by estimated cost

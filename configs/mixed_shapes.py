@@ -22,9 +22,9 @@ Variants, as `--config=configs/mixed_shapes.py:tiny`:
   tiny      a seconds-long smoke run of both stages (the tests use it)
   adaptive  the video stage under adaptive sequence parallelism (FlexSP,
             sharding.sequence_parallel_plan="adaptive"): each step splits the devices into
-            groups sized for its videos, 64 video tokens and 2 examples per device. Made for 8
-            devices (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8); a long
-            video (128 tokens) needs a group of 2.
+            groups sized for its videos, 64 tokens (video and text) and 2 examples per device.
+            Made for 8 devices (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8); a
+            long video (128 + 16 text tokens) needs a group of 4.
 """
 import ml_collections
 

@@ -3,16 +3,18 @@
 FlexSP), and one packed row per group.
 
 An epoch takes the examples in its shuffled order, a step at a time, while they fit the step's
-budget: data.tokens_per_device video tokens and data.max_slots examples per device, over all
-devices. Which examples make step k depends on their shapes alone (deterministic, resumable,
+budget: data.tokens_per_device tokens (video and text; fewer if the memory limit says so) and
+data.max_slots examples per device, over all devices. Which examples make step k depends on their shapes alone (deterministic, resumable,
 like data/batching.py); the plan and the rows are made when batch k is read, on grain's threads
 ahead of the training loop, so planning step n + 1 overlaps step n.
 
 A batch is {"plan": Plan, "rows": [a packed row dict, [1, ...], or None per group],
 "examples": the step's example count, "planned_seconds": the plan's predicted step time}. A
 group of d devices gets a row of d * max_slots slots and a power-of-two number of video tokens
-(at least d, at most d * tokens_per_device), so rows repeat a few shapes and the executor's
-compiled programs are reused.
+(at least d, at most the group's capacity), so rows repeat a few shapes and the executor's
+compiled programs are reused. With sharding.sp_planner="milp" the plan is the better of the
+MILP's (stopped at a time limit, so it can vary between runs: only "heuristic" plans resume
+bit for bit) and the heuristic's.
 """
 from collections.abc import Sequence
 
@@ -27,45 +29,47 @@ from sharding.sp_planner import check_fits, heuristic_plan, milp_plan
 PLANNERS = ("heuristic", "milp")
 
 
-def row_length(tokens: int, degree: int, tokens_per_device: int) -> int:
-  """The padded length of a group's row: the next power of two, within [degree, its capacity]."""
+def row_length(tokens: int, degree: int, capacity: int) -> int:
+  """The padded length of a group's row: the next power of two, within [degree, the group's
+  capacity in tokens] (capacity a multiple of degree)."""
   padded = 1 << max(int(tokens) - 1, 0).bit_length()
-  return int(min(max(padded, degree), degree * tokens_per_device))
+  return int(min(max(padded, degree), capacity))
 
 
 class PlannedBatches:
 
-  def __init__(self, source, *, patch_size: Sequence[int], num_devices: int,
-               tokens_per_device: int, max_slots: int, cost: CostModel, seed: int,
-               planner: str = "heuristic"):
+  def __init__(self, source, *, patch_size: Sequence[int], num_devices: int, max_slots: int,
+               cost: CostModel, seed: int, planner: str = "heuristic", text_tokens: int = 0):
     if planner not in PLANNERS:
       raise ValueError(f"sharding.sp_planner={planner!r}; choose one of {list(PLANNERS)}")
     self.source, self.seed, self.planner = source, seed, planner
     self.patch_size, self.num_devices = tuple(patch_size), num_devices
-    self.tokens_per_device, self.max_slots, self.cost = tokens_per_device, max_slots, cost
+    self.max_slots, self.cost = max_slots, cost
     shapes = example_shapes(source)
     self.tokens = np.array([num_video_tokens(s, patch_size) for s in shapes.tolist()])
+    # What the plans weigh and hold: each example's video tokens and its text tokens.
+    self.lengths = self.tokens + text_tokens
     try:  # every example must fit some group: named before anything trains
-      for i in np.argsort(-self.tokens, kind="stable")[:1]:
-        check_fits(self.tokens[[i]], num_devices, cost)
+      for i in np.argsort(-self.lengths, kind="stable")[:1]:
+        check_fits(self.lengths[[i]], num_devices, cost)
     except ValueError as e:
       raise ValueError(f"example {int(i)} of shape {tuple(shapes[i].tolist())}: {e}") from None
     self.plans = EpochPlans(self.plan_epoch)
 
   def plan_epoch(self, epoch: int) -> list[list[int]]:
-    """The examples of each step of the epoch: in its order, while they fit the step's budget;
-    a last step with fewer examples than devices is left for the next epoch's order."""
+    """The examples of each step of the epoch: in its order, while they fit what all the
+    devices hold together (tokens and examples); the last step takes what is left."""
     order = epoch_order(len(self.source), self.seed, epoch)
-    budget = self.num_devices * self.tokens_per_device
-    slots = self.num_devices * self.max_slots
+    budget = self.cost.capacity(self.num_devices)
+    slots = self.cost.slots(self.num_devices)
     steps, current, total = [], [], 0
     for i in order:
-      if current and (total + self.tokens[i] > budget or len(current) == slots):
+      if current and (total + self.lengths[i] > budget or len(current) == slots):
         steps.append(current)
         current, total = [], 0
       current.append(int(i))
-      total += int(self.tokens[i])
-    if len(current) >= self.num_devices:
+      total += int(self.lengths[i])
+    if current:
       steps.append(current)
     return steps
 
@@ -73,10 +77,12 @@ class PlannedBatches:
     return ENDLESS
 
   def plan(self, members: list[int]):
-    lengths = self.tokens[members]
-    if self.planner == "milp":
-      return milp_plan(lengths, self.num_devices, self.cost)[0]
-    return heuristic_plan(lengths, self.num_devices, self.cost)
+    lengths = self.lengths[members]
+    heuristic = heuristic_plan(lengths, self.num_devices, self.cost)
+    if self.planner == "milp":  # the better of the two (the MILP stops at its time limit)
+      exact = milp_plan(lengths, self.num_devices, self.cost)[0]
+      return exact if exact.time < heuristic.time else heuristic
+    return heuristic
 
   def __getitem__(self, k: int) -> dict:
     members = self.plans[k]
@@ -89,7 +95,7 @@ class PlannedBatches:
       items = [self.source[members[i]] for i in group]
       tokens = int(self.tokens[[members[i] for i in group]].sum())
       rows.append(pack_rows(items, [list(range(len(items)))], patch_size=self.patch_size,
-                            row_tokens=row_length(tokens, degree, self.tokens_per_device),
+                            row_tokens=row_length(tokens, degree, self.cost.capacity(degree)),
                             max_slots=degree * self.max_slots))
     return {"plan": plan, "rows": rows, "examples": len(members),
             "planned_seconds": plan.time}

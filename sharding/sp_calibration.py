@@ -66,10 +66,11 @@ def device_memory_bytes(device: jax.Device) -> float:
   return float(host) / max(1, len(jax.local_devices(backend=device.platform)))
 
 
-def measure_hardware(devices: Sequence[jax.Device], dim: int) -> Hardware:
-  """Hardware figures of these devices (one process's) for a model of width `dim`."""
+def measure_hardware(devices: Sequence[jax.Device], dim: int, dtype="float32") -> Hardware:
+  """Hardware figures of these devices (one process's) for a model of width `dim` computing
+  in `dtype`."""
   devices = list(devices)
-  flops = matmul_flops_per_second(devices, dim)
+  flops = matmul_flops_per_second(devices, dim, dtype=jnp.dtype(dtype))
   if len(devices) > 1:
     size = 4 << 20
     pair = devices[:2]
@@ -86,7 +87,7 @@ def measure_hardware(devices: Sequence[jax.Device], dim: int) -> Hardware:
 
 
 def hardware_for(name: str, devices: Sequence[jax.Device], dim: int,
-                 path: str | None = None) -> Hardware:
+                 path: str | None = None, dtype="float32") -> Hardware:
   """config.sharding.sp_hardware: a PUBLISHED name, or "measure": the figures saved at `path`
   by an earlier start of this run, else measured now (the caller saves them there once the
   run is known to start: save_hardware)."""
@@ -97,7 +98,7 @@ def hardware_for(name: str, devices: Sequence[jax.Device], dim: int,
     return PUBLISHED[name]
   if path and os.path.exists(path):
     return load_hardware(path)
-  return measure_hardware(devices, dim)
+  return measure_hardware(devices, dim, dtype)
 
 
 def save_hardware(hardware: Hardware, path: str) -> None:

@@ -15,7 +15,7 @@ each of its devices; a single program over all devices then adds them up (1/d pe
 group of d: each group once) and divides by the step's examples, which is the mean over
 examples the single-device step takes.
 
-Programs are compiled per (degree, first device, input shapes) and kept in a small LRU cache,
+Programs are compiled per (degree, first device, input shapes) and kept in an LRU cache,
 so a plan that repeats the shape of an earlier one runs without compiling.
 
 grad_fn_for(kind, degree) -> (params, model_state, row, key) -> (gradients of the summed loss,
@@ -57,7 +57,7 @@ class PlanExecutor:
   over it."""
 
   def __init__(self, grad_fn_for: Callable[[str, int], GradFn], mesh: jax.sharding.Mesh,
-               rules: Rules, *, num_heads: int, cache_size: int = 32):
+               rules: Rules, *, num_heads: int, cache_size: int = 256):
     if jax.process_count() > 1:
       raise ValueError("sharding.sequence_parallel_plan='adaptive' runs on one process for now: "
                        "use 'static' on several hosts")
@@ -80,7 +80,8 @@ class PlanExecutor:
                 key: jax.Array, num_examples: int):
     """(params and model state replicated over self.devices, the plan, one packed row dict
     [1, ...] per group (None for an empty group), the step key, the step's examples) ->
-    (mean gradients replicated over the devices, metrics: each metric sum over examples)."""
+    (mean gradients replicated over the devices, metrics: the groups' metric sums divided by
+    the step's examples, i.e. means over examples)."""
     if sum(d for d, _ in plan.groups) != len(self.devices):
       raise ValueError(f"the plan's groups {plan.degrees} are not the {len(self.devices)} "
                        "devices of the executor")
@@ -162,5 +163,6 @@ def _shard_on(x: jax.Array, device: jax.Device) -> jax.Array:
 
 
 def _weighted_sum(stacked, weights):
-  """Leaves [N, ...] (one row per device) -> sum_n weights[n] * leaf[n]."""
-  return [jnp.tensordot(weights.astype(x.dtype), x, axes=1) for x in stacked]
+  """Leaves [N, ...] (one row per device) -> sum_n weights[n] * leaf[n], in float32."""
+  return [jnp.tensordot(weights, x.astype(jnp.float32), axes=1).astype(x.dtype)
+          for x in stacked]

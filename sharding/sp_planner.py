@@ -82,6 +82,12 @@ def check_fits(lengths, num_devices: int, cost: CostModel) -> None:
   for i in np.argsort(-lengths, kind="stable")[:1]:
     if lengths[i] > cost.capacity(widest):
       need = cost.memory(lengths[i], widest) / 2**30
+      if need <= cost.limit / 2**30:  # the token limit binds, not the memory
+        raise ValueError(
+            f"sequence {int(i)} of {int(lengths[i]):,} tokens is too long: split over all "
+            f"{widest} devices it passes their {cost.tokens_per_device:,} tokens each "
+            f"(data.tokens_per_device): cut it shorter, raise data.tokens_per_device, or add "
+            "devices")
       raise ValueError(
           f"sequence {int(i)} of {int(lengths[i]):,} tokens is too long: even split over all "
           f"{widest} devices it needs {need:.2f} GiB per device, over the memory limit of "

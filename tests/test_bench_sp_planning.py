@@ -14,9 +14,10 @@ def test_the_sp_planning_benchmark_runs_and_records_every_part(tmp_path):
   record = json.loads(path.read_text())
   assert record["meta"]["jax"] and record["meta"]["scipy"]
   [planning] = record["planning"]
-  assert planning["over_milp"] < 1.05 and planning["over_bound"] >= planning["over_milp"] - 1e-9
+  assert planning["over_milp"] < 1.05 and 1.0 <= planning["over_bound"] < 1.1
   assert len(record["simulated"]) == 6
-  assert all(r["speedup_vs_per_step_static"] >= 0.999 for r in record["simulated"])
+  for row in record["simulated"]:
+    assert row["adaptive_s"] > 0 and row["best_static"] in (1, 2, 4, 8)
   measured = record["measured"]
   assert set(measured["results"]) == {"adaptive", "static 8"}
   assert all(r["step_s"] > 0 for r in measured["results"].values())

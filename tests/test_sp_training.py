@@ -33,7 +33,8 @@ def uninterrupted(tmp_path_factory):
 def test_each_packed_step_runs_its_own_plan_of_device_groups(uninterrupted):
   metrics = read_metrics(str(uninterrupted))
   assert [m["step"] for m in metrics] == [2, 3, 4, 6]
-  assert all(m["planned_step_seconds"] > 0 and 1 <= m["sp_groups"] <= 8 for m in metrics)
+  assert all(m["planned_step_seconds"] > 0 for m in metrics)
+  assert any(m["sp_groups"] > 1 for m in metrics)  # the devices split into several groups
   assert os.path.exists(uninterrupted / "sp_hardware.json")  # measured once, kept
 
 
@@ -62,7 +63,7 @@ def test_what_adaptive_plans_cannot_run_is_named(change, message):
 def test_a_video_too_long_for_all_devices_is_named_before_training(tmp_path):
   config = adaptive_config()
   config.stages[0]["data"].update(tokens_per_device=8)  # 8 devices hold 64 tokens of a video
-  with pytest.raises(ValueError, match=r"example \d+ of shape \(8, 32, 32\).* 128 tokens is "
-                     r"too long"):
+  with pytest.raises(ValueError, match=r"example \d+ of shape \(8, 32, 32\).* 136 tokens is "
+                     r"too long.*data.tokens_per_device"):  # 128 video and 8 text tokens
     train.train(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "config.json")

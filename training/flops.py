@@ -78,7 +78,7 @@ def peak_flops(device_kind: str) -> float | None:
 def sequence_workload(config: DiTConfig, *, zero_shards: int = 1, optimizer_bytes: int = 8):
   """The DiT's training step per token, for the sequence-parallel cost model
   (sharding.sp_cost.Workload): linear FLOPs per token and attention FLOPs per (query, key) pair
-  of a forward and backward (3x the forward), the bytes Ulysses' all-to-alls and USP's ring
+  of a forward and backward (3x the forward; 4x under remat, which runs it again), the bytes Ulysses' all-to-alls and USP's ring
   move per token, activation bytes per token under model.remat, and the parameters, gradients,
   EMA and optimizer state per device (divided over zero_shards devices when sharded).
   """
@@ -100,9 +100,10 @@ def sequence_workload(config: DiTConfig, *, zero_shards: int = 1, optimizer_byte
   abstract = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0)))
   params = sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   param_width = 2 if config.param_dtype in ("bfloat16", "float16") else 4
+  passes = 4.0 if recompute else 3.0  # forward, backward (2x), and the recomputed forward
   return Workload(
-      flops_per_token=3.0 * forward,
-      flops_per_pair=3.0 * 4 * dim * depth,
+      flops_per_token=passes * forward,
+      flops_per_pair=passes * 4 * dim * depth,
       alltoall_bytes_per_token=(12 if recompute else 8) * depth * dim * width,
       ring_bytes_per_token=(8 if recompute else 6) * depth * dim * width,
       activation_bytes_per_token=kept + working,
