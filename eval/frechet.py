@@ -2,12 +2,12 @@
 FVD) and the kernel distance (KID, an unbiased MMD^2 with a cubic polynomial kernel).
 
 Both take features [N, D] (any float dtype) and work in float64. The Fréchet distance is
-||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) with the matrix square root from
-scipy.linalg.sqrtm, as pytorch-fid and the FVD reference compute it: a near-singular product
-(fewer samples than dimensions) is regularised by eps on the diagonals, and the tiny imaginary
-part that sqrtm can return from rounding is dropped once checked to be tiny.
+||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), the same quantity pytorch-fid and the FVD
+reference compute, with Tr((S1 S2)^(1/2)) taken as the sum of the square roots of S1 S2's
+eigenvalues (real and non-negative for covariances) rather than through scipy.linalg.sqrtm,
+whose result turns spuriously complex when few samples (fewer than dimensions) make the
+product singular.
 """
-import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -25,29 +25,21 @@ def gaussian_fit(features: np.ndarray) -> Gaussian:
   return Gaussian(features.mean(axis=0), np.cov(features, rowvar=False))
 
 
-def frechet_distance(a: Gaussian | np.ndarray, b: Gaussian | np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(a: Gaussian | np.ndarray, b: Gaussian | np.ndarray) -> float:
   """The Fréchet distance between two Gaussians (or the fits of two feature sets [N, D])."""
   a = a if isinstance(a, Gaussian) else gaussian_fit(a)
   b = b if isinstance(b, Gaussian) else gaussian_fit(b)
   if a.mean.shape != b.mean.shape:
     raise ValueError(f"features of different widths: {a.mean.shape[0]} and {b.mean.shape[0]}")
   mean_term = float(np.sum((a.mean - b.mean) ** 2))
-  with warnings.catch_warnings():  # a singular product is expected with few samples
-    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-    root = scipy.linalg.sqrtm(a.covariance @ b.covariance)
-  if not np.isfinite(root).all():
-    # A singular product: shift both covariances a little off zero and try again.
-    offset = eps * np.eye(a.mean.shape[0])
-    root = scipy.linalg.sqrtm((a.covariance + offset) @ (b.covariance + offset))
-  if np.iscomplexobj(root):
-    largest = np.max(np.abs(root.imag))
-    scale = max(1.0, np.max(np.abs(root.real)))
-    if largest > 1e-3 * scale:
-      raise ValueError(f"the covariance product's square root has an imaginary part of "
-                       f"{largest:.3g}: too few samples for the feature width?")
-    root = root.real
-  trace_term = float(np.trace(a.covariance) + np.trace(b.covariance) - 2 * np.trace(root))
+  # tr(sqrt(A B)) is the sum of the square roots of A B's eigenvalues, which are real and
+  # non-negative for covariances A, B: computed so, it needs no matrix square root, whose
+  # result is ill-conditioned (spuriously complex) when few samples make A B singular.
+  eigenvalues = scipy.linalg.eigvals(a.covariance @ b.covariance)
+  if not np.isfinite(eigenvalues).all():
+    raise ValueError("the covariances are not finite: are the features?")
+  trace_root = float(np.sum(np.sqrt(np.clip(eigenvalues.real, 0.0, None))))
+  trace_term = float(np.trace(a.covariance) + np.trace(b.covariance) - 2 * trace_root)
   return mean_term + trace_term
 
 
