@@ -260,8 +260,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     on_every_process(claim_workdir)
     sp_hardware = None
     if any(adaptive_plan(stage.config) for stage in resolve_stages(config)):
-      # the planner's device figures: measured once per run (before the mesh is set: on single
-      # devices and pairs) and kept in it, so a resumed run plans as it did
+      # the planner's device figures: measured once per run (before the mesh is set: the
+      # measurements make meshes of their own) and kept in it, so a resumed run plans as it did
       sp_hardware = hardware_for(config.sharding.sp_hardware, jax.devices(), model.hidden_size,
                                  os.path.join(workdir, HARDWARE_FILE), dtype=model.dtype)
     held.enter_context(use_mesh(mesh, config.sharding.rules))

@@ -222,7 +222,7 @@ def validate_sequence_parallel_plan(config: ml_collections.ConfigDict, model: Di
     packing = config.data.get("batching", "fixed") == "packing"
     if packing and (config.data.tokens_per_device <= 0 or config.data.max_slots <= 0):
       errors.append("sharding.sequence_parallel_plan='adaptive' takes data.tokens_per_device "
-                    "(video tokens a device holds) and data.max_slots (examples per device) > 0")
+                    "(video and text tokens a device holds) and data.max_slots (examples per device) > 0")
     mesh = dict(config.mesh)
     others = {axis: mesh.get(axis, 1) for axis in ("fsdp", "seq", "tensor")}
     if any(size != 1 for size in others.values()):

@@ -49,9 +49,9 @@ class PlannedBatches:
     self.tokens = np.array([num_video_tokens(s, patch_size) for s in shapes.tolist()])
     # What the plans weigh and hold: each example's video tokens and its text tokens.
     self.lengths = self.tokens + text_tokens
-    try:  # every example must fit some group: named before anything trains
-      for i in np.argsort(-self.lengths, kind="stable")[:1]:
-        check_fits(self.lengths[[i]], num_devices, cost)
+    i = int(np.argmax(self.lengths))  # the longest must fit some group: named before training
+    try:
+      check_fits(self.lengths[[i]], num_devices, cost)
     except ValueError as e:
       raise ValueError(f"example {int(i)} of shape {tuple(shapes[i].tolist())}: {e}") from None
     self.plans = EpochPlans(self.plan_epoch)

@@ -19,7 +19,7 @@ Programs are compiled per (degree, first device, input shapes) and kept in an LR
 so a plan that repeats the shape of an earlier one runs without compiling.
 
 grad_fn_for(kind, degree) -> (params, model_state, row, key) -> (gradients of the summed loss,
-{"loss_sum", ... sums}) is what the training side provides (training/adaptive_step.py); `kind`
+{metric name: its sum over the row's examples}) is what the training side provides (training/adaptive_step.py); `kind`
 is the model's sequence parallelism for the group ("none", "ulysses" or "usp").
 """
 import collections

@@ -79,20 +79,20 @@ def check_fits(lengths, num_devices: int, cost: CostModel) -> None:
   the step's tokens cannot fit all the devices' memory."""
   lengths = np.asarray(lengths)
   widest = degrees(num_devices)[-1]
-  for i in np.argsort(-lengths, kind="stable")[:1]:
-    if lengths[i] > cost.capacity(widest):
-      need = cost.memory(lengths[i], widest) / 2**30
-      if need <= cost.limit / 2**30:  # the token limit binds, not the memory
-        raise ValueError(
-            f"sequence {int(i)} of {int(lengths[i]):,} tokens is too long: split over all "
-            f"{widest} devices it passes their {cost.tokens_per_device:,} tokens each "
-            f"(data.tokens_per_device): cut it shorter, raise data.tokens_per_device, or add "
-            "devices")
+  i = int(np.argmax(lengths)) if lengths.size else 0  # the longest (the first of equals)
+  if lengths.size and lengths[i] > cost.capacity(widest):
+    need = cost.memory(lengths[i], widest) / 2**30
+    if need <= cost.limit / 2**30:  # the token limit binds, not the memory
       raise ValueError(
-          f"sequence {int(i)} of {int(lengths[i]):,} tokens is too long: even split over all "
-          f"{widest} devices it needs {need:.2f} GiB per device, over the memory limit of "
-          f"{cost.limit / 2**30:.2f} GiB (at most {cost.capacity(widest):,} tokens): cut it "
-          "shorter, or add devices or memory (remat)")
+          f"sequence {i} of {int(lengths[i]):,} tokens is too long: split over all {widest} "
+          f"devices it passes their {cost.tokens_per_device:,} tokens each "
+          "(data.tokens_per_device): cut it shorter, raise data.tokens_per_device, or add "
+          "devices")
+    raise ValueError(
+        f"sequence {i} of {int(lengths[i]):,} tokens is too long: even split over all "
+        f"{widest} devices it needs {need:.2f} GiB per device, over the memory limit of "
+        f"{cost.limit / 2**30:.2f} GiB (at most {cost.capacity(widest):,} tokens): cut it "
+        "shorter, or add devices or memory (remat)")
   if lengths.sum() > cost.capacity(1) * num_devices or len(lengths) > cost.slots(num_devices):
     raise ValueError(f"the step's {len(lengths)} sequences of {int(lengths.sum()):,} tokens do "
                      f"not fit the memory of {num_devices} devices "

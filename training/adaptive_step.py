@@ -9,6 +9,7 @@ random draws (the step key folded with the group's index), summed over its examp
 over groups divided by the step's examples is the mean over examples the static step takes.
 """
 import dataclasses
+import functools
 
 import jax
 import ml_collections
@@ -43,8 +44,10 @@ def cost_model_for(config: ml_collections.ConfigDict, model: DiTConfig,
                    slots_per_device=config.data.max_slots)
 
 
+@functools.cache
 def graphdef_for(model: DiTConfig, sequence_parallel: str) -> nnx.GraphDef:
-  """The DiT's graph with `sequence_parallel` attention, allocating nothing."""
+  """The DiT's graph with `sequence_parallel` attention, allocating nothing (built once per
+  kind, not once per compiled group program)."""
   config = dataclasses.replace(model, sequence_parallel=sequence_parallel)
   return nnx.split(nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0))))[0]
 
