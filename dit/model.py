@@ -139,14 +139,18 @@ class DiT(nnx.Module):
 
   def __call__(self, video: jax.Array, t: jax.Array, *, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, labels: jax.Array | None = None,
-               drop_cond: jax.Array | None = None) -> jax.Array:
+               drop_cond: jax.Array | None = None,
+               skip_blocks: jax.Array | None = None) -> jax.Array:
     """Velocity float32 [B, T, H, W, C].
 
     video [B, T, H, W, C]; t [B] noise level in [0, 1]; text [B, N, text_dim] encoder states
     with text_mask bool [B, N] (True for real tokens), or labels int [B]; drop_cond bool [B]
-    replaces a sample's condition by the null condition.
+    replaces a sample's condition by the null condition. skip_blocks bool [depth] (dual blocks
+    first, then single; may be traced): a True block is left out, its input passed on as its
+    output, and its compute is not spent (lax.cond): the cheaper steps of a searched sampling
+    schedule (diffusion/schedules.py).
     """
-    return self._forward(video, t, text, text_mask, labels, drop_cond, None)[0]
+    return self._forward(video, t, text, text_mask, labels, drop_cond, None, skip_blocks)[0]
 
   def with_attention(self, attention: LayerAttention, video: jax.Array, t: jax.Array, *,
                      text: jax.Array | None = None, text_mask: jax.Array | None = None,
@@ -202,9 +206,12 @@ class DiT(nnx.Module):
       return output
     return velocity_from_data(output, patches, jnp.take_along_axis(t, video_slots, axis=1))
 
-  def _forward(self, video, t, text, text_mask, labels, drop_cond, attention):
+  def _forward(self, video, t, text, text_mask, labels, drop_cond, attention, skip=None):
     cfg = self.config
     self._check_inputs(video, t, text, labels)
+    if skip is not None and (attention is not None or jnp.shape(skip) != (cfg.depth,)):
+      raise ValueError(f"skip_blocks must be bool [depth={cfg.depth}] and cannot be combined "
+                       f"with per-layer attention; got shape {jnp.shape(skip)}")
     grid = patch_grid(video.shape, cfg.patch_size)
     x = self.patch_embed(patchify(video, cfg.patch_size).astype(jnp.dtype(cfg.dtype)))
     x = constrain(x, blocks_lib.TOKENS)  # [B, Lv, D]
@@ -225,39 +232,49 @@ class DiT(nnx.Module):
     context = AttentionContext(cfg, grid, x.shape[1], num_text)
     pattern = sparsity.attention_pattern(cfg, grid, num_text)
     x = self._stack(x, tokens, c, video_angles, segment_ids, pattern, attention, context,
-                    outputs, None)
+                    outputs, None, skip)
     return self._velocity(x, c, grid, video, t), outputs
 
   def _stack(self, x, tokens, c, video_angles, segment_ids, pattern, attention, context,
-             outputs, slots):
+             outputs, slots, skip=None):
     """The video tokens x [B, Lv, D] (and text tokens [B, Lt, D], or None for a label model)
     through every block -> the video tokens [B, Lv, D]. Text tokens have no 3D position:
-    angle 0 leaves them unrotated."""
+    angle 0 leaves them unrotated. skip: bool [depth] or None, the blocks left out."""
+    num_dual = 0 if self.dual_blocks is None else self.config.num_dual
+    skip_dual, skip_single = (None, None) if skip is None else (skip[:num_dual], skip[num_dual:])
     if tokens is None:
       return self._blocks(
           "single", x, attention, context, outputs,
-          lambda block, x, attend: block(x, c, video_angles, segment_ids, pattern, attend, slots))
+          lambda block, x, attend: block(x, c, video_angles, segment_ids, pattern, attend, slots),
+          skip_single)
     text_angles = jnp.zeros((video_angles.shape[0], tokens.shape[1], video_angles.shape[-1]))
     angles = jnp.concatenate([video_angles, text_angles], axis=1)
     x, tokens = self._blocks(
         "dual", (x, tokens), attention, context, outputs,
         lambda block, xs, attend: block(xs[0], xs[1], c, angles, segment_ids, pattern, attend,
-                                        slots))
+                                        slots), skip_dual)
     joint = constrain(jnp.concatenate([x, tokens], axis=1), blocks_lib.TOKENS)
     joint = self._blocks(
         "single", joint, attention, context, outputs,
-        lambda block, x, attend: block(x, c, angles, segment_ids, pattern, attend, slots))
+        lambda block, x, attend: block(x, c, angles, segment_ids, pattern, attend, slots),
+        skip_single)
     return joint[:, :x.shape[1]]
 
   def _blocks(self, kind: str, carry, attention: LayerAttention | None,
-              context: AttentionContext, outputs: dict, call: Callable):
+              context: AttentionContext, outputs: dict, call: Callable, skip=None):
     """carry through the `kind` ("dual" or "single") blocks: call(block, carry, attend), attend
     None (the configured attention) or this layer's slice of `attention`; the layers' outputs
-    of `attention` go to outputs[kind]."""
+    of `attention` go to outputs[kind]. skip: bool [layers of this kind], True passes a
+    layer's input through unchanged without computing the layer."""
     blocks = self.dual_blocks if kind == "dual" else self.single_blocks
     if blocks is None:
       return carry
     options = dict(scan=self.config.scan_layers, remat=self.config.remat)
+    if skip is not None:
+      def skippable(block, carry, skipped):
+        return jax.lax.cond(skipped, lambda c: c, lambda c: call(block, c, None), carry), None
+
+      return scan_stacked(blocks, carry, jnp.asarray(skip, bool), skippable, **options)[0]
     if attention is None:
       return run_stacked(blocks, carry, lambda block, carry: call(block, carry, None), **options)
 
