@@ -14,6 +14,12 @@ Sparse attention after a warm-up of full attention (diffusion/sparse_sampling.py
   python sample.py --workdir=runs/quickstart --sparse_attention=adaspa --sparsity=0.8
   python sample.py --workdir=runs/quickstart --sparse_attention=window
 
+A few-step schedule (diffusion/schedules.py): K Euler steps, or the run's searched schedule of K
+model calls (python -m eval.search_schedule writes it):
+
+  python sample.py --workdir=runs/quickstart --schedule=uniform-4
+  python sample.py --workdir=runs/quickstart --schedule=searched-4
+
 AdaSpa also writes sparse_attention.json: the recall of attention mass and the sparsity of every
 layer's pattern at each search.
 
@@ -51,6 +57,10 @@ flags.DEFINE_multi_integer("label", None, "A class label, for label-conditioned 
 flags.DEFINE_integer("num_steps", None, "ODE steps (default: the config's sample.num_steps).")
 flags.DEFINE_string("sampler", None, "euler or heun (default: the config's sample.sampler).")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale; 1 turns it off.")
+flags.DEFINE_string("schedule", None, "A few-step schedule in place of --num_steps and "
+                    "--sampler: uniform-K, heun-K, searched-K (K model calls; searched by python "
+                    "-m eval.search_schedule) or a .json file (default: the config's "
+                    "sample.schedule).")
 flags.DEFINE_integer("upscale", None, "Write videos this many times larger (nearest "
                      "neighbour); default: the config's sample.upscale.")
 flags.DEFINE_string("shape", None, "T,H,W of the videos (an image: 1,H,W); default: the run's "
@@ -116,7 +126,8 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
-                       ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale)):
+                       ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale),
+                       ("schedule", FLAGS.schedule)):
     if value is not None:
       config.sample[field] = value
   if FLAGS.label and config.model.conditioning == "text":
@@ -158,7 +169,10 @@ def main(argv):
   except FileNotFoundError as e:  # no checkpoints, or no such step: say so, no traceback
     raise app.UsageError(str(e)) from None
   with run:
-    sampler = run.sampler(prompts=FLAGS.prompt, labels=FLAGS.label)
+    try:
+      sampler = run.sampler(prompts=FLAGS.prompt, labels=FLAGS.label)
+    except (FileNotFoundError, ValueError) as e:  # a schedule that is not there, or not valid
+      raise app.UsageError(str(e)) from None
     videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed))
   if jax.process_index() > 0:
     return
@@ -175,7 +189,10 @@ def main(argv):
       print(f"AdaSpa search at step {search['step']}: recall {search['recall']:.4f} at "
             f"sparsity {search['sparsity']:.3f}; per layer "
             + " ".join(f"{r:.3f}" for r in search["recall_per_layer"]))
-  print(f"step {run.step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out}")
+  how = (sampler.schedule.describe(config.model.depth) if sampler.schedule else
+         f"{config.sample.num_steps} {config.sample.sampler} steps, {sampler.calls()} calls")
+  print(f"step {run.step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out} "
+        f"({how})")
 
 
 if __name__ == "__main__":

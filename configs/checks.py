@@ -119,6 +119,7 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
   guidance interval within [0, 1], and a valid sparse-attention schedule
   (diffusion/sparse_sampling.py)."""
   from diffusion.samplers import SAMPLERS, interval_errors  # noqa: PLC0415
+  from diffusion.schedules import schedule_name_errors  # noqa: PLC0415
   from diffusion.sparse_sampling import sparse_config_errors  # noqa: PLC0415
 
   errors = positive("sample", config, ("num_steps",))
@@ -130,6 +131,10 @@ def validate_sample_config(config: ml_collections.ConfigDict) -> None:
     errors.append(f"sample.shift={config.shift} must be positive (or None: as in training)")
   errors += [f"sample.{error}" for error in interval_errors(config.guidance_interval)]
   errors += sparse_config_errors(config.sparse)
+  errors += schedule_name_errors(config.schedule)
+  if config.schedule and config.sparse.attention != "none":
+    errors.append(f"sample.schedule={config.schedule!r} runs full attention; it cannot be combined "
+                  f"with sample.sparse.attention={config.sparse.attention!r}")
   raise_if_any("sample", errors)
 
 

@@ -165,6 +165,9 @@ def sample_config(sparse: dict | None = None, **overrides) -> ml_collections.Con
       shift=ml_collections.config_dict.placeholder(float),  # None: as in training, at the
                               # sampled resolution; --config.sample.shift=3 sets one
       upscale=1,              # videos written this many times larger (nearest neighbour)
+      schedule="",            # a few-step schedule in place of num_steps and sampler:
+                              # "uniform-K", "heun-K", "searched-K" (the run's search) or a
+                              # .json file (diffusion/schedules.py)
       sparse=sparse_config(**(sparse or {})),
   )
 

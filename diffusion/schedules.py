@@ -133,6 +133,17 @@ def searched_path(workdir: str, calls: int) -> str:
   return os.path.join(workdir, SCHEDULES_DIR, f"searched-{calls}.json")
 
 
+def schedule_name_errors(spec) -> list[str]:
+  """What is wrong with a schedule's name (not whether its file exists): [] if nothing."""
+  if not isinstance(spec, str):
+    return [f"sample.schedule={spec!r} must be a string"]
+  kind, _, count = spec.partition("-")
+  if not spec or spec.endswith(".json") or (kind in NAMED and count.isdigit() and int(count)):
+    return []
+  return [f"sample.schedule={spec!r}: use uniform-K, heun-K, searched-K (K model calls), a "
+          ".json file, or '' for sample.num_steps and sample.sampler"]
+
+
 def resolve(spec: str, workdir: str | None, shift: float) -> Schedule | None:
   """The schedule a name or file stands for (module docstring); None for "" (the config's
   sample.num_steps and sampler). Errors say which names exist."""
@@ -153,12 +164,11 @@ def resolve(spec: str, workdir: str | None, shift: float) -> Schedule | None:
           f"schedule {spec!r}: {path} does not exist (found: {found or 'none'}); search it "
           f"with python -m eval.search_schedule --workdir={workdir} --calls={calls}")
     return Schedule.load(path)
-  if spec.endswith(".json"):
-    if not os.path.exists(spec):
-      raise FileNotFoundError(f"schedule file {spec} does not exist")
-    return Schedule.load(spec)
-  raise ValueError(f"schedule {spec!r}: use uniform-K, heun-K, searched-K (K model calls) or a "
-                   ".json file written by a schedule search")
+  if errors := schedule_name_errors(spec):
+    raise ValueError(errors[0])
+  if not os.path.exists(spec):
+    raise FileNotFoundError(f"schedule file {spec} does not exist")
+  return Schedule.load(spec)
 
 
 def sample_schedule(velocity_fn: Callable, x: jax.Array, sigmas: jax.Array, heun: jax.Array,

@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from diffusion import schedules
 from diffusion.samplers import guidance_interval, sampling_shift
 from diffusion.sparse_sampling import (check_schedule, sample_scheduled, search_report,
                                        search_steps)
@@ -23,11 +24,12 @@ class VideoSampler:
 
   def __init__(self, graphdef: nnx.GraphDef, model_state: nnx.State,
                config: ml_collections.ConfigDict, text_encoder=None,
-               prompts=None, labels=None, decoder=None):
+               prompts=None, labels=None, decoder=None, workdir: str | None = None):
     """config: the experiment (checked by configs.checks.validate_config); text_encoder: the
     run's caption encoder (text models); prompts or labels: what to sample (default: the
     config's train.sample_prompts or train.sample_labels); decoder: latents -> videos, for a
-    DiT of a VAE's latents (rundir.open_vae.latent_decoder), run in the same compiled call."""
+    DiT of a VAE's latents (rundir.open_vae.latent_decoder), run in the same compiled call;
+    workdir: the run, where config.sample.schedule's "searched-K" schedules are found."""
     self.config = config
     self.text_encoder = text_encoder
     if config.model.conditioning == "text" and labels:
@@ -49,19 +51,37 @@ class VideoSampler:
     # Errors now, not at the first sample hours into training.
     check_schedule(sparse, config.model, num_tokens,
                    self.cond["text"].shape[1] if "text" in self.cond else 0)
-    self.search_steps = search_steps(sample_cfg.num_steps, sparse)
-    options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler,
-                   guidance_scale=sample_cfg.guidance_scale,
-                   guidance_interval=guidance_interval(sample_cfg), shift=shift)
+    # A few-step schedule (diffusion/schedules.py) in place of num_steps and sampler.
+    self.schedule = schedules.resolve(sample_cfg.schedule, workdir, shift)
+    if self.schedule is not None:
+      self.schedule.arrays(config.model.depth)  # its skipped blocks are the model's
+    self.search_steps = [] if self.schedule else search_steps(sample_cfg.num_steps, sparse)
+    guidance = dict(guidance_scale=sample_cfg.guidance_scale,
+                    guidance_interval=guidance_interval(sample_cfg))
+    options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler, shift=shift,
+                   **guidance)
 
     def generate(params, key, cond):
       model = nnx.merge(graphdef, params, model_state)
-      videos, searches = sample_scheduled(model, key, self.shape, cond, config=sparse, **options)
+      if self.schedule is not None:
+        videos, searches = schedules.sample(model, key, self.shape, cond, self.schedule,
+                                            **guidance), {}
+      else:
+        videos, searches = sample_scheduled(model, key, self.shape, cond, config=sparse,
+                                            **options)
       return (videos if decoder is None else decoder(videos)), searches
 
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()
     self._generate = jax.jit(generate, out_shardings=None if mesh.empty else P())
+
+  def calls(self) -> int:
+    """Model calls per video: the schedule's, or the configured sampler's (a guided call, both
+    halves in one batch, counts once)."""
+    if self.schedule is not None:
+      return self.schedule.calls()
+    steps = self.config.sample.num_steps
+    return steps if self.config.sample.sampler == "euler" else 2 * steps - 1
 
   def condition(self, prompts) -> tuple[list[str], dict]:
     """(names, cond) for captions (text models) or class labels (label models): what generate

@@ -6,6 +6,7 @@
   python -m eval --workdir=runs/quickstart --videos=runs/quickstart/samples/sample_3200
   python -m eval --workdir=runs/x --videos=generated/ --reference_videos=originals/  # + PSNR/SSIM
   python -m eval --workdir=runs/mixed_shapes --shape=8,32,32   # one shape of a multi-shape run
+  python -m eval --workdir=runs/quickstart --schedule=searched-4 --metrics=digits  # few steps
 
 It samples eval.num_videos videos (EMA parameters, the config's sample settings) for the
 captions of as many real videos drawn from the config's dataset, or reads them from --videos,
@@ -17,6 +18,8 @@ A run that trained on several shapes (stages, or a mixture of shapes: eval/shape
 evaluated at each of them, against real videos of that shape, into metrics_<step>_<TxHxW>.json;
 --shape picks one.
 """
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -39,6 +42,9 @@ flags.DEFINE_list("metrics", None, "Overrides eval.metrics, e.g. fvd,digits.")
 flags.DEFINE_string("out", None, "The results JSON (default: <workdir>/eval/metrics_<step>.json).")
 flags.DEFINE_string("shape", None, "T,H,W: evaluate at this one of the shapes the run trained "
                     "on (default: each of them, when there are several).")
+flags.DEFINE_string("schedule", None, "A few-step schedule for sampling: uniform-K, heun-K, "
+                    "searched-K or a .json file (default: the config's sample.schedule); the "
+                    "results file is then metrics_<step>_<schedule>.json.")
 flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
                     "runs best), xla, cudnn or block_sparse (default: the config's).")
 FLAGS = flags.FLAGS
@@ -60,6 +66,8 @@ def main(argv):
     config.eval.num_videos = FLAGS.num_videos
   if FLAGS.metrics is not None:
     config.eval.metrics = tuple(FLAGS.metrics)
+  if FLAGS.schedule is not None:
+    config.sample.schedule = FLAGS.schedule
   targets = shape_targets(config)
   if FLAGS.shape:
     try:
@@ -75,12 +83,15 @@ def main(argv):
                          f"{', '.join(map(shape_name, targets))}): pass --shape with --videos "
                          "or --out")
   several = len(targets) > 1 or FLAGS.shape
+  schedule = config.sample.schedule
+  named = "_" + os.path.basename(schedule).removesuffix(".json") if schedule else ""
   for shape, target in targets.items():
     if several:
       print(f"shape {shape_name(shape)} (T x H x W):")
     results = evaluate.run(target if several else config, FLAGS.workdir, step=FLAGS.step,
                            videos_dir=FLAGS.videos, reference_dir=FLAGS.reference_videos,
-                           out=FLAGS.out, suffix=f"_{shape_name(shape)}" if several else "")
+                           out=FLAGS.out,
+                           suffix=(f"_{shape_name(shape)}" if several else "") + named)
     print(evaluate.table(results))
     print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
           f"wrote {results['path']}")

@@ -128,7 +128,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
       raise ValueError(f"--reference_videos has {len(real)} videos, --videos {num}")
   else:
     real, real_captions, real_labels = videos.real_videos(config, num, settings.seed)
-  timings = {}
+  timings, sampling = {}, None
   if videos_dir is None:
     t = time.perf_counter()
     opened = restore_run(workdir, config, model, step=step)
@@ -142,6 +142,10 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
         prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch])
       captions = real_captions
       generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed)
+      sampling = dict(calls=sampler.calls(), guidance_scale=config.sample.guidance_scale,
+                      schedule=(sampler.schedule.to_dict() if sampler.schedule else
+                                dict(num_steps=config.sample.num_steps,
+                                     sampler=config.sample.sampler)))
     timings["sampling"] = time.perf_counter() - t
     log(f"sampled {num} videos from step {step} in {timings['sampling']:.0f} s")
   metrics, seconds = compute_metrics(ready, settings, workdir, config, generated, captions,
@@ -154,7 +158,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
       workdir=os.path.abspath(workdir), step=step, videos=videos_dir and os.path.abspath(
           videos_dir), reference=os.path.abspath(reference_dir) if reference_dir
       else f"{config.data.name} (seed {settings.seed})", num_videos=num,
-      video_shape=list(generated.shape[1:]), fvd_frames=settings.fvd_frames,
+      video_shape=list(generated.shape[1:]), fvd_frames=settings.fvd_frames, sampling=sampling,
       metrics=metrics, skipped=skipped,
       seconds={k: round(v, 1) for k, v in timings.items()},
       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")

@@ -30,6 +30,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 ADDED_FIELDS = {
     ("model", "prediction"): "velocity",
     ("sample", "guidance_interval"): (0.0, 1.0),
+    ("sample", "schedule"): "",
     ("data", "batching"): "fixed",
     ("data", "tokens_per_device"): 0,
     ("data", "row_tokens"): 0,

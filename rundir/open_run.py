@@ -56,7 +56,8 @@ class Run:
     config's train.sample_prompts or sample_labels), with the run's sample settings or those of
     `config` (a variant of run.config, checked by the caller)."""
     return VideoSampler(self.graphdef, self.model_state, config or self.config,
-                        self.text_encoder, prompts=prompts, labels=labels, decoder=self.decoder)
+                        self.text_encoder, prompts=prompts, labels=labels, decoder=self.decoder,
+                        workdir=self.workdir)
 
 
 def open_run(workdir: str, step: int | None = None, ema: bool = True,
