@@ -73,6 +73,7 @@ from training import checkpoints
 from training.layout import (adaptive_plan, batch_degree, check_fits_mesh, global_batch,
                              init_sharded_train_state, jit_train_step, train_state_layout)
 from training.adaptive_step import HARDWARE_FILE, AdaptiveStep, cost_model_for
+from training.init_from import initial_state, pin_init_run
 from training.optimizer import learning_rate_schedule
 from training.train_state import optimizer_for
 from training.train_step import make_train_step
@@ -244,6 +245,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   if latent_shards_folder(config):
     config.latents.shards = os.path.abspath(latent_shards_folder(config))
   pin_latent_vae(config, workdir)  # one VAE for the whole run, resumed or not
+  pin_init_run(config, workdir)  # the run a new one starts from (train.init_from), checked
   mesh = make_mesh(dict(config.mesh))
   for stage in resolve_stages(config):
     check_fits_mesh(stage.config, mesh)
@@ -415,6 +417,10 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
     state = init_sharded_train_state(model, config.optim, config.seed, shardings)
+    if config.train.get("init_from"):
+      state = initial_state(config, state, abstract)
+      print(f"started from the EMA weights of {config.train.init_from} (step "
+            f"{config.train.init_step})", flush=True)
   if lead:  # only now: the run is known to start or resume with this config
     write_config(config, workdir)
     if (sp_hardware is not None and config.sharding.sp_hardware == "measure"

@@ -97,6 +97,10 @@ def validate_flow_config(config: ml_collections.ConfigDict) -> None:
   if config.shift_base_tokens < 0:
     errors.append(f"flow.shift_base_tokens={config.shift_base_tokens} must be >= 0 "
                   "(0 turns the resolution-dependent shift off)")
+  levels = config.get("distill_timesteps", ())
+  if not isinstance(levels, (tuple, list)) or not all(
+      isinstance(t, (int, float)) and 0 < t <= 1 for t in levels):
+    errors.append(f"flow.distill_timesteps={levels} must be noise levels in (0, 1], e.g. (1.0,)")
   raise_if_any("flow", errors)
 
 

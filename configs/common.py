@@ -128,6 +128,8 @@ def flow_config(**overrides) -> ml_collections.ConfigDict:
       shift=1.0,              # timestep shift at `shift_base_tokens` video tokens
       shift_base_tokens=0,    # 0: the shift is the same at every resolution
       cond_dropout=0.1,       # probability a sample's condition is replaced by the null one
+      distill_timesteps=(),   # distillation: t drawn uniformly from these noise levels in
+                              # (0, 1] (unshifted) instead; (1.0,): one-step (InstaFlow)
   )
 
 
@@ -223,6 +225,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       sample_every=10_000,      # 0: no samples during training
       sample_prompts=("the digit 0 moves up",),
       sample_labels=(0,),
+      init_from="",             # a train.py run whose EMA weights a new run starts from (reflow,
+                                # distillation); its architecture must match
+      init_step=0,              # that run's checkpoint; 0: its newest, pinned when training starts
   )
 
 

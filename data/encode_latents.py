@@ -14,7 +14,6 @@ the same bytes. It is resumable: each shard is written under a temporary name an
 complete, so running the command again after an interruption encodes only the shards that are
 missing; a folder that holds shards of anything else is refused, and nothing in it is changed.
 """
-import json
 import os
 import sys
 import time
@@ -79,7 +78,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
   manifest = dict(shards_identity(config), format=latent_shards.FORMAT, examples=count,
                   shard_size=shard_size, shards=len(latent_shards.shard_ranges(count, shard_size)),
                   batch_size=batch_size, tile=tile, **({"overlap": overlap} if tile else {}))
-  _claim(out, manifest)
+  latent_shards.claim_folder(out, manifest)
 
   graphdef, state = nnx.split(vae)
   encode = jax.jit(lambda state, videos: coding.encode(nnx.merge(graphdef, state), videos,
@@ -98,30 +97,8 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, num_examples: in
   return manifest
 
 
-def _claim(out: str, manifest: dict) -> None:
-  """Writes the manifest into a new folder, or checks an existing one's against it."""
-  path = os.path.join(out, latent_shards.MANIFEST)
-  if os.path.exists(path):
-    mismatches = latent_shards.manifest_mismatches(latent_shards.read_manifest(out), manifest)
-    if mismatches:
-      raise ValueError(f"{out} holds latent shards of something else:\n  "
-                       + "\n  ".join(mismatches) + "\nEncode into a new --out (or run with "
-                       "the arguments it was started with). Nothing in it was changed.")
-    return
-  if os.path.isdir(out) and [n for n in os.listdir(out) if n != latent_shards.MANIFEST + ".tmp"]:
-    raise ValueError(f"{out} is not empty and holds no {latent_shards.MANIFEST}: choose a new "
-                     "or empty --out")
-  os.makedirs(out, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(path + ".tmp", path)
-
-
 def _write_shard(path: str, source, indices: range, encode, state, batch_size: int) -> None:
-  from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
-  temporary = path + ".tmp"
-  writer = ArrayRecordWriter(temporary, "group_size:1")  # one record per chunk: random access
-  try:
+  def records():
     for start in range(0, len(indices), batch_size):
       examples = [source[i] for i in indices[start:start + batch_size]]
       videos = np.stack([e["video"] for e in examples])
@@ -129,10 +106,9 @@ def _write_shard(path: str, source, indices: range, encode, state, batch_size: i
         videos = np.concatenate([videos, np.repeat(videos[-1:], batch_size - len(videos), 0)])
       latents = np.asarray(encode(state, videos))
       for example, latent in zip(examples, latents):
-        writer.write(latent_shards.to_record(example, latent))
-  finally:
-    writer.close()
-  os.replace(temporary, path)
+        yield latent_shards.to_record(example, latent)
+
+  latent_shards.write_shard(path, records())
 
 
 def main(argv):

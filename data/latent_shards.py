@@ -102,6 +102,42 @@ class LatentShards:
     return from_record(self._records[index])
 
 
+def claim_folder(out: str, manifest: dict, manifest_file: str = MANIFEST,
+                 what: str = "latent shards") -> None:
+  """Writes the manifest into a new folder, or checks an existing one's against it (a folder of
+  shards of anything else is refused, and nothing in it changed)."""
+  path = os.path.join(out, manifest_file)
+  if os.path.exists(path):
+    with open(path) as f:
+      mismatches = manifest_mismatches(json.load(f), manifest)
+    if mismatches:
+      raise ValueError(f"{out} holds {what} of something else:\n  " + "\n  ".join(mismatches)
+                       + "\nWrite into a new --out (or run with the arguments it was started "
+                       "with). Nothing in it was changed.")
+    return
+  if os.path.isdir(out) and [n for n in os.listdir(out) if n != manifest_file + ".tmp"]:
+    raise ValueError(f"{out} is not empty and holds no {manifest_file}: choose a new or empty "
+                     "--out")
+  os.makedirs(out, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def write_shard(path: str, records) -> None:
+  """An ArrayRecord file of the records (bytes), written under a temporary name and renamed
+  once complete, so a folder never holds a partial shard under a shard's name."""
+  from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
+  temporary = path + ".tmp"
+  writer = ArrayRecordWriter(temporary, "group_size:1")  # one record per chunk: random access
+  try:
+    for record in records:
+      writer.write(record)
+  finally:
+    writer.close()
+  os.replace(temporary, path)
+
+
 def manifest_mismatches(manifest: dict, expected: dict) -> list[str]:
   """The fields of `expected` that the manifest records differently, as "field: in the shards
   -> expected" lines."""

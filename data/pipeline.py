@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 # What the model's train step consumes; anything else in a batch (captions) stays on the host.
-MODEL_INPUTS = ("video", "text", "text_mask", "label",
+MODEL_INPUTS = ("video", "text", "text_mask", "label", "noise",  # reflow pairs' noise
                 "patches", "segment_ids", "positions")  # packed rows (data/packing.py)
 
 

@@ -13,6 +13,7 @@ SOURCES = {
     "video_folder": ("data.video_folder", "VideoFolder"),
     "image_folder": ("data.video_folder", "ImageFolder"),  # stills as one-frame videos
     "mixture": ("data.mixture", "Mixture"),  # several of these, each keeping its own shape
+    "reflow_pairs": ("data.reflow_pairs", "ReflowPairs"),  # a run's (noise, video) pairs
 }
 
 

@@ -62,14 +62,24 @@ def flow_matching_loss(model: nnx.Module, batch: dict, key: jax.Array, num_token
                        config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
   """Mean squared velocity error, float32 scalar, on batch["video"] [B, T, H, W, C].
 
-  num_tokens (video tokens per sample) sets the resolution-dependent timestep shift.
+  num_tokens (video tokens per sample) sets the resolution-dependent timestep shift. A batch of
+  reflow pairs (data/reflow_pairs.py) brings the noise each video was sampled from,
+  batch["noise"]: the straight path between them is the target (rectified flow's reflow).
+  config.distill_timesteps, if any, are the noise levels t is drawn from instead (uniformly):
+  (1.0,) on reflow pairs trains the one-step map from noise to the teacher's video (InstaFlow's
+  distillation, with a squared error).
   """
   x0 = batch["video"]
   b = x0.shape[0]
   key_t, key_noise, key_drop = jax.random.split(key, 3)
-  t = logit_normal_timesteps(key_t, b, config.logit_mean, config.logit_std)
-  t = shift_timesteps(t, timestep_shift(num_tokens, config))
-  noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
+  levels = tuple(config.get("distill_timesteps", ()))
+  if levels:
+    t = jnp.asarray(levels, jnp.float32)[jax.random.randint(key_t, (b,), 0, len(levels))]
+  else:
+    t = logit_normal_timesteps(key_t, b, config.logit_mean, config.logit_std)
+    t = shift_timesteps(t, timestep_shift(num_tokens, config))
+  noise = (batch["noise"].astype(jnp.float32) if "noise" in batch
+           else jax.random.normal(key_noise, x0.shape, jnp.float32))
   drop = conditioning_dropout(key_drop, b, config.cond_dropout)
   return velocity_loss(model, batch, t, noise, drop)
 

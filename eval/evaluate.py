@@ -101,10 +101,13 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
 
   from rundir.open_run import check_dit_run  # noqa: PLC0415
 
+  from data.reflow_pairs import with_real_data  # noqa: PLC0415
+
   start = time.perf_counter()
   log = log or (lambda message: None)
   check_dit_run(workdir, config)
   model = validate_config(config)
+  config = with_real_data(config)  # a run of reflow pairs is judged by its teacher's data
   if videos_dir is None and not os.path.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(f"{workdir} has no checkpoints/ to sample: train first, or pass "
                             "--videos=<folder of generated videos>")

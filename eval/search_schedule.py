@@ -27,6 +27,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from data.reflow_pairs import with_real_data
 from diffusion import schedules
 from diffusion.samplers import guidance_interval, sampling_shift
 from diffusion.schedule_search import SearchSpace, search
@@ -133,7 +134,7 @@ def main(argv):
   name = FLAGS.features
   if name is None:
     try:
-      digit_classifier.check_data(config.data)
+      digit_classifier.check_data(with_real_data(config).data)
       name = "digits"
     except ValueError:
       name = "i3d"
@@ -141,6 +142,7 @@ def main(argv):
     raise app.UsageError(f"--features={name}: choose digits or i3d")
   began = time.perf_counter()
   run = open_run(FLAGS.workdir, config=config)
+  config = with_real_data(config)  # a run of reflow pairs is judged by its teacher's data
   seed = config.eval.seed + SEARCH_SEED_OFFSET
   real, captions, labels = videos.real_videos(config, FLAGS.num_videos, seed)
   prompts = captions if config.model.conditioning == "text" else labels

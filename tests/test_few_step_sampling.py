@@ -1,6 +1,5 @@
 """Few-step sampling from a trained run: a schedule search written to the run, and sample.py,
 python -m eval and the run's sampler taking schedules by name."""
-import json
 import os
 import subprocess
 import sys
