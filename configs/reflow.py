@@ -33,7 +33,7 @@ import os
 import ml_collections
 
 from configs.common import parse_arg
-from rundir.config_file import load_config
+from configs.saved_run import load_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -6,6 +6,10 @@ import os
 import ml_collections
 from absl import logging
 
+from configs.saved_run import ADDED_FIELDS, load_config  # read back in configs/: no JAX there
+
+__all__ = ["ADDED_FIELDS", "identity_changes", "load_config", "write_config"]
+
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json; a different earlier one is kept as config.<n>.json, never lost."""
@@ -25,39 +29,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     f.write(text)
 
 
-# Fields added after runs were saved, each with the value that gives what those runs did: a
-# config.json without one is read with it (any other missing field stays an error that names it).
-ADDED_FIELDS = {
-    ("model", "prediction"): "velocity",
-    ("sample", "guidance_interval"): (0.0, 1.0),
-    ("sample", "schedule"): "",
-    ("flow", "distill_timesteps"): (),
-    ("train", "init_from"): "",
-    ("train", "init_step"): 0,
-    ("data", "batching"): "fixed",
-    ("data", "tokens_per_device"): 0,
-    ("data", "row_tokens"): 0,
-    ("data", "max_slots"): 8,
-    ("data", "balance"): True,
-    ("sharding", "sequence_parallel_plan"): "static",
-    ("sharding", "sp_hardware"): "measure",
-    ("sharding", "sp_planner"): "heuristic",
-    ("sharding", "sp_memory_gib"): 0.0,
-}
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to its workdir, with ADDED_FIELDS it predates filled in
-  (unlocked: sample.py and python -m eval override fields, then check it)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a train.py run?")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  for (section, name), value in ADDED_FIELDS.items():
-    if section in config and name not in config[section]:
-      config[section][name] = value
-  return config
 
 
 # config.model fields that change how the network runs, not what it holds: a resumed run may
