@@ -11,6 +11,7 @@ Schedules have names, resolved by `resolve` for sample.py --schedule, python -m 
   "uniform-K"     K Euler steps, uniform in t and then shifted (the config's sampling shift)
   "heun-K"        as many Heun steps as K model calls allow (K odd: (K + 1) / 2 steps)
   "searched-K"    <workdir>/schedules/searched-K.json, written by python -m eval.search_schedule
+                  (any other name: <workdir>/schedules/<name>.json, e.g. a search's --name)
   a path          a .json file written by Schedule.save
 One compiled sampler serves every schedule of K steps: the noise levels, solvers and skipped
 blocks are arrays (`sample_schedule`).
@@ -18,6 +19,7 @@ blocks are arrays (`sample_schedule`).
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 
 import jax
@@ -28,7 +30,6 @@ from diffusion.flow_matching import shift_timesteps
 from diffusion.samplers import FULL_INTERVAL, SAMPLERS, guided
 
 SCHEDULES_DIR = "schedules"  # in a run's workdir
-NAMED = ("uniform", "heun", "searched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,19 +130,34 @@ def uniform(num_steps: int, shift: float = 1.0, solver: str = "euler") -> Schedu
                   meta=dict(shift=float(shift)))
 
 
+def saved_path(workdir: str, name: str) -> str:
+  """Where a run keeps a named schedule: <workdir>/schedules/<name>.json."""
+  return os.path.join(workdir, SCHEDULES_DIR, f"{name}.json")
+
+
 def searched_path(workdir: str, calls: int) -> str:
-  return os.path.join(workdir, SCHEDULES_DIR, f"searched-{calls}.json")
+  return saved_path(workdir, f"searched-{calls}")
+
+
+def _calls(spec: str, kind: str) -> int | None:
+  """K of a name "<kind>-K" (K >= 1), else None."""
+  head, _, count = spec.partition("-")
+  return int(count) if head == kind and count.isdigit() and int(count) >= 1 else None
 
 
 def schedule_name_errors(spec) -> list[str]:
   """What is wrong with a schedule's name (not whether its file exists): [] if nothing."""
   if not isinstance(spec, str):
     return [f"sample.schedule={spec!r} must be a string"]
-  kind, _, count = spec.partition("-")
-  if not spec or spec.endswith(".json") or (kind in NAMED and count.isdigit() and int(count)):
+  if not spec or spec.endswith(".json"):
     return []
-  return [f"sample.schedule={spec!r}: use uniform-K, heun-K, searched-K (K model calls), a "
-          ".json file, or '' for sample.num_steps and sample.sampler"]
+  if spec.partition("-")[0] in ("uniform", "heun"):  # generated: K must be a count
+    if _calls(spec, "uniform") or _calls(spec, "heun"):
+      return []
+  elif re.fullmatch(r"[\w.-]+", spec):  # a schedule saved in the run
+    return []
+  return [f"sample.schedule={spec!r}: use uniform-K or heun-K (K model calls), a schedule the "
+          "run saved (searched-K), a .json file, or '' for sample.num_steps and sample.sampler"]
 
 
 def resolve(spec: str, workdir: str | None, shift: float) -> Schedule | None:
@@ -149,26 +165,27 @@ def resolve(spec: str, workdir: str | None, shift: float) -> Schedule | None:
   sample.num_steps and sampler). Errors say which names exist."""
   if not spec:
     return None
-  kind, _, count = spec.partition("-")
-  if kind in NAMED and count.isdigit() and int(count) >= 1:
-    calls = int(count)
-    if kind == "uniform":
-      return uniform(calls, shift)
-    if kind == "heun":
-      return uniform((calls + 1) // 2, shift, "heun")
-    path = searched_path(workdir or ".", calls)
-    if not os.path.exists(path):
-      found = sorted(os.listdir(os.path.dirname(path))) if os.path.isdir(
-          os.path.dirname(path)) else []
-      raise FileNotFoundError(
-          f"schedule {spec!r}: {path} does not exist (found: {found or 'none'}); search it "
-          f"with python -m eval.search_schedule --workdir={workdir} --calls={calls}")
-    return Schedule.load(path)
   if errors := schedule_name_errors(spec):
     raise ValueError(errors[0])
-  if not os.path.exists(spec):
-    raise FileNotFoundError(f"schedule file {spec} does not exist")
-  return Schedule.load(spec)
+  if calls := _calls(spec, "uniform"):
+    return uniform(calls, shift)
+  if calls := _calls(spec, "heun"):
+    return uniform((calls + 1) // 2, shift, "heun")
+  if spec.endswith(".json"):
+    if not os.path.exists(spec):
+      raise FileNotFoundError(f"schedule file {spec} does not exist")
+    return Schedule.load(spec)
+  path = saved_path(workdir or ".", spec)
+  if not os.path.exists(path):
+    folder = os.path.dirname(path)
+    found = sorted(n.removesuffix(".json") for n in os.listdir(folder)) if os.path.isdir(
+        folder) else []
+    calls = _calls(spec, "searched")
+    raise FileNotFoundError(
+        f"schedule {spec!r}: {path} does not exist (the run has: {found or 'none'}); search "
+        f"it with python -m eval.search_schedule --workdir={workdir}"
+        + (f" --calls={calls}" if calls else f" --name={spec}"))
+  return Schedule.load(path)
 
 
 def sample_schedule(velocity_fn: Callable, x: jax.Array, sigmas: jax.Array, heun: jax.Array,

@@ -13,10 +13,11 @@ candidate) against as many real videos: the digit classifier's features for movi
 (cached in <workdir>/eval/ as python -m eval does), I3D's otherwise. The real videos and prompts
 are drawn apart from python -m eval's (another seed), so an eval of the result is held out.
 
-The best schedule goes to <workdir>/schedules/searched-<calls>.json with how it was found
-(score, start, seed, evaluations, the history per generation); an earlier file is kept as
-searched-<calls>.<n>.json.
+The best schedule goes to <workdir>/schedules/<name>.json (--name, default searched-<calls>)
+with how it was found (score, start, seed, evaluations, the history per generation); an earlier
+file is kept as <name>.<n>.json.
 """
+import dataclasses
 import json
 import os
 import time
@@ -46,6 +47,8 @@ flags.DEFINE_integer("population", 12, "Schedules per generation.")
 flags.DEFINE_integer("generations", 8, "Generations after the first.")
 flags.DEFINE_integer("parents", 4, "The best schedules kept as each generation's parents.")
 flags.DEFINE_integer("seed", 0, "Seed of the search's random choices.")
+flags.DEFINE_string("name", None, "The schedule's name in the run (default: searched-<calls>); "
+                    "sample with --schedule=<name>.")
 flags.DEFINE_string("features", None, "digits (the digit classifier; moving digits only) or "
                     "i3d (default: digits where the data allows, else i3d).")
 FLAGS = flags.FLAGS
@@ -128,18 +131,23 @@ def main(argv):
     space = SearchSpace(calls=FLAGS.calls, depth=depth, max_skip=FLAGS.max_skip)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  name = FLAGS.name or f"searched-{FLAGS.calls}"
+  if schedules.schedule_name_errors(name) or name.endswith(".json") or name.partition("-")[0] in (
+      "uniform", "heun"):
+    raise app.UsageError(f"--name={name}: letters, digits, '_', '.' and '-' only, not "
+                         "uniform-K or heun-K")
   if not 1 <= FLAGS.parents < FLAGS.population or FLAGS.num_videos < 2:
     raise app.UsageError(f"--parents={FLAGS.parents} must be at least 1 and below "
                          f"--population={FLAGS.population}, and --num_videos at least 2")
-  name = FLAGS.features
-  if name is None:
+  features_name = FLAGS.features
+  if features_name is None:
     try:
       digit_classifier.check_data(with_real_data(config).data)
-      name = "digits"
+      features_name = "digits"
     except ValueError:
-      name = "i3d"
-  if name not in ("digits", "i3d"):
-    raise app.UsageError(f"--features={name}: choose digits or i3d")
+      features_name = "i3d"
+  if features_name not in ("digits", "i3d"):
+    raise app.UsageError(f"--features={features_name}: choose digits or i3d")
   began = time.perf_counter()
   run = open_run(FLAGS.workdir, config=config)
   config = with_real_data(config)  # a run of reflow pairs is judged by its teacher's data
@@ -147,26 +155,28 @@ def main(argv):
   real, captions, labels = videos.real_videos(config, FLAGS.num_videos, seed)
   prompts = captions if config.model.conditioning == "text" else labels
   with run:
-    features = feature_network(name, FLAGS.workdir, config, real.shape[1], real.shape[-1])
+    features = feature_network(features_name, FLAGS.workdir, config, real.shape[1],
+                               real.shape[-1])
     score = schedule_scorer(run, prompts, features, features(real),
                             min(config.eval.batch_size, FLAGS.num_videos), seed)
     shift = sampling_shift(config, num_video_tokens(config.train.video_shape,
                                                     config.model.patch_size))
     start = schedules.uniform(FLAGS.calls, shift)
     print(f"searching {FLAGS.calls}-call schedules of {FLAGS.workdir} (step {run.step}), "
-          f"{name} features of {FLAGS.num_videos} videos, from {start.describe(depth)}")
+          f"{features_name} features of {FLAGS.num_videos} videos, from "
+          f"{start.describe(depth)}")
     result = search(score, space, start, seed=FLAGS.seed, population=FLAGS.population,
                     generations=FLAGS.generations, parents=FLAGS.parents)
-  best = result.best
-  best.meta.update(features=name, num_videos=FLAGS.num_videos, step=run.step,
+  best = dataclasses.replace(result.best, name=name)
+  best.meta.update(features=features_name, num_videos=FLAGS.num_videos, step=run.step,
                    history=result.history, seconds=round(time.perf_counter() - began, 1),
                    block_calls=best.block_calls(depth), depth=depth)
-  path = schedules.searched_path(FLAGS.workdir, FLAGS.calls)
+  path = schedules.saved_path(FLAGS.workdir, name)
   keep_earlier(path)
   best.save(path)
   print(json.dumps(dict(start_score=result.start_score, best_score=result.best_score,
                         evaluations=result.evaluations), indent=1))
-  print(f"{best.describe(depth)}\nwrote {path}; sample with --schedule=searched-{FLAGS.calls}")
+  print(f"{best.describe(depth)}\nwrote {path}; sample with --schedule={name}")
 
 
 if __name__ == "__main__":

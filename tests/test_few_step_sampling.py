@@ -68,6 +68,7 @@ def test_a_schedule_with_sparse_attention_is_a_config_error(tiny_run):
   config.sample.update(schedule="uniform-2", sparse=dict(config.sample.sparse, attention="adaspa"))
   with pytest.raises(ValueError, match="cannot be combined"):
     validate_config(config)
-  config.sample.update(schedule="fastest", sparse=dict(config.sample.sparse, attention="none"))
-  with pytest.raises(ValueError, match="uniform-K"):
-    validate_config(config)
+  for bad in ("uniform-0", "heun-two", "my schedule"):
+    config.sample.update(schedule=bad, sparse=dict(config.sample.sparse, attention="none"))
+    with pytest.raises(ValueError, match="uniform-K"):
+      validate_config(config)

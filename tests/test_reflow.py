@@ -120,3 +120,15 @@ def test_a_student_of_another_architecture_is_refused(tiny_run, pairs, tmp_path)
   with pytest.raises(ValueError, match="(?s)another model.*model.hidden_size"):
     train.train(config, str(tmp_path / "other"))
   assert not (tmp_path / "other" / "config.json").exists()
+
+
+def test_a_reflow_run_stopped_midway_resumes_to_the_same_bits(tiny_run, pairs, tmp_path):
+  config = reflow_config(tiny_run, pairs, 4)
+  config.train.checkpoint_every = 2
+  whole = train.train(config, str(tmp_path / "whole"))
+  first_half = reflow_config(tiny_run, pairs, 4)
+  first_half.train.update(checkpoint_every=2, num_steps=2)  # the same schedule, stopped at 2
+  train.train(first_half, str(tmp_path / "resumed"))
+  resumed = train.train(config, str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.params),
+               jax.device_get(resumed.params))

@@ -84,4 +84,8 @@ def test_names_and_files_resolve(tmp_path):
   assert loaded == found and loaded.meta == dict(score=1.5)
   assert schedules.resolve(schedules.searched_path(str(tmp_path), 4), None, 1.0) == found
   with pytest.raises(ValueError, match="uniform-K"):
-    schedules.resolve("fast", None, 1.0)
+    schedules.resolve("uniform-0", None, 1.0)
+  with pytest.raises(FileNotFoundError, match=r"(?s)the run has: \['searched-4'\].*--name=fast"):
+    schedules.resolve("fast", str(tmp_path), 1.0)
+  found.save(schedules.saved_path(str(tmp_path), "fast"))
+  assert schedules.resolve("fast", str(tmp_path), 3.0) == found
