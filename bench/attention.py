@@ -16,11 +16,6 @@ On a machine without a GPU it runs small shapes with the kernels interpreted, so
 (those times say nothing about speed). Results go to bench/results/attention-<device>-<time>.json
 and .md, with the device, versions and shapes.
 """
-import datetime
-import importlib.metadata
-import json
-import pathlib
-import platform
 import statistics
 import time
 
@@ -29,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from bench import records
 from kernels.block_sparse_attention import sparse_attention
 from kernels.block_tables import PatternTables
 from kernels.reference import block_sparse_attention_reference
@@ -54,7 +50,7 @@ flags.DEFINE_integer("iters", 20 if ON_GPU else 2, "timed calls (the median is r
 flags.DEFINE_integer("warmup", 3 if ON_GPU else 1, "untimed calls first")
 flags.DEFINE_float("xla_memory_gb", 20.0, "skip XLA where its float32 logits need more")
 flags.DEFINE_integer("seed", 0, "random inputs and patterns")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 
@@ -190,7 +186,7 @@ def main(argv):
                            density=density, visited=float(mask.mean()), ms=ms, tflops=flops / ms / 1e9,
                            speedup_vs_cudnn=None if baseline is None else baseline / ms))
         print(f"L={length} {mode} density {density}: done")
-  write_results(device, dtype, checks, rows)
+  write_results(dtype, checks, rows)
 
 
 def format_table(rows):
@@ -208,27 +204,17 @@ def format_table(rows):
   return "\n".join(lines)
 
 
-def write_results(device, dtype, checks, rows):
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  kind = device.device_kind.replace(" ", "_")
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  meta = dict(device=device.device_kind, backend=jax.default_backend(),
-              interpreted=not ON_GPU, jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"),
-              lowering="pallas triton" if ON_GPU else "pallas interpreter (CPU)",
-              python=platform.python_version(), batch=FLAGS.batch, heads=FLAGS.heads,
-              head_dim=FLAGS.head_dim, dtype=dtype.name, pattern_block=PATTERN_BLOCK,
-              iters=FLAGS.iters, time=stamp)
+def write_results(dtype, checks, rows):
+  meta = records.environment() | dict(
+      interpreted=not ON_GPU, lowering="pallas triton" if ON_GPU else "pallas interpreter (CPU)",
+      batch=FLAGS.batch, heads=FLAGS.heads, head_dim=FLAGS.head_dim, dtype=dtype.name,
+      pattern_block=PATTERN_BLOCK, iters=FLAGS.iters)
   table = format_table(rows)
-  base = out / f"attention-{kind}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, correctness=checks,
-                                                       rows=rows), indent=1))
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
   checks_text = "\n".join(f"- {c}" for c in checks)
-  base.with_suffix(".md").write_text(f"# Attention benchmark\n\n{header}\n\nCorrectness "
-                                     f"(relative error vs float32 reference):\n{checks_text}\n\n"
-                                     f"{table}\n")
+  base = records.write("attention", "Attention benchmark", meta,
+                       dict(correctness=checks, rows=rows),
+                       "Correctness (relative error vs float32 reference):\n"
+                       f"{checks_text}\n\n{table}", FLAGS.out)
   print(table)
   print(f"wrote {base}.json and .md")
 

@@ -11,11 +11,6 @@
 
     python -m bench.packing                # results in bench/results/packing-<device>-<time>.*
 """
-import datetime
-import importlib.metadata
-import json
-import pathlib
-import platform
 import statistics
 import time
 
@@ -24,6 +19,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from bench import records
 from configs.common import flow_config, model_config
 from data.batching import PackedBatches
 from data.packing import imbalance, rank_costs
@@ -35,7 +31,7 @@ from rundir.logs import quiet_library_logs
 flags.DEFINE_integer("steps", 6, "timed steps per method (after one untimed)")
 flags.DEFINE_integer("rows", 4, "rows per step, both methods")
 flags.DEFINE_integer("batches", 200, "global batches planned for the imbalance")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 PATCH = (1, 4, 4)
@@ -175,21 +171,12 @@ def main(argv):
       in_channels=1, dtype="float32", text_vocab_size=1024, text_dim=64))
   packing = packing_against_padding(model_cfg)
   balance = balance_on_8_ranks()
-  device = jax.devices()[0]
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  meta = dict(device=device.device_kind, backend=jax.default_backend(),
-              devices=jax.device_count(), jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
-              model=dict(hidden=model_cfg.hidden_size, depth=model_cfg.depth,
-                         heads=model_cfg.num_heads, patch=list(PATCH), dtype=model_cfg.dtype,
-                         attention=model_cfg.attention, text_tokens=TEXT_TOKENS),
-              mix={f"{frames}x32x32": share for frames, share in MIX}, rows=FLAGS.rows,
-              steps=FLAGS.steps, time=stamp)
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  base = out / f"packing-{device.device_kind.replace(' ', '_')}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(
-      dict(meta=meta, packing=packing, balance=balance), indent=1))
+  meta = records.environment() | dict(
+      model=dict(hidden=model_cfg.hidden_size, depth=model_cfg.depth, heads=model_cfg.num_heads,
+                 patch=list(PATCH), dtype=model_cfg.dtype, attention=model_cfg.attention,
+                 text_tokens=TEXT_TOKENS),
+      mix={f"{frames}x32x32": share for frames, share in MIX}, rows=FLAGS.rows,
+      steps=FLAGS.steps)
   pad, pack = packing["padding"], packing["packing"]
   table = (
       "| method | real tokens/s | step ms | examples/step | padding share |\n"
@@ -207,8 +194,8 @@ def main(argv):
                                 ("runtime balance", balance["balanced"])))
       + "\nestimated throughput gain of runtime balance (tokens per slowest-rank cost): "
       f"**{balance['estimated_speedup']:.2f}x**")
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-  base.with_suffix(".md").write_text(f"# Packing and runtime balance\n\n{header}\n\n{table}\n")
+  base = records.write("packing", "Packing and runtime balance", meta,
+                       dict(packing=packing, balance=balance), table, FLAGS.out)
   print(table)
   print(f"wrote {base}.json and .md")
 

@@ -13,11 +13,7 @@ config.sample.sparse. The search overhead is what the search steps cost beyond a
 (each single model call is timed alone), as a share of AdaSpa's sampling time. Results go to
 bench/results/sampling-<device>-<time>.json and .md with the device, versions and shapes.
 """
-import datetime
-import importlib.metadata
-import json
 import pathlib
-import platform
 import statistics
 import time
 
@@ -27,6 +23,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from bench import records
 from configs.checks import validate_config, validate_sample_config
 from data.random_batch import random_batch
 from diffusion import samplers
@@ -55,7 +52,7 @@ flags.DEFINE_string("attention", None,
                     "dense steps through cuDNN; on CPU auto runs the XLA references.")
 flags.DEFINE_integer("repeats", 1, "timed runs of each variant after a compiling one (median)")
 flags.DEFINE_integer("call_repeats", 3, "timed runs of each single model call (median)")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 
@@ -151,25 +148,15 @@ class ModelCalls:
 
 
 def write_results(config, video_tokens, text_tokens, options, rows):
-  device = jax.devices()[0]
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
   sparse = config.sample.sparse
-  meta = dict(device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
-              model=config.model.size, hidden=config.model.hidden_size,
-              depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
-              attention=config.model.attention,
-              attention_runs=attention_lib.implementations_run(validate_config(config)),
-              video_shape=list(config.train.video_shape),
-              video_tokens=video_tokens, text_tokens=text_tokens,
-              model_batch=1 if options["guidance_scale"] == 1 else 2, **options,  # 1 video
-              block=sparse.block or config.model.sparse_block, warmup=sparse.warmup,
-              searches=list(search_steps(options["num_steps"], sparse)),
-              repeats=FLAGS.repeats, time=stamp)
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  base = out / f"sampling-{device.device_kind.replace(' ', '_')}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=rows), indent=1))
+  meta = records.environment() | dict(
+      model=config.model.size, hidden=config.model.hidden_size, depth=config.model.depth,
+      heads=config.model.num_heads, dtype=config.model.dtype, attention=config.model.attention,
+      attention_runs=attention_lib.implementations_run(validate_config(config)),
+      video_shape=list(config.train.video_shape), video_tokens=video_tokens,
+      text_tokens=text_tokens, model_batch=1 if options["guidance_scale"] == 1 else 2,  # 1 video
+      **options, block=sparse.block or config.model.sparse_block, warmup=sparse.warmup,
+      searches=list(search_steps(options["num_steps"], sparse)), repeats=FLAGS.repeats)
   lines = ["| variant | sparsity | sampling s | speedup vs dense | search overhead | recall |",
            "|---|---|---|---|---|---|"]
   for row in rows:
@@ -183,9 +170,8 @@ def write_results(config, video_tokens, text_tokens, options, rows):
       f"- s={row['sparsity']}: " + ", ".join(f"{m} {t:.1f}" for m, t in row["call_ms"].items())
       for row in rows[1:]]
   table = "\n".join(lines + calls)
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-  base.with_suffix(".md").write_text(f"# Sampling benchmark: dense vs AdaSpa\n\n{header}\n\n"
-                                     f"{table}\n")
+  base = records.write("sampling", "Sampling benchmark: dense vs AdaSpa", meta,
+                       dict(results=rows), table, FLAGS.out)
   print(table)
   print(f"wrote {base}.json and .md")
 

@@ -20,11 +20,7 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
                              + " --xla_force_host_platform_device_count=8").strip()
 
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -34,6 +30,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from bench import records  # noqa: E402
 from configs.common import DEFAULT_RULES, flow_config, model_config  # noqa: E402
 from data.packing import pack_rows  # noqa: E402
 from data.planned_batches import row_length  # noqa: E402
@@ -57,7 +54,7 @@ flags.DEFINE_integer("sim_devices", 64, "devices of the simulated step times")
 flags.DEFINE_integer("sim_steps", 50, "simulated steps per mix")
 flags.DEFINE_integer("cpu_steps", 3, "timed steps per method on this machine (0: skip)")
 flags.DEFINE_list("cpu_static", ["1", "2", "4", "8"], "static degrees measured on this machine")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 SHORTEST, LONGEST = 4096, 262144
@@ -230,19 +227,10 @@ def main(argv):
   planning = planning_time()
   simulated = simulated_step_time()
   measured = measured_on_this_machine() if FLAGS.cpu_steps else None
-  device = jax.devices()[0]
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  meta = dict(device=device.device_kind, backend=jax.default_backend(),
-              devices=jax.device_count(), cpus=os.cpu_count(), jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
-              scipy=importlib.metadata.version("scipy"),
-              simulated_hardware=dataclasses.asdict(PUBLISHED["h100"]),
-              lengths=f"lognormal token counts clipped to [{SHORTEST}, {LONGEST}]", time=stamp)
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  base = out / f"sp_planning-{device.device_kind.replace(' ', '_')}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(
-      dict(meta=meta, planning=planning, simulated=simulated, measured=measured), indent=1))
+  meta = records.environment() | dict(
+      cpus=os.cpu_count(), scipy=importlib.metadata.version("scipy"),
+      simulated_hardware=dataclasses.asdict(PUBLISHED["h100"]),
+      lengths=f"lognormal token counts clipped to [{SHORTEST}, {LONGEST}]")
   table = ["## Planning time (7B DiT, H100 cost model, 4 sequences per device)\n",
            f"The MILP runs for at most {FLAGS.milp_seconds:.0f} s; the lower bound is the "
            "larger of the MILP's and sp_planner.lower_bound's (no plan can be faster).\n",
@@ -272,8 +260,9 @@ def main(argv):
     table.append(f"\nadaptive against the best static ({measured['best_static']}): "
                  f"**{measured['speedup_vs_best_static']:.2f}x**")
   text = "\n".join(table)
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-  base.with_suffix(".md").write_text(f"# Adaptive sequence parallelism\n\n{header}\n\n{text}\n")
+  base = records.write("sp_planning", "Adaptive sequence parallelism", meta,
+                       dict(planning=planning, simulated=simulated, measured=measured), text,
+                       FLAGS.out)
   print(text)
   print(f"wrote {base}.json and .md")
 

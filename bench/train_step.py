@@ -13,11 +13,7 @@ pattern visits, 3x the forward for a step); MFU divides the model FLOP/s per dev
 device's dense bfloat16 peak (none on CPU). The data pipeline is not timed. Results go to
 bench/results/train_step-<device>-<time>.json and .md with the device, versions and shapes.
 """
-import datetime
-import importlib.metadata
-import json
 import pathlib
-import platform
 import statistics
 import time
 
@@ -26,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from bench import records
 from configs.checks import validate_config
 from data.random_batch import random_batch
 from dit import attention as attention_lib
@@ -48,7 +45,7 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_integer("steps", 10 if ON_ACCELERATOR else 3, "timed steps (the median is reported)")
 flags.DEFINE_integer("warmup", 2 if ON_ACCELERATOR else 1, "untimed steps first (compilation)")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 
@@ -92,34 +89,27 @@ def main(argv):
   memory = getattr(device, "memory_stats", lambda: None)() or {}
   if "peak_bytes_in_use" in memory:
     row["peak_gib_device0"] = memory["peak_bytes_in_use"] / 2**30
-  write_results(config, mesh, device, video_tokens, text_length, row)
+  write_results(config, mesh, video_tokens, text_length, row)
 
 
-def write_results(config, mesh, device, video_tokens, text_length, row):
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  meta = dict(device=device.device_kind, backend=jax.default_backend(),
-              devices=jax.device_count(), processes=jax.process_count(), jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
-              mesh=dict(mesh.shape), model=config.model.size, hidden=config.model.hidden_size,
-              depth=config.model.depth, heads=config.model.num_heads, dtype=config.model.dtype,
-              attention=config.model.attention,
-              attention_runs=attention_lib.implementations_run(validate_config(config)),
-              sparse_pattern=config.model.sparse_pattern,
-              sequence_parallel=config.model.sequence_parallel, remat=config.model.remat,
-              video_shape=list(config.train.video_shape), video_tokens=video_tokens,
-              text_tokens=text_length, batch_size=config.train.batch_size,
-              grad_accum=config.train.grad_accum, steps=FLAGS.steps, time=stamp)
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  base = out / f"train_step-{device.device_kind.replace(' ', '_')}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, result=row), indent=1))
+def write_results(config, mesh, video_tokens, text_length, row):
+  meta = records.environment() | dict(
+      processes=jax.process_count(), mesh=dict(mesh.shape), model=config.model.size,
+      hidden=config.model.hidden_size, depth=config.model.depth, heads=config.model.num_heads,
+      dtype=config.model.dtype, attention=config.model.attention,
+      attention_runs=attention_lib.implementations_run(validate_config(config)),
+      sparse_pattern=config.model.sparse_pattern,
+      sequence_parallel=config.model.sequence_parallel, remat=config.model.remat,
+      video_shape=list(config.train.video_shape), video_tokens=video_tokens,
+      text_tokens=text_length, batch_size=config.train.batch_size,
+      grad_accum=config.train.grad_accum, steps=FLAGS.steps)
   mfu = "n/a (no peak for this device)" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
   table = ("| step ms | tokens/s | model TFLOP/step | TFLOP/s per device | MFU |\n"
            "|---|---|---|---|---|\n"
            f"| {row['step_ms']:.1f} | {row['tokens_per_s']:.4g} | "
            f"{row['model_tflops_per_step']:.4g} | {row['tflops_per_device']:.4g} | {mfu} |")
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-  base.with_suffix(".md").write_text(f"# Training-step benchmark\n\n{header}\n\n{table}\n")
+  base = records.write("train_step", "Training-step benchmark", meta, dict(result=row), table,
+                       FLAGS.out)
   print(table)
   print(f"wrote {base}.json and .md")
 

@@ -11,11 +11,6 @@ runs out of memory) and the output. Time is the median of --repeats calls after 
 (--time=false: memory only, which needs no run). Results go to
 bench/results/vae_coding-<device>-<time>.json and .md with the device, versions and shapes.
 """
-import datetime
-import importlib.metadata
-import json
-import pathlib
-import platform
 import statistics
 import time
 
@@ -24,6 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
+from bench import records
 from configs.vae_quickstart import get_config
 from dit.vae import coding
 from dit.vae.config import WAN21, VAEConfig
@@ -38,7 +34,7 @@ flags.DEFINE_bool("encode", False, "also benchmark encoding")
 flags.DEFINE_bool("time", True, "time the calls (else memory only: compile, no run)")
 flags.DEFINE_integer("repeats", 3, "timed calls per variant after a compiling one (median)")
 flags.DEFINE_string("dtype", "float32", "compute dtype")
-flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "results folder")
+flags.DEFINE_string("out", str(records.RESULTS), "results folder")
 FLAGS = flags.FLAGS
 
 
@@ -87,27 +83,19 @@ def main(argv):
 
 
 def write_results(config: VAEConfig, size, rows):
-  device = jax.devices()[0]
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  meta = dict(device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), python=platform.python_version(),
-              vae=FLAGS.vae, base_channels=config.base_channels,
-              channel_multipliers=list(config.channel_multipliers),
-              latent_channels=config.latent_channels, dtype=config.dtype, size=list(size),
-              batch=FLAGS.batch, repeats=FLAGS.repeats, time=stamp)
-  out = pathlib.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  base = out / f"vae_coding-{device.device_kind.replace(' ', '_')}-{stamp}"
-  base.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=rows), indent=1))
+  meta = records.environment() | dict(
+      vae=FLAGS.vae, base_channels=config.base_channels,
+      channel_multipliers=list(config.channel_multipliers),
+      latent_channels=config.latent_channels, dtype=config.dtype, size=list(size),
+      batch=FLAGS.batch, repeats=FLAGS.repeats)
   lines = ["| op | frames | variant | temp MiB | output MiB | seconds |", "|---|---|---|---|---|---|"]
   for row in rows:
     seconds = f"{row['seconds']:.3f}" if "seconds" in row else "-"
     lines.append(f"| {row['op']} | {row['frames']} | {row['variant']} | {row['temp_mib']:.1f} | "
                  f"{row['output_mib']:.1f} | {seconds} |")
   table = "\n".join(lines)
-  header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-  base.with_suffix(".md").write_text(f"# Causal VAE coding: whole vs chunked\n\n{header}\n\n"
-                                     f"{table}\n")
+  base = records.write("vae_coding", "Causal VAE coding: whole vs chunked", meta,
+                       dict(results=rows), table, FLAGS.out)
   print(table)
   print(f"wrote {base}.json and .md")
 
