@@ -134,18 +134,31 @@ class _Evolution:
     return _make(inner, [s for s, _ in steps], [k for _, k in steps])
 
   def repair(self, s: Schedule | None) -> Schedule | None:
-    """Within the budget by turning Heun steps to Euler, then dropping steps; None if not."""
+    """Within the budget by one random cut at a time: a Heun step made Euler, a step dropped,
+    or (where blocks may be skipped) one more block skipped at a step; None if it cannot be."""
     for _ in range(64):
       if s is None or self.space.admits(s):
         return s
       inner, solvers, skip = list(s.sigmas[1:-1]), list(s.solvers), [list(b) for b in s.skip]
       skip = [b[:self.space.max_skip] for b in skip]
       heun = [k for k, x in enumerate(solvers[:-1]) if x == "heun"]
-      if heun and (not self.space.heun or self.rng.random() < 0.5):
+      open_steps = [k for k, b in enumerate(skip) if len(b) < self.space.max_skip]
+      cuts = (["euler"] * bool(heun) + ["drop"] * bool(inner)
+              + ["skip"] * bool(open_steps))
+      if not self.space.heun and heun:
+        cuts = ["euler"]
+      if not cuts:
+        return None
+      cut = cuts[int(self.rng.integers(len(cuts)))]
+      if cut == "euler":
         solvers[heun[int(self.rng.integers(len(heun)))]] = "euler"
-      elif inner:
+      elif cut == "drop":
         i = int(self.rng.integers(len(inner)))
         del inner[i], solvers[i + 1], skip[i + 1]
+      else:
+        k = open_steps[int(self.rng.integers(len(open_steps)))]
+        free = [b for b in range(self.space.depth) if b not in skip[k]]
+        skip[k].append(free[int(self.rng.integers(len(free)))])
       inner = [max(x, self.space.min_sigma) for x in inner]
       s = _make(inner, solvers, skip)
     return None
