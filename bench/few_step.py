@@ -49,7 +49,8 @@ def row(method: str, workdir: str, schedule: str) -> dict | None:
     return None
   sampling = results.get("sampling") or {}
   return dict(method=method, workdir=workdir, schedule=schedule or "(its config)",
-              calls=sampling.get("calls"), step=results["step"],
+              calls=sampling.get("calls"), block_calls=sampling.get("block_calls"),
+              depth=sampling.get("depth"), step=results["step"],
               num_videos=results["num_videos"], sampling_seconds=results["seconds"]["sampling"],
               **{k: results["metrics"].get(k) for k in METRICS})
 
@@ -78,12 +79,15 @@ def main(argv):
                                    evaluations=meta.get("evaluations"),
                                    seconds=meta.get("seconds"))
   fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+  cost = lambda r: r["block_calls"] / r["depth"] if r["block_calls"] else (r["calls"] or 0)
+  worth = lambda r: (f"{r['calls']}" if not r["block_calls"] or r["block_calls"] == r["calls"]
+                     * r["depth"] else f"{r['calls']} ({r['block_calls'] / r['depth']:g} worth)")
   table = ("| method | schedule | calls | digit | direction | digit FD | sampling s |\n"
            "|---|---|---|---|---|---|---|\n"
-           + "".join(f"| {r['method']} | {r['schedule']} | {r['calls']} | "
+           + "".join(f"| {r['method']} | {r['schedule']} | {worth(r)} | "
                      f"{fmt(r['digit_accuracy'])} | {fmt(r['direction_accuracy'])} | "
                      f"{fmt(r['digit_frechet_distance'])} | {r['sampling_seconds']} |\n"
-                     for r in sorted(rows, key=lambda r: (r["calls"] or 0, r["method"])))
+                     for r in sorted(rows, key=lambda r: (cost(r), r["method"])))
            + "\n| searched schedule | sigmas | solvers | skipped blocks | FD start -> found "
            "| schedules scored | seconds |\n|---|---|---|---|---|---|---|\n"
            + "".join(f"| {name} | {' '.join(f'{s:.3f}' for s in s_['sigmas'])} | "

@@ -92,8 +92,10 @@ class Schedule:
 
   def describe(self, depth: int | None = None) -> str:
     steps = " ".join(f"{s:.3f}" for s in self.sigmas)
-    cost = f"{self.calls()} calls" + (f", {self.block_calls(depth)} of {self.calls() * depth} "
-                                      "block calls" if depth else "")
+    cost = f"{self.calls()} calls"
+    if depth and any(self.skip):
+      cost = (f"{self.calls()} evaluations of {self.block_calls(depth)} block calls in all: "
+              f"{self.block_calls(depth) / depth:g} calls' worth")
     return f"{self.name or 'schedule'}: sigmas {steps}; {', '.join(self.solvers)}; {cost}"
 
   def to_dict(self) -> dict:

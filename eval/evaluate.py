@@ -145,7 +145,10 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
         prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch])
       captions = real_captions
       generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed)
+      schedule = sampler.schedule
       sampling = dict(calls=sampler.calls(), guidance_scale=config.sample.guidance_scale,
+                      block_calls=schedule.block_calls(model.depth) if schedule else
+                      sampler.calls() * model.depth, depth=model.depth,
                       schedule=(sampler.schedule.to_dict() if sampler.schedule else
                                 dict(num_steps=config.sample.num_steps,
                                      sampler=config.sample.sampler)))
