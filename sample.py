@@ -125,6 +125,8 @@ def main(argv):
     check_dit_run(workdir, config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if FLAGS.schedule and (FLAGS.num_steps or FLAGS.sampler):
+    raise app.UsageError("--schedule replaces --num_steps and --sampler: pass one or the other")
   for field, value in (("num_steps", FLAGS.num_steps), ("sampler", FLAGS.sampler),
                        ("guidance_scale", FLAGS.guidance_scale), ("upscale", FLAGS.upscale),
                        ("schedule", FLAGS.schedule)):

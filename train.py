@@ -53,6 +53,7 @@ from data.batching import BucketBatches, PackedBatches
 from data.planned_batches import PlannedBatches
 from data.pipeline import make_dataset, make_iterator, make_shaped_dataset, model_inputs
 from data.sources import make_source
+from diffusion import schedules
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from dit.patchify import num_video_tokens
@@ -73,7 +74,7 @@ from training import checkpoints
 from training.layout import (adaptive_plan, batch_degree, check_fits_mesh, global_batch,
                              init_sharded_train_state, jit_train_step, train_state_layout)
 from training.adaptive_step import HARDWARE_FILE, AdaptiveStep, cost_model_for
-from training.init_from import initial_state, pin_init_run
+from rundir.init_from import initial_state, pin_init_run
 from training.optimizer import learning_rate_schedule
 from training.train_state import optimizer_for
 from training.train_step import make_train_step
@@ -246,6 +247,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     config.latents.shards = os.path.abspath(latent_shards_folder(config))
   pin_latent_vae(config, workdir)  # one VAE for the whole run, resumed or not
   pin_init_run(config, workdir)  # the run a new one starts from (train.init_from), checked
+  for stage in resolve_stages(config):  # the previews' schedule exists: not hours from now
+    if stage.config.train.sample_every and stage.config.sample.schedule:
+      schedules.resolve(stage.config.sample.schedule, workdir, 1.0)
   mesh = make_mesh(dict(config.mesh))
   for stage in resolve_stages(config):
     check_fits_mesh(stage.config, mesh)
@@ -317,7 +321,7 @@ class StageRun:
   iterator, its compiled step (and the VAE's image step), its previews and its throughput."""
 
   def __init__(self, stage: Stage, model, graphdef, shardings, mesh, text_encoder, vae,
-               sp_hardware=None):
+               sp_hardware=None, workdir: str | None = None):
     config = stage.config
     self.stage, self.config, self.mesh = stage, config, mesh
     pixels = (*config.train.video_shape, model.in_channels) if vae is None else pixel_shape(
@@ -352,7 +356,8 @@ class StageRun:
                              encode=latent_step_input(config, vae), **options)
       decoder = None if vae is None else latent_decoder(vae)
       self.make_preview = lambda state: Samples(VideoSampler(
-          graphdef, state.model_state, config, text_encoder, decoder=decoder), config)
+          graphdef, state.model_state, config, text_encoder, decoder=decoder,
+          workdir=workdir), config)
     self.preview = None
     if sp_cost is not None:  # each step's own groups of devices (FlexSP)
       self.train_step = AdaptiveStep(model, optimizer, config.flow, mesh, config.sharding.rules,
@@ -404,7 +409,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
                                                      config.sharding.rules)
   sp_hardware_path = os.path.join(workdir, HARDWARE_FILE)
   make_run = lambda stage: StageRun(stage, model, graphdef, shardings, mesh, text_encoder,
-                                    vae, sp_hardware)
+                                    vae, sp_hardware, workdir)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   # A new run's data is checked before anything is written.
   run = None if checkpoints.saved_steps(workdir) else make_run(stages[0])

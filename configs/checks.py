@@ -193,6 +193,14 @@ def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> No
     errors.append(f"data.batching={batching!r} takes train.grad_accum=1 (buckets size each "
                   "batch by its tokens; packed rows average the loss per example over the "
                   "whole batch): raise data.tokens_per_device or train.batch_size instead")
+  pairs = config.data.name == "reflow_pairs" or tuple(config.flow.get("distill_timesteps", ()))
+  if batching != "fixed" and pairs:
+    errors.append(f"reflow pairs and flow.distill_timesteps train with data.batching='fixed' "
+                  f"(the batch's noise and the distillation levels do not reach "
+                  f"{batching!r} batches): set data.batching='fixed'")
+  if pairs and common.latent_vae(config):
+    errors.append("reflow pairs are drawn in pixel space only so far: train without "
+                  "latents.vae")
   if batching == "fixed" and (config.data.name == "mixture"
                               or len(config.data.kwargs.get("shapes") or ()) > 1):
     errors.append(f"data.name={config.data.name!r} gives examples of several shapes: set "

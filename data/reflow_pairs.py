@@ -10,7 +10,7 @@ distillation (rectified flow, Liu et al. 2023; InstaFlow, Liu et al. 2024).
 Example i takes the caption (or label) of example i of the run's training data, noise made from
 (--seed, i) alone, and the video the run's sampler (EMA weights, its config.sample: solver,
 steps, guidance, shift; full attention) integrates that noise to. The result is deterministic
-(the same arguments give the same bytes) and resumable: each shard is
+(the same arguments give the same bytes) and resumable; one process writes them: each shard is
 written under a temporary name and renamed when complete, and running the command again writes
 only the missing shards; a folder of pairs of anything else is refused, nothing in it changed.
 
@@ -81,7 +81,7 @@ def write_pairs(run, out: str, num_examples: int, shard_size: int = 512, batch_s
   count = min(num_examples, len(source))
   ranges = latent_shards.shard_ranges(count, shard_size)
   manifest = dict(teacher_of(run), format=FORMAT, seed=seed, examples=count,
-                  shard_size=shard_size, shards=len(ranges))
+                  shard_size=shard_size, shards=len(ranges), batch_size=batch_size)
   latent_shards.claim_folder(out, manifest, MANIFEST, "reflow pairs")
   shape = tuple(manifest["video_shape"])
   sample = config.sample
@@ -132,10 +132,12 @@ def with_real_data(config):
   classifier's data); any other config as it is."""
   if config.data.name != "reflow_pairs":
     return config
-  manifest = ReflowPairs(config.data.kwargs.folder).manifest
+  data = config.data.to_dict()
+  while data["name"] == "reflow_pairs":  # pairs of a student of pairs: back to real data
+    data = ReflowPairs(data["kwargs"]["folder"]).manifest["data"]
   config = config.copy_and_resolve_references()
-  config.data.update(name=manifest["data"]["name"])
-  config.data.kwargs = manifest["data"]["kwargs"]
+  config.data.update(name=data["name"])
+  config.data.kwargs = data["kwargs"]
   return config
 
 

@@ -82,6 +82,7 @@ def _make(sigmas, solvers, skip) -> Schedule | None:
   levels = np.concatenate([[1.0], inner, [0.0]])
   if len(inner) and (np.any(np.diff(levels) >= -1e-4)):
     return None
+  solvers = [*solvers[:-1], "euler"]  # the last step runs Euler whatever it says: one key
   return Schedule(tuple(float(s) for s in levels), tuple(solvers),
                   tuple(tuple(sorted(set(b))) for b in skip))
 

@@ -13,8 +13,9 @@ Schedules have names, resolved by `resolve` for sample.py --schedule, python -m 
   "searched-K"    <workdir>/schedules/searched-K.json, written by python -m eval.search_schedule
                   (any other name: <workdir>/schedules/<name>.json, e.g. a search's --name)
   a path          a .json file written by Schedule.save
-One compiled sampler serves every schedule of K steps: the noise levels, solvers and skipped
-blocks are arrays (`sample_schedule`).
+`sample_schedule` takes a schedule as arrays (noise levels, solvers, skipped blocks), so one
+compilation of it serves every schedule of K steps (the search compiles once per K; a
+VideoSampler bakes its one schedule in).
 """
 import dataclasses
 import json
@@ -60,7 +61,8 @@ class Schedule:
     bad = [b for blocks in self.skip for b in blocks
            if b < 0 or (depth is not None and b >= depth)]
     if bad:
-      errors.append(f"skipped blocks {bad} are not blocks of the model (0..{depth})")
+      errors.append(f"skipped blocks {bad} are not blocks of the model (0..{depth - 1})"
+                    if depth is not None else f"skipped blocks {bad} must be at least 0")
     return errors
 
   @property
@@ -127,8 +129,8 @@ def uniform(num_steps: int, shift: float = 1.0, solver: str = "euler") -> Schedu
     raise ValueError(f"a schedule needs at least one step, got {num_steps}")
   sigmas = shift_timesteps(np.linspace(1.0, 0.0, num_steps + 1), shift)
   sigmas[0], sigmas[-1] = 1.0, 0.0
-  return Schedule(tuple(float(s) for s in sigmas), (solver,) * num_steps,
-                  name=f"{'uniform' if solver == 'euler' else solver}-{num_steps}",
+  name = (f"uniform-{num_steps}" if solver == "euler" else f"heun-{2 * num_steps - 1}")
+  return Schedule(tuple(float(s) for s in sigmas), (solver,) * num_steps, name=name,
                   meta=dict(shift=float(shift)))
 
 
@@ -171,8 +173,8 @@ def resolve(spec: str, workdir: str | None, shift: float) -> Schedule | None:
     raise ValueError(errors[0])
   if calls := _calls(spec, "uniform"):
     return uniform(calls, shift)
-  if calls := _calls(spec, "heun"):
-    return uniform((calls + 1) // 2, shift, "heun")
+  if calls := _calls(spec, "heun"):  # K calls: (K + 1) / 2 steps, the last one Euler
+    return dataclasses.replace(uniform((calls + 1) // 2, shift, "heun"), name=spec)
   if spec.endswith(".json"):
     if not os.path.exists(spec):
       raise FileNotFoundError(f"schedule file {spec} does not exist")

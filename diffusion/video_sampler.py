@@ -80,8 +80,8 @@ class VideoSampler:
     halves in one batch, counts once)."""
     if self.schedule is not None:
       return self.schedule.calls()
-    steps = self.config.sample.num_steps
-    return steps if self.config.sample.sampler == "euler" else 2 * steps - 1
+    return schedules.uniform(self.config.sample.num_steps, 1.0,
+                             self.config.sample.sampler).calls()
 
   def condition(self, prompts) -> tuple[list[str], dict]:
     """(names, cond) for captions (text models) or class labels (label models): what generate

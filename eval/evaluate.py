@@ -176,13 +176,10 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
 
 
 def _write_keeping_old(path: str, results: dict) -> None:
+  from rundir.keep import keep_earlier  # noqa: PLC0415
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if os.path.exists(path):
-    stem, ext = os.path.splitext(path)
-    n = 1
-    while os.path.exists(f"{stem}.{n}{ext}"):
-      n += 1
-    os.rename(path, f"{stem}.{n}{ext}")
+  keep_earlier(path)
   with open(path, "w") as f:
     json.dump(results, f, indent=1, default=float)
 

@@ -5,7 +5,7 @@
   python sample.py --workdir=runs/quickstart --schedule=searched-4
   python -m eval --workdir=runs/quickstart --schedule=searched-4 --metrics=digits
 
-An evolutionary search (diffusion/schedule_search.py) over the noise levels, each step's solver
+One process. An evolutionary search (diffusion/schedule_search.py) over the noise levels, each step's solver
 and, with --max_skip, the DiT blocks each step leaves out, within --calls model calls per video
 (block calls / depth when blocks are skipped). A schedule is scored by the Fréchet distance of
 features of --num_videos videos sampled along it (the same noise and prompts for every
@@ -19,7 +19,6 @@ file is kept as <name>.<n>.json.
 """
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -36,6 +35,7 @@ from dit.patchify import num_video_tokens
 from eval.frechet import frechet_distance, gaussian_fit
 from rundir.config_file import load_config
 from rundir.logs import quiet_library_logs
+from rundir.keep import keep_earlier
 from rundir.open_run import open_run
 
 flags.DEFINE_string("workdir", None, "The train.py run whose latest checkpoint is searched for.")
@@ -107,15 +107,6 @@ def schedule_scorer(run, prompts: list, features, real_features: np.ndarray, bat
   return score
 
 
-def keep_earlier(path: str) -> None:
-  if os.path.exists(path):
-    stem, ext = os.path.splitext(path)
-    n = 1
-    while os.path.exists(f"{stem}.{n}{ext}"):
-      n += 1
-    os.rename(path, f"{stem}.{n}{ext}")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -132,10 +123,13 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   name = FLAGS.name or f"searched-{FLAGS.calls}"
-  if schedules.schedule_name_errors(name) or name.endswith(".json") or name.partition("-")[0] in (
-      "uniform", "heun"):
+  calls_named = name.partition("-")[2].isdigit() and name.startswith("searched-")
+  if (schedules.schedule_name_errors(name) or name.endswith(".json")
+      or name.partition("-")[0] in ("uniform", "heun")
+      or (calls_named and name != f"searched-{FLAGS.calls}")):
     raise app.UsageError(f"--name={name}: letters, digits, '_', '.' and '-' only, not "
-                         "uniform-K or heun-K")
+                         f"uniform-K or heun-K, and searched-K only for K = --calls "
+                         f"({FLAGS.calls})")
   if not 1 <= FLAGS.parents < FLAGS.population or FLAGS.num_videos < 2:
     raise app.UsageError(f"--parents={FLAGS.parents} must be at least 1 and below "
                          f"--population={FLAGS.population}, and --num_videos at least 2")

@@ -7,6 +7,7 @@ import ml_collections
 from absl import logging
 
 from configs.saved_run import ADDED_FIELDS, load_config  # read back in configs/: no JAX there
+from rundir.keep import keep_earlier
 
 __all__ = ["ADDED_FIELDS", "identity_changes", "load_config", "write_config"]
 
@@ -19,12 +20,9 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path) as f:
       if f.read() == text:
         return
-    n = 1
-    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
-      n += 1
-    os.rename(path, os.path.join(workdir, f"config.{n}.json"))
-    logging.warning("the config differs from this workdir's earlier one, kept as config.%d.json",
-                    n)
+    kept = keep_earlier(path)
+    logging.warning("the config differs from this workdir's earlier one, kept as %s",
+                    os.path.basename(kept))
   with open(path, "w") as f:
     f.write(text)
 

@@ -44,7 +44,7 @@ def test_a_searched_schedule_is_written_to_the_run_and_sampled_by_name(tiny_run,
   found = schedules.Schedule.load(path)
   depth = load_config(str(tiny_run)).model.depth
   assert found.name == "searched-2" and found.block_calls(depth) <= 2 * depth
-  assert found.meta["score"] <= found.meta["start_score"]
+  assert found.meta["start"]["name"] == "uniform-2" and found.meta["evaluations"] >= 3
   assert [h["generation"] for h in found.meta["history"]] == [0, 1]
 
   result = command("sample.py", f"--workdir={tiny_run}", "--schedule=searched-2",

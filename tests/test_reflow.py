@@ -2,6 +2,7 @@
 trained on the straight paths, and a one-step student that samples in one model call."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +89,7 @@ def test_a_reflow_student_starts_as_its_teacher_and_its_loss_falls(tiny_run, pai
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), teacher.params,
                  jax.device_get(first.params))
 
-  train.train(reflow_config(tiny_run, pairs, 24), str(tmp_path / "reflow"))
+  train.train(reflow_config(tiny_run, pairs, 24, lr=0.001), str(tmp_path / "reflow"))
   saved = json.loads((tmp_path / "reflow" / "config.json").read_text())
   assert saved["train"]["init_from"] == str(tiny_run) and saved["train"]["init_step"] == 6
   assert saved["data"]["kwargs"]["folder"] == str(pairs)
@@ -123,12 +124,22 @@ def test_a_student_of_another_architecture_is_refused(tiny_run, pairs, tmp_path)
 
 
 def test_a_reflow_run_stopped_midway_resumes_to_the_same_bits(tiny_run, pairs, tmp_path):
-  config = reflow_config(tiny_run, pairs, 4)
+  teacher = tmp_path / "teacher"
+  shutil.copytree(tiny_run, teacher, ignore=shutil.ignore_patterns("train.lock"))
+  config = reflow_config(teacher, pairs, 4)
   config.train.checkpoint_every = 2
   whole = train.train(config, str(tmp_path / "whole"))
-  first_half = reflow_config(tiny_run, pairs, 4)
+  first_half = reflow_config(teacher, pairs, 4)
   first_half.train.update(checkpoint_every=2, num_steps=2)  # the same schedule, stopped at 2
   train.train(first_half, str(tmp_path / "resumed"))
+  # The teacher moves on and drops the checkpoint the student started from: the student does
+  # not need it to resume, and still records it.
+  shutil.rmtree(teacher / "checkpoints" / "6")
   resumed = train.train(config, str(tmp_path / "resumed"))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.params),
                jax.device_get(resumed.params))
+  saved = json.loads((tmp_path / "resumed" / "config.json").read_text())["train"]
+  assert (saved["init_from"], saved["init_step"]) == (str(teacher), 6)
+  other = reflow_config(tiny_run, pairs, 4)
+  with pytest.raises(ValueError, match="resumes only as it started"):
+    train.train(other, str(tmp_path / "resumed"))

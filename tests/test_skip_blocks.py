@@ -52,6 +52,16 @@ def test_a_skipped_block_is_the_identity(key, randomize, scan):
     np.testing.assert_allclose(skipped, silenced(video, t, **cond), **tol)
 
 
+def test_skipping_is_a_branch_not_a_mask(key, randomize):
+  """A skipped block's compute is not spent: each block runs under a conditional."""
+  model = random_model(key, randomize, True)
+  video, t, cond = inputs(key)
+  jaxpr = jax.make_jaxpr(lambda s: model(video, t, skip_blocks=s, **cond))(
+      jnp.zeros(model.config.depth, bool))
+  assert "cond[" in str(jaxpr)
+  assert "cond[" not in str(jax.make_jaxpr(lambda v: model(v, t, **cond))(video))
+
+
 def test_skip_blocks_must_name_every_block(key, randomize):
   model = random_model(key, randomize, True)
   video, t, cond = inputs(key)

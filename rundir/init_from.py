@@ -2,9 +2,10 @@
 distillation start from their teacher; any fine-tune from a trained run).
 
 pin_init_run resolves the source run once, before anything is written: its path made absolute,
-its checkpoint step pinned (config.train.init_step: its newest when 0, the saved run's on a
-resume), and its architecture and video shape checked against the new run's. The new run's
-config.json then records what it started from. initial_state puts the source's EMA weights in
+its checkpoint step pinned (config.train.init_step: its newest when 0), and its architecture
+and video shape checked against the new run's. The new run's config.json then records what it
+started from. A resumed run keeps what it recorded and never reads the source again (which may
+have trained on and dropped that checkpoint); naming another source or step is an error. initial_state puts the source's EMA weights in
 a new train state (as both the weights and their EMA; the optimizer starts afresh).
 """
 import os
@@ -23,17 +24,24 @@ from training.train_state import TrainState
 def pin_init_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Resolves config.train.init_from and init_step in place (module docstring)."""
   source = config.train.get("init_from", "")
+  source = os.path.abspath(source) if source else ""
+  if checkpoints.saved_steps(workdir) and os.path.exists(os.path.join(workdir, "config.json")):
+    saved = load_config(workdir).train
+    saved_from, saved_step = saved.get("init_from", ""), int(saved.get("init_step", 0))
+    asked = int(config.train.get("init_step", 0))
+    if source and (source != saved_from or (asked and asked != saved_step)):
+      raise ValueError(f"{workdir} started from {saved_from or 'its own initialisation'}"
+                       + (f" (step {saved_step})" if saved_from else "") + ": it resumes only "
+                       "as it started; give that train.init_from (or none), or a new --workdir")
+    if "init_from" in config.train:  # a resumed run keeps the record of what it started from
+      config.train.update(init_from=saved_from, init_step=saved_step)
+    return
   if not source:
     return
+  config.train.init_from = source
   if not os.path.isdir(source):
     raise FileNotFoundError(f"train.init_from={source} does not exist: give a train.py run's "
                             "workdir")
-  config.train.init_from = source = os.path.abspath(source)
-  saved_config = os.path.join(workdir, "config.json")
-  if checkpoints.saved_steps(workdir) and os.path.exists(saved_config):
-    saved = load_config(workdir).train.get("init_step", 0)
-    if saved and not config.train.init_step:
-      config.train.init_step = int(saved)  # a resumed run keeps the weights it started from
   try:
     source_config = load_config(source)
   except FileNotFoundError as e:
