@@ -55,18 +55,25 @@ def read_manifest(folder: str) -> dict:
     raise FileNotFoundError(f"{folder} holds no latent shards ({MANIFEST} is missing): encode a "
                             "dataset into it with python -m data.encode_latents --config=<the "
                             f"DiT's config> --out={folder}")
+  return load_manifest(path, FORMAT, "encode the shards again into a new folder")
+
+
+def load_manifest(path: str, expected_format: int, redo: str) -> dict:
+  """A folder of shards' manifest (JSON), refused with `redo` (what to do) if its format is not
+  the one this code reads."""
   with open(path) as f:
     manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
+  if manifest.get("format") != expected_format:
     raise ValueError(f"{path} is format {manifest.get('format')}, this code reads format "
-                     f"{FORMAT}: encode the shards again into a new folder")
+                     f"{expected_format}: {redo}")
   return manifest
 
 
-def missing_shards(folder: str, manifest: dict) -> list[str]:
+def missing_shards(folder: str, manifest: dict, name=shard_name) -> list[str]:
+  """The shards' file names (name(index, count)) the manifest lists that are not in folder."""
   count = manifest["shards"]
-  return [shard_name(k, count) for k in range(count)
-          if not os.path.exists(os.path.join(folder, shard_name(k, count)))]
+  return [name(k, count) for k in range(count)
+          if not os.path.exists(os.path.join(folder, name(k, count)))]
 
 
 class LatentShards:

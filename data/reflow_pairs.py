@@ -17,7 +17,6 @@ only the missing shards; a folder of pairs of anything else is refused, nothing 
 pairs.json records the teacher (its workdir, checkpoint step and sample settings), the seed and
 the sizes; a run trained on the pairs records the folder in its config.data.kwargs.
 """
-import json
 import os
 import sys
 import time
@@ -113,8 +112,7 @@ def write_pairs(run, out: str, num_examples: int, shard_size: int = 512, batch_s
             noise=n, video=video.astype(np.float32), caption=str(example.get("caption", "")),
             label=np.int32(example.get("label", 0))))
 
-  todo = {shard_name(k, len(ranges)) for k in range(len(ranges))
-          if not os.path.exists(os.path.join(out, shard_name(k, len(ranges))))}
+  todo = set(latent_shards.missing_shards(out, manifest, shard_name))
   done, started = len(ranges) - len(todo), time.perf_counter()
   for k, indices in enumerate(ranges):
     name = shard_name(k, len(ranges))
@@ -154,10 +152,10 @@ class ReflowPairs:
       raise FileNotFoundError(f"{folder} holds no reflow pairs ({MANIFEST} is missing): draw "
                               "them with python -m data.reflow_pairs --workdir=<teacher run> "
                               f"--out={folder}")
-    self.manifest = _read(path)
+    self.manifest = latent_shards.load_manifest(path, FORMAT,
+                                                "draw the pairs again into a new folder")
     count = self.manifest["shards"]
-    missing = [shard_name(k, count) for k in range(count)
-               if not os.path.exists(os.path.join(folder, shard_name(k, count)))]
+    missing = latent_shards.missing_shards(folder, self.manifest, shard_name)
     if missing:
       raise FileNotFoundError(f"{folder} lacks {len(missing)} of its {count} shards (e.g. "
                               f"{missing[0]}): run python -m data.reflow_pairs again with the "
@@ -177,15 +175,6 @@ class ReflowPairs:
     example = serialization.msgpack_restore(self._records[index])
     example["caption"] = str(example["caption"])
     return example
-
-
-def _read(path: str) -> dict:
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path} is format {manifest.get('format')}, this code reads format "
-                     f"{FORMAT}: draw the pairs again into a new folder")
-  return manifest
 
 
 def main(argv):
