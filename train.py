@@ -248,8 +248,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   pin_latent_vae(config, workdir)  # one VAE for the whole run, resumed or not
   pin_init_run(config, workdir)  # the run a new one starts from (train.init_from), checked
   for stage in resolve_stages(config):  # the previews' schedule exists: not hours from now
-    if stage.config.train.sample_every and stage.config.sample.schedule:
-      schedules.resolve(stage.config.sample.schedule, workdir, 1.0)
+    sample = stage.config.get("sample")
+    if sample and stage.config.train.sample_every and sample.get("schedule"):
+      schedules.resolve(sample.schedule, workdir, 1.0)
   mesh = make_mesh(dict(config.mesh))
   for stage in resolve_stages(config):
     check_fits_mesh(stage.config, mesh)
