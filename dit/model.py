@@ -143,7 +143,9 @@ class DiT(nnx.Module):
                skip_blocks: jax.Array | None = None) -> jax.Array:
     """Velocity float32 [B, T, H, W, C].
 
-    video [B, T, H, W, C]; t [B] noise level in [0, 1]; text [B, N, text_dim] encoder states
+    video [B, T, H, W, C]; t [B] noise level in [0, 1], or [B, T / patch_t] one per latent
+    frame (Pusa's vectorized timesteps: each frame's tokens are modulated by their own; the
+    text stream by the frames' mean condition); text [B, N, text_dim] encoder states
     with text_mask bool [B, N] (True for real tokens), or labels int [B]; drop_cond bool [B]
     replaces a sample's condition by the null condition. skip_blocks bool [depth] (dual blocks
     first, then single; may be traced): a True block is left out, its input passed on as its
@@ -215,25 +217,44 @@ class DiT(nnx.Module):
     grid = patch_grid(video.shape, cfg.patch_size)
     x = self.patch_embed(patchify(video, cfg.patch_size).astype(jnp.dtype(cfg.dtype)))
     x = constrain(x, blocks_lib.TOKENS)  # [B, Lv, D]
-    c = self.time_embed(t)  # [B, D] float32
+    c = self.time_embed(t.reshape(-1)).reshape(*t.shape, -1)  # [B, D] or [B, nT, D] float32
     video_angles = rope_angles(patch_positions(grid), self.rope_dims, cfg.rope_theta)[None]
     outputs = {}
     tokens, segment_ids = None, None
     if not cfg.uses_text:
-      c = c + self.label_embed(labels, drop_cond)
+      condition = self.label_embed(labels, drop_cond)
     else:
-      tokens, mask, pooled = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
-      c = c + pooled
+      tokens, mask, condition = self.text_embed(text, text_mask, drop_cond)  # [B, Lt, D]
       if text_mask is not None or drop_cond is not None:
         # Real tokens share segment 1; padded text tokens (segment 0) only see each other.
         segment_ids = jnp.concatenate(
             [jnp.ones(x.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
+    c, slots = self.frame_conditions(c, condition, grid, 0 if tokens is None else tokens.shape[1])
     num_text = 0 if tokens is None else tokens.shape[1]
     context = AttentionContext(cfg, grid, x.shape[1], num_text)
     pattern = sparsity.attention_pattern(cfg, grid, num_text)
     x = self._stack(x, tokens, c, video_angles, segment_ids, pattern, attention, context,
-                    outputs, None, skip)
-    return self._velocity(x, c, grid, video, t), outputs
+                    outputs, slots, skip)
+    video_slots = None if slots is None else slots[:, :x.shape[1]]
+    return self._velocity(x, c, grid, video, t, video_slots), outputs
+
+  @staticmethod
+  def frame_conditions(time: jax.Array, condition: jax.Array, grid,
+                       num_text: int) -> tuple[jax.Array, jax.Array | None]:
+    """(c, slots): the adaLN condition of every token. time [B, D], the embedding of one
+    timestep per video, gives c = time + condition [B, D] and no slots. time [B, nT, D], one
+    per temporal patch (Pusa's vectorized timesteps), gives c [B, nT + 1, D]: each frame's
+    time + condition, then the text stream's, the frames' mean (with equal timesteps all are
+    the scalar path's c); slots int [B, Lv + Lt] says which each token takes (its frame; the
+    text tokens the last)."""
+    if time.ndim == 2:
+      return time + condition, None
+    b, nt = time.shape[:2]
+    frames = time + condition[:, None]  # [B, nT, D]
+    c = jnp.concatenate([frames, frames.mean(axis=1, keepdims=True)], axis=1)
+    video_slots = jnp.asarray(patch_positions(grid)[:, 0], jnp.int32)  # each token's frame
+    slots = jnp.concatenate([video_slots, jnp.full((num_text,), nt, jnp.int32)])
+    return c, jnp.broadcast_to(slots, (b, slots.shape[0]))
 
   def _stack(self, x, tokens, c, video_angles, segment_ids, pattern, attention, context,
              outputs, slots, skip=None):
@@ -293,11 +314,13 @@ class DiT(nnx.Module):
                                         **options)
     return carry
 
-  def _velocity(self, x, c, grid, video, t):
-    patches = self.final(x, c).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]
+  def _velocity(self, x, c, grid, video, t, slots=None):
+    patches = self.final(x, c, slots).astype(jnp.float32)  # [B, Lv, pt*ph*pw*C]
     output = unpatchify(patches, grid, self.config.patch_size)  # [B, T, H, W, C]
     if self.config.prediction == "velocity":
       return output
+    if t.ndim == 2:  # one timestep per temporal patch: per frame [B, T]
+      t = jnp.repeat(t, self.config.patch_size[0], axis=1)
     return velocity_from_data(output, video, t)
 
   def _check_packed(self, patches, t, segment_ids, positions, text, labels):
@@ -331,8 +354,11 @@ class DiT(nnx.Module):
     if video.ndim != 5 or video.shape[-1] != cfg.in_channels:
       raise ValueError(f"expected video [B, T, H, W, {cfg.in_channels}] (model.in_channels), "
                        f"got shape {video.shape}")
-    if t.shape != video.shape[:1]:
-      raise ValueError(f"expected t of shape [B]={video.shape[:1]}, got {t.shape}")
+    frames = video.shape[1] // cfg.patch_size[0]
+    if t.shape not in (video.shape[:1], (video.shape[0], frames)):
+      raise ValueError(f"expected t of shape [B]={video.shape[:1]}, or [B, T / patch_t]="
+                       f"{(video.shape[0], frames)} (one timestep per latent frame), got "
+                       f"{t.shape}")
     if cfg.uses_text and cfg.text_vocab_size:
       if text is None or text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
         got = None if text is None else (text.shape, text.dtype)

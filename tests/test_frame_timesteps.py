@@ -1,0 +1,71 @@
+"""Vectorized timesteps (Pusa): the DiT takes one noise level per latent frame."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.common import model_config
+from dit import blocks
+from dit.config import DiTConfig
+from dit.model import DiT
+
+
+def random_model(key, randomize, **overrides):
+  config = DiTConfig.from_dict(model_config("tiny", in_channels=1, dtype="float32",
+                                            **overrides))
+  model = DiT(config, rngs=nnx.Rngs(0))
+  randomize(model, key)
+  return model
+
+
+def inputs(key, conditioning="text", frames=4):
+  kv, kt, kx = jax.random.split(key, 3)
+  video = jax.random.normal(kv, (2, frames, 8, 8, 1))
+  cond = (dict(text=jax.random.normal(kx, (2, 5, 384))) if conditioning == "text"
+          else dict(labels=jnp.array([3, 7])))
+  return video, jax.random.uniform(kt, (2,)), cond
+
+
+@pytest.mark.parametrize("conditioning", ["text", "label"])
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_equal_frame_timesteps_are_the_scalar_timestep(key, randomize, conditioning,
+                                                       prediction):
+  model = random_model(key, randomize, conditioning=conditioning, prediction=prediction,
+                       patch_size=(2, 2, 2))
+  video, t, cond = inputs(jax.random.fold_in(key, 1), conditioning)
+  scalar = model(video, t, **cond)
+  frames = model(video, jnp.repeat(t[:, None], 2, axis=1), **cond)  # T / patch_t = 2
+  np.testing.assert_allclose(frames, scalar, rtol=1e-5,
+                             atol=1e-5 * float(jnp.abs(scalar).max()))
+
+
+def test_a_frames_timestep_modulates_that_frames_tokens_only(key, randomize, monkeypatch):
+  model = random_model(key, randomize, patch_size=(1, 2, 2),  # 4 latent frames of 16 tokens
+                       scan_layers=False)  # eager: the modulations are concrete arrays
+  video, t, cond = inputs(jax.random.fold_in(key, 2))
+  seen = []
+  original = blocks.modulations
+
+  def recorded(layer, c, count, slots=None):
+    out = original(layer, c, count, slots)
+    seen.append(jnp.concatenate(out, axis=-1))
+    return out
+
+  monkeypatch.setattr(blocks, "modulations", recorded)
+  per_frame = jnp.stack([t, t, t, t], axis=1)
+  model(video, per_frame, **cond)
+  before, seen[:] = list(seen), []
+  model(video, per_frame.at[:, 2].set(0.9), **cond)
+  first_video_block = 0  # the first dual block's video stream
+  changed = jnp.abs(seen[first_video_block] - before[first_video_block]).max(axis=(0, 2))
+  frame_of_token = np.repeat(np.arange(4), 16)
+  assert bool(jnp.all(changed[frame_of_token == 2] > 0))
+  assert bool(jnp.all(changed[frame_of_token != 2] == 0))
+
+
+def test_a_timestep_of_another_shape_is_an_error(key, randomize):
+  model = random_model(key, randomize, patch_size=(2, 2, 2))
+  video, t, cond = inputs(key)
+  with pytest.raises(ValueError, match=r"one timestep per latent frame"):
+    model(video, jnp.zeros((2, 4)), **cond)
