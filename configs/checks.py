@@ -101,6 +101,9 @@ def validate_flow_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(levels, (tuple, list)) or not all(
       isinstance(t, (int, float)) and 0 < t <= 1 for t in levels):
     errors.append(f"flow.distill_timesteps={levels} must be noise levels in (0, 1], e.g. (1.0,)")
+  if not 0.0 <= config.get("frame_timesteps", 0.0) <= 1.0:
+    errors.append(f"flow.frame_timesteps={config.frame_timesteps} must be a probability in "
+                  "[0, 1]")
   raise_if_any("flow", errors)
 
 
@@ -198,6 +201,10 @@ def validate_batching(config: ml_collections.ConfigDict, model: DiTConfig) -> No
     errors.append(f"reflow pairs and flow.distill_timesteps train with data.batching='fixed' "
                   f"(the batch's noise and the distillation levels do not reach "
                   f"{batching!r} batches): set data.batching='fixed'")
+  if batching != "fixed" and config.flow.get("frame_timesteps", 0.0) > 0:
+    errors.append(f"flow.frame_timesteps trains with data.batching='fixed' for now (packed rows "
+                  f"take one noise level per example): set data.batching='fixed' or "
+                  f"flow.frame_timesteps=0")
   if pairs and common.latent_vae(config):
     errors.append("reflow pairs are drawn in pixel space only so far: train without "
                   "latents.vae")

@@ -130,6 +130,8 @@ def flow_config(**overrides) -> ml_collections.ConfigDict:
       cond_dropout=0.1,       # probability a sample's condition is replaced by the null one
       distill_timesteps=(),   # distillation: t drawn uniformly from these noise levels in
                               # (0, 1] (unshifted) instead; (1.0,): one-step (InstaFlow)
+      frame_timesteps=0.0,    # probability a video draws its own noise level per latent frame
+                              # (Pusa's vectorized timesteps); else one for all its frames
   )
 
 

@@ -14,6 +14,7 @@ ADDED_FIELDS = {
     ("sample", "guidance_interval"): (0.0, 1.0),
     ("sample", "schedule"): "",
     ("flow", "distill_timesteps"): (),
+    ("flow", "frame_timesteps"): 0.0,
     ("train", "init_from"): "",
     ("train", "init_step"): 0,
     ("data", "batching"): "fixed",

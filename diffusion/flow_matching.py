@@ -68,6 +68,11 @@ def flow_matching_loss(model: nnx.Module, batch: dict, key: jax.Array, num_token
   config.distill_timesteps, if any, are the noise levels t is drawn from instead (uniformly):
   (1.0,) on reflow pairs trains the one-step map from noise to the teacher's video (InstaFlow's
   distillation, with a squared error).
+
+  config.frame_timesteps (a probability, Pusa's vectorized timestep adaptation): each video
+  draws, with that probability, an independent noise level per latent frame (t [B, T /
+  patch_t], each shifted as the scalar one) and otherwise one for all its frames (t [B, nT],
+  all equal); 0 keeps t [B] and today's random stream.
   """
   x0 = batch["video"]
   b = x0.shape[0]
@@ -78,17 +83,44 @@ def flow_matching_loss(model: nnx.Module, batch: dict, key: jax.Array, num_token
   else:
     t = logit_normal_timesteps(key_t, b, config.logit_mean, config.logit_std)
     t = shift_timesteps(t, timestep_shift(num_tokens, config))
+    if config.get("frame_timesteps", 0.0) > 0:
+      t = mix_frame_timesteps(jax.random.fold_in(key, 1), t,
+                              x0.shape[1] // model.config.patch_size[0],
+                              timestep_shift(num_tokens, config), config)
   noise = (batch["noise"].astype(jnp.float32) if "noise" in batch
            else jax.random.normal(key_noise, x0.shape, jnp.float32))
   drop = conditioning_dropout(key_drop, b, config.cond_dropout)
   return velocity_loss(model, batch, t, noise, drop)
 
 
+def mix_frame_timesteps(key: jax.Array, t: jax.Array, num_frames: int, shift,
+                        config: ml_collections.ConfigDict) -> jax.Array:
+  """t [B] -> [B, num_frames]: a video keeps its t on every latent frame, or, with probability
+  config.frame_timesteps, draws its own (logit-normal, shifted) for each frame."""
+  key_frames, key_which = jax.random.split(key)
+  own = logit_normal_timesteps(key_frames, (t.shape[0], num_frames), config.logit_mean,
+                               config.logit_std)
+  own = shift_timesteps(own, shift)
+  independent = jax.random.bernoulli(key_which, config.frame_timesteps, (t.shape[0], 1))
+  return jnp.where(independent, own, t[:, None])
+
+
+def frame_noise_levels(t: jax.Array, patch_t: int) -> jax.Array:
+  """A video's noise levels as the interpolation takes them: t [B] as is; one per latent frame
+  [B, nT] -> one per frame [B, nT * patch_t]."""
+  return t if t.ndim == 1 else jnp.repeat(t, patch_t, axis=1)
+
+
 def velocity_loss(model: nnx.Module, batch: dict, t: jax.Array, noise: jax.Array,
                   drop: jax.Array) -> tuple[jax.Array, dict]:
-  """flow_matching_loss at given timesteps t [B], noise (the video's shape) and dropout [B]."""
+  """flow_matching_loss at given timesteps t [B] (or per latent frame [B, nT]: each frame
+  interpolated at its own level), noise (the video's shape) and dropout [B]. The loss is the
+  mean over frames of each frame's mean squared error (frames are equal in size), so equal
+  per-frame timesteps give the scalar loss."""
   x0 = batch["video"].astype(jnp.float32)
-  prediction = model(interpolate(x0, noise, t), t, drop_cond=drop, **condition_inputs(batch))
+  levels = frame_noise_levels(t, model.config.patch_size[0])
+  prediction = model(interpolate(x0, noise, levels), t, drop_cond=drop,
+                     **condition_inputs(batch))
   loss = jnp.mean(jnp.square(prediction - velocity_target(x0, noise)))
   return loss, {"loss": loss, "t_mean": t.mean()}
 

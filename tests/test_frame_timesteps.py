@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.common import model_config
+from configs.common import flow_config, model_config
+from diffusion.flow_matching import flow_matching_loss, velocity_loss
 from dit import blocks
 from dit.config import DiTConfig
 from dit.model import DiT
@@ -69,3 +70,39 @@ def test_a_timestep_of_another_shape_is_an_error(key, randomize):
   video, t, cond = inputs(key)
   with pytest.raises(ValueError, match=r"one timestep per latent frame"):
     model(video, jnp.zeros((2, 4)), **cond)
+
+
+def test_the_per_frame_loss_with_equal_timesteps_is_todays_loss(key, randomize):
+  model = random_model(key, randomize, patch_size=(2, 2, 2), prediction="data")
+  video, t, cond = inputs(jax.random.fold_in(key, 3))
+  batch = dict(video=video, **cond)
+  noise = jax.random.normal(jax.random.fold_in(key, 4), video.shape)
+  drop = jnp.array([False, True])
+  scalar, _ = velocity_loss(model, batch, t, noise, drop)
+  frames, _ = velocity_loss(model, batch, jnp.stack([t, t], axis=1), noise, drop)
+  np.testing.assert_allclose(frames, scalar, rtol=1e-5)
+  # A frame at another noise level is interpolated, and judged, at that level.
+  mixed, _ = velocity_loss(model, batch, jnp.stack([t * 0, t], axis=1), noise, drop)
+  assert float(mixed) != pytest.approx(float(scalar))
+
+
+def test_training_mixes_synchronized_and_independent_frame_timesteps(key, randomize,
+                                                                     monkeypatch):
+  model = random_model(key, randomize, patch_size=(1, 2, 2))
+  video, _, cond = inputs(key)
+  seen = []
+  original = DiT.__call__
+  monkeypatch.setattr(DiT, "__call__", lambda self, v, t, **kw: (seen.append(t),
+                                                                  original(self, v, t, **kw))[1])
+  batch = dict(video=jnp.concatenate([video] * 8), text=jnp.concatenate([cond["text"]] * 8))
+  config = flow_config()
+  today, _ = flow_matching_loss(model, batch, key, 64, config)
+  config.frame_timesteps = 0.0
+  assert float(flow_matching_loss(model, batch, key, 64, config)[0]) == float(today)
+  assert seen[-1].shape == (16,)
+  config.frame_timesteps = 0.5
+  flow_matching_loss(model, batch, key, 64, config)
+  t = np.asarray(seen[-1])
+  assert t.shape == (16, 4)
+  synchronized = np.all(t == t[:, :1], axis=1)
+  assert 0 < synchronized.sum() < 16  # some videos one level, some one per frame
