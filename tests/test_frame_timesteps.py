@@ -7,6 +7,7 @@ from flax import nnx
 
 from configs.common import flow_config, model_config
 from diffusion.flow_matching import flow_matching_loss, velocity_loss
+from diffusion.frame_sampling import given_frames_mask, sample_given_frames
 from dit import blocks
 from dit.config import DiTConfig
 from dit.model import DiT
@@ -106,3 +107,29 @@ def test_training_mixes_synchronized_and_independent_frame_timesteps(key, random
   assert t.shape == (16, 4)
   synchronized = np.all(t == t[:, :1], axis=1)
   assert 0 < synchronized.sum() < 16  # some videos one level, some one per frame
+
+
+@pytest.mark.parametrize("task, count", [("image", 1), ("extend", 2), ("keyframes", 1)])
+def test_given_frames_come_out_of_sampling_unchanged(key, randomize, monkeypatch, task, count):
+  model = random_model(key, randomize, patch_size=(1, 2, 2))
+  given, _, cond = inputs(jax.random.fold_in(key, 5))
+  mask = given_frames_mask(4, task, count)
+  seen = []
+  original = DiT.__call__
+  monkeypatch.setattr(DiT, "__call__", lambda self, v, t, **kw: (seen.append(t),
+                                                                  original(self, v, t, **kw))[1])
+  out = jax.jit(lambda g: sample_given_frames(model, key, g, mask, cond, num_steps=3,
+                                              method="heun", guidance_scale=2.0))(given)
+  np.testing.assert_array_equal(out[:, np.asarray(mask)], given[:, np.asarray(mask)])
+  assert seen[0].shape == (4, 4)  # both halves of the guided batch, one level per frame
+  other = given.at[:, np.asarray(mask)].set(0.0)  # the sampled frames follow the given ones
+  moved = sample_given_frames(model, key, other, mask, cond, num_steps=3, method="heun",
+                              guidance_scale=2.0)
+  assert float(jnp.abs(moved[:, ~np.asarray(mask)] - out[:, ~np.asarray(mask)]).max()) > 1e-3
+
+
+def test_a_task_without_room_is_an_error():
+  with pytest.raises(ValueError, match="extension gives 1 to 3"):
+    given_frames_mask(4, "extend", 4)
+  with pytest.raises(ValueError, match="at least 3 latent frames"):
+    given_frames_mask(2, "keyframes")
