@@ -1,0 +1,37 @@
+"""Fine-tune a trained text-to-video run for vectorized timesteps (Pusa): one noise level per
+latent frame, so the same model then samples image-to-video, extension and keyframes.
+
+  python train.py --config=configs/frame_timesteps.py --workdir=runs/quickstart_frames
+
+The student starts from the run's EMA weights (train.init_from, pinned) on the run's own data;
+a share of its videos (flow.frame_timesteps) trains with an independent noise level per latent
+frame, the rest with one level for all frames as before (Pusa's vectorized timestep adaptation:
+the synchronized share keeps text-to-video). Everything else is the run's config.
+
+Variants, as `--config=configs/frame_timesteps.py:teacher=runs/x,steps=1200,share=0.5`:
+  teacher  the text-to-video run to fine-tune (default runs/quickstart)
+  steps    training steps (default 1200)
+  share    the share of videos with independent per-frame levels (default 0.5)
+  lr       learning rate, constant after a short warm-up (default 3e-4)
+"""
+import os
+
+import ml_collections
+
+from configs.common import parse_arg
+from configs.saved_run import load_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, teacher="runs/quickstart", steps=1200, share=0.5, lr=3e-4)
+  if not os.path.exists(os.path.join(arg.teacher, "config.json")):
+    raise FileNotFoundError(f"configs/frame_timesteps.py: teacher={arg.teacher} is not a "
+                            "train.py run (no config.json); train it first or pass "
+                            "teacher=<its workdir>")
+  config = load_config(arg.teacher)
+  config.train.update(init_from=arg.teacher, init_step=0, num_steps=arg.steps,
+                      checkpoint_every=min(400, arg.steps), sample_every=0)
+  config.optim.update(lr=arg.lr, warmup_steps=min(50, arg.steps // 10), decay_steps=arg.steps,
+                      final_lr_ratio=1.0)
+  config.flow.frame_timesteps = arg.share
+  return config
