@@ -118,7 +118,7 @@ def velocity_loss(model: nnx.Module, batch: dict, t: jax.Array, noise: jax.Array
   mean over frames of each frame's mean squared error (frames are equal in size), so equal
   per-frame timesteps give the scalar loss."""
   x0 = batch["video"].astype(jnp.float32)
-  levels = frame_noise_levels(t, model.config.patch_size[0])
+  levels = t if t.ndim == 1 else frame_noise_levels(t, model.config.patch_size[0])
   prediction = model(interpolate(x0, noise, levels), t, drop_cond=drop,
                      **condition_inputs(batch))
   loss = jnp.mean(jnp.square(prediction - velocity_target(x0, noise)))
