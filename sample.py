@@ -30,6 +30,18 @@ on, which sample best (a run of several shapes: configs/mixed_shapes.py):
   python sample.py --workdir=runs/mixed_shapes --shape=8,32,32 --prompt="the digit 3 moves up"
   python sample.py --workdir=runs/mixed_shapes --shape=1,32,32 --prompt="the digit 3"
 
+Given frames (a run fine-tuned for per-frame noise levels, configs/frame_timesteps.py): the
+given frames are held while the others are sampled around them (diffusion/frame_sampling.py):
+
+  python sample.py --workdir=runs/quickstart_frames --task=image --given=digit.png \
+      --prompt="the digit 3 moves up"
+  python sample.py --workdir=runs/quickstart_frames --task=extend --given_frames=2 \
+      --given=clip.mp4 --prompt="the digit 3 moves up"
+  python sample.py --workdir=runs/quickstart_frames --task=keyframes \
+      --given=first.png,last.png --prompt="the digit 3 moves up"
+
+One --given per video (one for all prompts, or one prompt for all of them).
+
 It runs on the mesh of the training run's config, or on --mesh=seq=4,data=-1 (the parameters are
 restored straight into that mesh's shards); multi-host as train.py.
 """
@@ -37,14 +49,18 @@ import json
 import os
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
 from configs.common import parse_arg
+from diffusion.frame_sampling import TASKS
 from diffusion.sparse_sampling import SPARSE_ATTENTION
 from eval.shapes import parse_shape, shape_name, trained_shapes
 from rundir.config_file import load_config
+from rundir.given_frames import read_given
 from rundir.logs import quiet_library_logs
 from rundir.open_run import check_dit_run, open_run
+from rundir.open_vae import video_shape
 from rundir.videos import write_videos
 from sharding import distributed
 from sharding.mesh import MESH_AXES
@@ -80,6 +96,16 @@ flags.DEFINE_integer("sparse_block", None, "Block size of sparse patterns in tok
                      "model.sparse_block).")
 flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
                     "runs best), xla, cudnn or block_sparse (default: the run's config).")
+flags.DEFINE_enum("task", "text", list(TASKS), "text: text-to-video; image: image-to-video (the "
+                  "first frame given); extend: the first --given_frames frames given; keyframes: "
+                  "the first and the last frames given.")
+flags.DEFINE_multi_string("given", None, "The given frames of a video, from files (repeat the "
+                          "flag per video): image: an image or a video's first frame; extend: a "
+                          "video; keyframes: first.png,last.png or a video's first and last "
+                          "frames.")
+flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend gives.")
+flags.DEFINE_float("given_noise", 0.0, "The noise level the given frames keep, in [0, 1) (0: "
+                   "clean; a little lets the model retouch them).")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -108,6 +134,23 @@ def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[str, int |
   if not os.path.isdir(workdir):
     raise app.UsageError(f"--workdir={workdir} does not exist")
   return workdir, None
+
+
+def pair_given(prompts, labels, given, config):
+  """(prompts, labels, given) of one length: one --given for every prompt, or one prompt (or
+  label) for every --given."""
+  names = prompts or labels or list(config.train.sample_prompts
+                                    if config.model.conditioning == "text"
+                                    else config.train.sample_labels)
+  if len(given) == 1:
+    given = np.repeat(given, len(names), axis=0)
+  elif len(names) == 1:
+    names = names * len(given)
+  elif len(names) != len(given):
+    raise ValueError(f"{len(given)} --given for {len(names)} prompts: give one for all "
+                     "prompts, one prompt for all of them, or as many of each")
+  text = config.model.conditioning == "text"
+  return (names, None, given) if text else (None, names, given)
 
 
 def main(argv):
@@ -165,6 +208,13 @@ def main(argv):
   if config.sample.sparse.attention != "adaspa" and FLAGS.sparsity is not None:
     logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
                     FLAGS.sparsity)
+  if (FLAGS.task == "text") != (not FLAGS.given):
+    raise app.UsageError(f"--given goes with --task=image, extend or keyframes, and they need "
+                         f"it (--task={FLAGS.task}, {len(FLAGS.given or [])} --given)")
+  for entry in FLAGS.given or []:  # before the run is restored
+    for path in entry.split(","):
+      if not os.path.isfile(path):
+        raise app.UsageError(f"--given={entry}: {path} is not a file")
   mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
   try:
     run = open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config)
@@ -172,10 +222,17 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   with run:
     try:
-      sampler = run.sampler(prompts=FLAGS.prompt, labels=FLAGS.label)
-    except (FileNotFoundError, ValueError) as e:  # a schedule that is not there, or not valid
-      raise app.UsageError(str(e)) from None
-    videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed))
+      task = run.frame_task(FLAGS.task, FLAGS.given_frames, FLAGS.given_noise)
+      prompts, labels, given = FLAGS.prompt, FLAGS.label, None
+      if FLAGS.given:
+        *shape, channels = video_shape(config)
+        given = read_given(FLAGS.given, task, tuple(shape), channels)
+        prompts, labels, given = pair_given(prompts, labels, given, config)
+      sampler = run.sampler(prompts=prompts, labels=labels, task=task)
+    except (FileNotFoundError, ValueError) as e:  # a schedule or file that is not there, or
+      raise app.UsageError(str(e)) from None        # not valid
+    videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed),
+                                                  given=given)
   if jax.process_index() > 0:
     return
   out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{run.step}")
@@ -193,6 +250,8 @@ def main(argv):
             + " ".join(f"{r:.3f}" for r in search["recall_per_layer"]))
   how = (sampler.schedule.describe(config.model.depth) if sampler.schedule else
          f"{config.sample.num_steps} {config.sample.sampler} steps, {sampler.calls()} calls")
+  if task.name != "text":
+    how += f"; {task.name}: frames {np.flatnonzero(task.given).tolist()} given"
   print(f"step {run.step}: wrote {len(paths) // 2} videos (mp4 + gif) and grid.png to {out} "
         f"({how})")
 

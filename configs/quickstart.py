@@ -19,6 +19,9 @@ Variants, as `--config=configs/quickstart.py:steps=300,text=hashed_words`:
   steps   training steps (the default trains in about 7 minutes on 2 CPU cores)
   text    minilm | hashed_words   (hashed_words: a learned word embedding, no encoder weights)
   tiny    shrink everything to a seconds-long smoke run (the tests use it)
+  patch_t frames per token (default 4: all of them). patch_t=1 gives tokens of one frame
+          (1x8x8 patches, 64 video tokens), so each frame can take its own noise level: the
+          teacher of configs/frame_timesteps.py (image-to-video, extension, keyframes)
 """
 import ml_collections
 
@@ -37,13 +40,16 @@ PROMPTS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, steps=3200, text="minilm", tiny=False)
+  arg = parse_arg(arg, steps=3200, text="minilm", tiny=False, patch_t=4)
+  if arg.patch_t not in (1, 2, 4):
+    raise ValueError(f"configs/quickstart.py: patch_t={arg.patch_t} must divide the 4 frames "
+                     "(1, 2 or 4)")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(
       "tiny", hidden_size=192, depth=4, num_heads=4, dual_stream_depth=2,
-      patch_size=(4, 8, 8), in_channels=1, prediction="data",
-      dtype="float32")  # 16 video tokens of 256 values; f32 is fastest on CPU
+      patch_size=(arg.patch_t, 8, 8), in_channels=1, prediction="data",
+      dtype="float32")  # 16 video tokens of 256 values (patch_t=4); f32 is fastest on CPU
   config.flow = flow_config(shift=3.0, shift_base_tokens=0, cond_dropout=0.1)
   config.optim = optim_config(lr=4e-3, warmup_steps=min(100, arg.steps // 10),
                               decay_steps=arg.steps,
@@ -71,12 +77,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = mesh_config()  # every device data parallel; e.g. --config.mesh.seq=4
   config.sharding = sharding_config()
 
-  if arg.tiny:
+  if arg.tiny:  # patch_t=1: 4 frames, so there are frames to give and frames to sample
+    frames = 4 if arg.patch_t == 1 else 2
     config.model.update(hidden_size=32, depth=2, num_heads=2, dual_stream_depth=1,
-                        patch_size=(2, 4, 4))
-    config.train.update(batch_size=8, num_steps=6, video_shape=(2, 16, 16), log_every=2,
+                        patch_size=(1 if arg.patch_t == 1 else 2, 4, 4))
+    config.train.update(batch_size=8, num_steps=6, video_shape=(frames, 16, 16), log_every=2,
                         checkpoint_every=3, sample_every=6, sample_prompts=PROMPTS[:2])
-    config.data.kwargs.update(num_examples=64, num_frames=2, size=16, digit_scale=1)
+    config.data.kwargs.update(num_examples=64, num_frames=frames, size=16, digit_scale=1,
+                              speed=4 if frames == 2 else 2)
     config.optim.update(warmup_steps=2, decay_steps=6)
     config.sample.update(num_steps=3)
     config.eval.update(num_videos=8, batch_size=8, classifier_steps=60)

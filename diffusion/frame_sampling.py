@@ -4,39 +4,111 @@ keyframes from one model that takes a noise level per latent frame (DiT, t [B, n
 The given latent frames stay at their own noise level (`given_level`: 0, clean, or lightly
 noised) through the whole trajectory while the other frames denoise from 1 to 0: the model sees
 each frame's own level, the given frames' velocity is held at zero, and they come out exactly as
-given. Which frames are given is a bool mask over the latent frames [nT]:
+given. A FrameTask (frame_task) says which frames of the video a task gives and which latent
+frames (a bool mask [nT]) that holds:
 
-  image-to-video   the first latent frame
-  extension        the first k latent frames of a video
-  keyframes        the first and the last latent frames
+  image-to-video   the first frame
+  extension        the first k frames of a video
+  keyframes        the first and the last frames
+
+A latent frame is held whole: with tokens of several frames (patch_size[0] > 1) or a causal VAE
+(the first frame alone, then groups of 4) the given frames must fill the latent frames they are
+in, except keyframes' last frame, which is held still over the rest of its latent frame.
 """
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from diffusion.samplers import FULL_INTERVAL, guided, integrate, sigma_schedule
 
 
-def given_frames_mask(num_frames: int, task: str, count: int = 1) -> jax.Array:
-  """bool [num_frames] latent frames a task gives: "image" the first, "extend" the first
-  `count`, "keyframes" the first and the last, "text" none."""
-  index = jnp.arange(num_frames)
+TASKS = ("text", "image", "extend", "keyframes")
+
+
+def given_frames_mask(num_frames: int, task: str, count: int = 1) -> np.ndarray:
+  """bool [num_frames] frames a task gives: "image" the first, "extend" the first `count`,
+  "keyframes" the first and the last, "text" none."""
+  index = np.arange(num_frames)
   if task == "text":
-    return jnp.zeros(num_frames, bool)
+    return np.zeros(num_frames, bool)
   if task == "image":
     return index == 0
   if task == "extend":
     if not 1 <= count < num_frames:
-      raise ValueError(f"extension gives 1 to {num_frames - 1} latent frames, got {count}")
+      raise ValueError(f"extension gives 1 to {num_frames - 1} of the {num_frames} frames, got "
+                       f"{count}")
     return index < count
   if task == "keyframes":
     if num_frames < 3:
-      raise ValueError(f"keyframes need at least 3 latent frames to fill between, got "
-                       f"{num_frames}")
+      raise ValueError(f"keyframes need at least 3 frames to fill between, got {num_frames}")
     return (index == 0) | (index == num_frames - 1)
-  raise ValueError(f"unknown task {task!r}: text, image, extend or keyframes")
+  raise ValueError(f"unknown task {task!r}: {', '.join(TASKS)}")
+
+
+def token_frames(num_frames: int, patch_t: int, temporal_factor: int = 0) -> np.ndarray:
+  """int [num_frames]: the DiT's latent frame (t index of its tokens) each video frame is coded
+  in. In pixel space (temporal_factor 0) frame // patch_t; in a causal VAE's latents (1 + f k
+  frames, f = temporal_factor) frame 0 is latent 0 and frames 1 + f (j - 1) .. f j latent j,
+  and the DiT's tokens group patch_t latent frames."""
+  frames = np.arange(num_frames)
+  if temporal_factor:
+    frames = (frames + temporal_factor - 1) // temporal_factor  # 0 | 1..f | f+1..2f ...
+  return frames // patch_t
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameTask:
+  """Which frames of the videos a task gives and which latent frames the sampler holds.
+
+  given  bool [T] the video frames the user gives (the first for image-to-video, ...)
+  held   bool [T] the frames of the held latent frames: `given`, plus, where a held latent frame
+         codes several frames, its other frames (keyframes' last frame is held still over them)
+  mask   bool [nT] the DiT's held latent frames
+  level  the noise level the held frames keep (0: clean)
+  """
+  name: str
+  given: np.ndarray
+  held: np.ndarray
+  mask: np.ndarray
+  level: float = 0.0
+
+
+def frame_task(name: str, count: int, frames: np.ndarray, level: float = 0.0) -> FrameTask:
+  """The FrameTask of task `name` (`count` frames for "extend") on videos whose frames are coded
+  in latent frames `frames` (token_frames); a task whose frames do not fill whole latent frames
+  is an error that says which counts do."""
+  if not 0.0 <= level < 1.0:
+    raise ValueError(f"the given frames' noise level must be in [0, 1), got {level}")
+  given = given_frames_mask(len(frames), name, count)
+  mask = np.zeros(int(frames[-1]) + 1, bool)
+  mask[frames[given]] = True
+  held = mask[frames]
+  if name in ("image", "extend") and (held != given).any():
+    fits = [k for k in range(1, len(frames)) if frames[k] != frames[k - 1]]
+    what = ("image-to-video gives one frame" if name == "image"
+            else f"extension from {count} frames")
+    raise ValueError(f"{what}, but this model codes frames in latent frames of "
+                     f"{np.bincount(frames).tolist()} frames: a given latent frame must be whole "
+                     f"(extend from {fits} frames; image-to-video needs a model whose first "
+                     "latent frame is one frame: patch_size[0]=1, or a causal VAE)")
+  if mask.all():
+    raise ValueError(f"{name}: the given frames fill every latent frame; nothing is left to "
+                     "sample")
+  return FrameTask(name, given, held, mask, float(level))
+
+
+def fill_held(videos: np.ndarray, task: FrameTask) -> np.ndarray:
+  """videos [N, T, H, W, C] whose frames not given are each the nearest given frame (the
+  earlier on a tie): what the held latent frames are made from, a still where a given frame
+  stands for several; a causal VAE's encoder also reads the frames before them."""
+  given = np.flatnonzero(task.given)
+  index = np.arange(len(task.given))
+  nearest = given[np.abs(index[:, None] - given[None, :]).argmin(axis=1)]
+  return np.asarray(videos)[:, nearest]
 
 
 def frame_velocity(apply: Callable, given: jax.Array, mask: jax.Array, patch_t: int,

@@ -5,10 +5,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from diffusion import schedules
+from diffusion.frame_sampling import FrameTask, sample_given_frames
 from diffusion.samplers import guidance_interval, sampling_shift
 from diffusion.sparse_sampling import (check_schedule, sample_scheduled, search_report,
                                        search_steps)
@@ -24,12 +26,15 @@ class VideoSampler:
 
   def __init__(self, graphdef: nnx.GraphDef, model_state: nnx.State,
                config: ml_collections.ConfigDict, text_encoder=None,
-               prompts=None, labels=None, decoder=None, workdir: str | None = None):
+               prompts=None, labels=None, decoder=None, workdir: str | None = None,
+               task: FrameTask | None = None, encoder=None):
     """config: the experiment (checked by configs.checks.validate_config); text_encoder: the
     run's caption encoder (text models); prompts or labels: what to sample (default: the
     config's train.sample_prompts or train.sample_labels); decoder: latents -> videos, for a
     DiT of a VAE's latents (rundir.open_vae.latent_decoder), run in the same compiled call;
-    workdir: the run, where config.sample.schedule's "searched-K" schedules are found."""
+    workdir: the run, where config.sample.schedule's "searched-K" schedules are found;
+    task: frames the videos are given (image-to-video, extension, keyframes: generate takes
+    them), with encoder (videos -> latents) for a latent DiT."""
     self.config = config
     self.text_encoder = text_encoder
     if config.model.conditioning == "text" and labels:
@@ -56,13 +61,23 @@ class VideoSampler:
     if self.schedule is not None:
       self.schedule.arrays(config.model.depth)  # its skipped blocks are the model's
     self.search_steps = [] if self.schedule else search_steps(sample_cfg.num_steps, sparse)
+    self.task = None if task is None or task.name == "text" else task
+    self._encoder = encoder
+    if self.task is not None:
+      self._check_task(self.task, num_tokens)
     guidance = dict(guidance_scale=sample_cfg.guidance_scale,
                     guidance_interval=guidance_interval(sample_cfg))
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler, shift=shift,
                    **guidance)
 
-    def generate(params, key, cond):
+    def generate(params, key, cond, given):
       model = nnx.merge(graphdef, params, model_state)
+      if self.task is not None:
+        # Pusa: the given latent frames held at their level while the others denoise.
+        given = given if encoder is None else encoder(given)
+        videos = sample_given_frames(model, key, given, jnp.asarray(self.task.mask), cond,
+                                     given_level=self.task.level, **options)
+        return (videos if decoder is None else decoder(videos)), {}
       if self.schedule is not None:
         videos, searches = schedules.sample(model, key, self.shape, cond, self.schedule,
                                             **guidance), {}
@@ -74,6 +89,23 @@ class VideoSampler:
     # Under a mesh (jax.set_mesh) the videos come back whole on every process.
     mesh = jax.sharding.get_abstract_mesh()
     self._generate = jax.jit(generate, out_shardings=None if mesh.empty else P())
+
+  def _check_task(self, task: FrameTask, num_tokens: int) -> None:
+    """What sampling with given frames cannot combine with, as errors that say what to drop."""
+    frames = self.config.train.video_shape[0] // self.config.model.patch_size[0]
+    if len(task.mask) != frames:
+      raise ValueError(f"the {task.name} task holds {len(task.mask)} latent frames; this "
+                       f"model's videos have {frames}")
+    if self.schedule is not None:
+      raise ValueError(f"--schedule ({self.config.sample.schedule}) samples text-to-video only; "
+                       f"drop it for the {task.name} task")
+    if self.config.sample.sparse.attention != "none":
+      raise ValueError(f"sparse attention ({self.config.sample.sparse.attention}) samples "
+                       f"text-to-video only; set it to none for the {task.name} task")
+    if not self.config.flow.get("frame_timesteps", 0.0):
+      logging.warning("this run trained with one noise level for all frames "
+                      "(flow.frame_timesteps=0): it was not taught the %s task; fine-tune it "
+                      "with configs/frame_timesteps.py", task.name)
 
   def calls(self) -> int:
     """Model calls per video: the schedule's, or the configured sampler's (a guided call, both
@@ -96,22 +128,35 @@ class VideoSampler:
                        f"model.num_classes={num_classes})")
     return [f"label {l}" for l in labels], {"labels": jnp.asarray(labels, jnp.int32)}
 
-  def generate(self, params: nnx.State, key: jax.Array, cond: dict | None = None) -> np.ndarray:
+  def generate(self, params: nnx.State, key: jax.Array, cond: dict | None = None,
+               given: np.ndarray | None = None) -> np.ndarray:
     """Videos float32 [N, T, H, W, C], nominally in [-1, 1]."""
-    return self.generate_with_report(params, key, cond)[0]
+    return self.generate_with_report(params, key, cond, given)[0]
 
   def generate_with_report(self, params: nnx.State, key: jax.Array,
-                           cond: dict | None = None) -> tuple[np.ndarray, dict]:
+                           cond: dict | None = None,
+                           given: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """(videos, report): the report gives, for each AdaSpa search, the recall of attention mass
     and the sparsity of every layer's pattern, and their means ({} without AdaSpa).
 
     cond (from condition()) samples other prompts than the sampler's own, as many of them,
-    with the same compiled sampler."""
+    with the same compiled sampler. given: with a task, the videos [N, T, H, W, C] in [-1, 1]
+    whose task.held frames are kept (the others are ignored), as many as the prompts."""
     cond = self.cond if cond is None else cond
     count = len(next(iter(cond.values())))
     if count != self.shape[0]:
       raise ValueError(f"this sampler draws {self.shape[0]} videos at a time; cond holds "
                        f"{count} prompts (pad or split them)")
-    videos, searches = self._generate(params, key, cond)
+    if (given is None) != (self.task is None):
+      raise ValueError("given frames go with a task (image, extend, keyframes) and only then")
+    if given is not None:
+      # In pixel space the sampler's shape; a latent DiT's encoder checks its videos' shape.
+      expected = (self.shape if self._encoder is None else
+                  (self.shape[0], len(self.task.given), *given.shape[2:]))
+      if given.ndim != 5 or tuple(given.shape) != tuple(expected):
+        raise ValueError(f"the given videos are {tuple(given.shape)}; this sampler makes "
+                         f"{tuple(expected)}")
+      given = jnp.asarray(given, jnp.float32)
+    videos, searches = self._generate(params, key, cond, given)
     report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
     return np.asarray(videos), report

@@ -8,6 +8,15 @@
   python -m eval --workdir=runs/mixed_shapes --shape=8,32,32   # one shape of a multi-shape run
   python -m eval --workdir=runs/quickstart --schedule=searched-4 --metrics=digits  # few steps
 
+Given frames (a run fine-tuned for per-frame noise levels, configs/frame_timesteps.py): the
+frames of held-out real videos (moving digits: the test split's handwriting) are given and the
+rest sampled for their captions; eval/frame_tasks.py adds how well the videos keep and go on
+from them, into metrics_<step>_<task>.json:
+
+  python -m eval --workdir=runs/quickstart_frames --task=image --metrics=digits
+  python -m eval --workdir=runs/quickstart_frames --task=extend --given_frames=2
+  python -m eval --workdir=runs/quickstart_frames --task=keyframes
+
 It samples eval.num_videos videos (EMA parameters, the config's sample settings) for the
 captions of as many real videos drawn from the config's dataset, or reads them from --videos,
 then writes <workdir>/eval/metrics_<step>.json (an earlier file of that name is kept as
@@ -23,6 +32,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from diffusion.frame_sampling import TASKS
 from eval import evaluate
 from eval.shapes import parse_shape, shape_name, shape_targets
 from rundir.config_file import load_config
@@ -47,6 +57,11 @@ flags.DEFINE_string("schedule", None, "A few-step schedule for sampling: uniform
                     "results file is then metrics_<step>_<schedule>.json.")
 flags.DEFINE_string("attention", None, "model.attention for sampling: auto (what this machine "
                     "runs best), xla, cudnn or block_sparse (default: the config's).")
+flags.DEFINE_enum("task", "text", list(TASKS), "text: text-to-video; image, extend, keyframes: "
+                  "videos sampled around the first, the first --given_frames, or the first and "
+                  "last frames of held-out real videos.")
+flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend gives.")
+flags.DEFINE_float("given_noise", 0.0, "The noise level the given frames keep, in [0, 1).")
 FLAGS = flags.FLAGS
 
 
@@ -85,13 +100,16 @@ def main(argv):
   several = len(targets) > 1 or FLAGS.shape
   schedule = config.sample.schedule
   named = "_" + os.path.basename(schedule).removesuffix(".json") if schedule else ""
+  if FLAGS.task != "text":
+    named += f"_{FLAGS.task}" + (f"{FLAGS.given_frames}" if FLAGS.task == "extend" else "")
   for shape, target in targets.items():
     if several:
       print(f"shape {shape_name(shape)} (T x H x W):")
     results = evaluate.run(target if several else config, FLAGS.workdir, step=FLAGS.step,
                            videos_dir=FLAGS.videos, reference_dir=FLAGS.reference_videos,
                            out=FLAGS.out,
-                           suffix=(f"_{shape_name(shape)}" if several else "") + named)
+                           suffix=(f"_{shape_name(shape)}" if several else "") + named,
+                           task=(FLAGS.task, FLAGS.given_frames, FLAGS.given_noise))
     print(evaluate.table(results))
     print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
           f"wrote {results['path']}")

@@ -89,10 +89,11 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
 
 
 def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
-        log=print, suffix: str = "") -> dict:
+        log=print, suffix: str = "", task: tuple[str, int, float] | None = None) -> dict:
   """Evaluates and writes the results JSON; returns the results. config: the run's (or another)
   experiment config, checked here first; log (None: quiet) gets progress messages; suffix ends
-  the default results file's name (metrics_<step><suffix>.json)."""
+  the default results file's name (metrics_<step><suffix>.json); task: (name, given frames,
+  their noise level) samples around the frames of held-out real videos (eval/frame_tasks.py)."""
   from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
   from eval import videos  # noqa: PLC0415
   from rundir.open_run import restore_run  # noqa: PLC0415
@@ -113,6 +114,15 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
                             "--videos=<folder of generated videos>")
   if reference_dir and not videos_dir:
     raise ValueError("--reference_videos pairs with --videos; pass both")
+  if task is not None and task[0] == "text":
+    task = None
+  if task is not None and videos_dir:
+    raise ValueError(f"--task={task[0]} samples around the frames of real videos it draws; it "
+                     "cannot read --videos")
+  if task is not None and config.data.name == "moving_digits":  # held-out digits' frames
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.data.kwargs.split = "test"
   settings = config.eval
   *shape, channels = video_shape(config)  # the videos, decoded from latents for a latent DiT
   shape = tuple(shape)
@@ -139,12 +149,16 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
     with opened:
       batch = min(settings.batch_size, num)
       # The real videos' captions, or their labels for a label-conditioned model.
+      frame_task = opened.frame_task(*task) if task else None
       if config.model.conditioning == "text":
-        prompts, sampler = real_captions, opened.sampler(prompts=real_captions[:batch])
+        prompts, sampler = real_captions, opened.sampler(prompts=real_captions[:batch],
+                                                         task=frame_task)
       else:
-        prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch])
+        prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch],
+                                                       task=frame_task)
       captions = real_captions
-      generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed)
+      generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed,
+                                        given=real if frame_task else None)
       schedule = sampler.schedule
       sampling = dict(calls=sampler.calls(), guidance_scale=config.sample.guidance_scale,
                       block_calls=schedule.block_calls(model.depth) if schedule else
@@ -157,6 +171,16 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   metrics, seconds = compute_metrics(ready, settings, workdir, config, generated, captions,
                                      real, log=log)
   timings.update(seconds)
+  if task is not None:
+    if "digits" in ready:
+      from eval import frame_tasks  # noqa: PLC0415
+      t = time.perf_counter()
+      classifier, _ = frame_tasks.still_classifier(workdir, config.data, real.shape[-1], log=log,
+                                                   steps=settings.classifier_steps)
+      metrics.update(frame_tasks.task_metrics(frame_task, generated, real, captions, classifier))
+      timings["task"] = time.perf_counter() - t
+    else:
+      skipped["task"] = "the task's numbers read moving digits: add digits to eval.metrics"
   if reference_dir:
     metrics.update(paired_metrics(generated, real))
   timings["total"] = time.perf_counter() - start
@@ -165,6 +189,8 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
           videos_dir), reference=os.path.abspath(reference_dir) if reference_dir
       else f"{config.data.name} (seed {settings.seed})", num_videos=num,
       video_shape=list(generated.shape[1:]), fvd_frames=settings.fvd_frames, sampling=sampling,
+      task=None if task is None else dict(name=task[0], given_frames=np.flatnonzero(
+          frame_task.given).tolist(), given_noise=frame_task.level),
       metrics=metrics, skipped=skipped,
       seconds={k: round(v, 1) for k, v in timings.items()},
       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")

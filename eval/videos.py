@@ -90,11 +90,12 @@ def _prompts_txt(path: str) -> dict[str, str]:
   return {m.group(1): m.group(2) for m in lines if m}
 
 
-def sampled_videos(sampler, params, prompts: list, batch_size: int,
-                   seed: int) -> np.ndarray:
+def sampled_videos(sampler, params, prompts: list, batch_size: int, seed: int,
+                   given: np.ndarray | None = None) -> np.ndarray:
   """Videos of a VideoSampler built for batch_size prompts, one per prompt (a caption, or a
   label for label-conditioned models), in batches of that size with the same compiled sampler;
-  the last batch is padded."""
+  the last batch is padded. given: with a sampler of a task, a video [N, T, H, W, C] per
+  prompt whose given frames it holds."""
   out = []
   for index, start in enumerate(tqdm(range(0, len(prompts), batch_size), desc="sampling",
                                      unit="batch")):
@@ -103,5 +104,9 @@ def sampled_videos(sampler, params, prompts: list, batch_size: int,
     chunk += chunk[-1:] * (batch_size - real)
     _, cond = sampler.condition(chunk)
     key = jax.random.fold_in(jax.random.key(seed), index)
-    out.append(sampler.generate(params, key, cond)[:real])
+    frames = None
+    if given is not None:
+      frames = given[start:start + batch_size]
+      frames = np.concatenate([frames] + [frames[-1:]] * (batch_size - real))
+    out.append(sampler.generate(params, key, cond, frames)[:real])
   return np.concatenate(out).astype(np.float32)

@@ -17,10 +17,11 @@ import ml_collections
 from flax import nnx
 
 from configs.checks import validate_config
+from diffusion.frame_sampling import FrameTask, frame_task, token_frames
 from diffusion.video_sampler import VideoSampler
 from dit.config import DiTConfig
 from rundir.config_file import load_config
-from rundir.open_vae import latent_decoder, open_latent_vae
+from rundir.open_vae import latent_decoder, latent_encoder, open_latent_vae, video_shape
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 from text_encoders.encoders import text_encoder_for
@@ -41,6 +42,8 @@ class Run:
   step: int
   text_encoder: object               # captions -> the model's text input; None for labels
   decoder: object = None             # latents -> videos, for a DiT in a VAE's latent space
+  encoder: object = None             # videos -> latents, for a DiT in a VAE's latent space
+  temporal_factor: int = 0           # its VAE's frames per latent frame (0: pixel space)
   _context: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
   def __enter__(self) -> "Run":
@@ -51,13 +54,22 @@ class Run:
     self._context.close()
 
   def sampler(self, prompts=None, labels=None,
-              config: ml_collections.ConfigDict | None = None) -> VideoSampler:
+              config: ml_collections.ConfigDict | None = None,
+              task: FrameTask | None = None) -> VideoSampler:
     """A VideoSampler of this run's model for `prompts` (text) or `labels` (default: the
     config's train.sample_prompts or sample_labels), with the run's sample settings or those of
-    `config` (a variant of run.config, checked by the caller)."""
+    `config` (a variant of run.config, checked by the caller); task (frame_task): the frames
+    its videos are given."""
     return VideoSampler(self.graphdef, self.model_state, config or self.config,
                         self.text_encoder, prompts=prompts, labels=labels, decoder=self.decoder,
-                        workdir=self.workdir)
+                        workdir=self.workdir, task=task, encoder=self.encoder)
+
+  def frame_task(self, name: str, count: int = 1, level: float = 0.0) -> FrameTask:
+    """The FrameTask `name` ("text", "image", "extend" from `count` frames, "keyframes") on
+    this run's videos, holding its given frames at noise `level`."""
+    num_frames = video_shape(self.config)[0]
+    frames = token_frames(num_frames, self.model.patch_size[0], self.temporal_factor)
+    return frame_task(name, count, frames, level)
 
 
 def open_run(workdir: str, step: int | None = None, ema: bool = True,
@@ -102,4 +114,6 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
   return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
              params=params, model_state=model_state, step=step,
              text_encoder=text_encoder_for(config),
-             decoder=latent_decoder(vae) if vae is not None else None)
+             decoder=latent_decoder(vae) if vae is not None else None,
+             encoder=latent_encoder(vae) if vae is not None else None,
+             temporal_factor=vae.config.temporal_factor if vae is not None else 0)

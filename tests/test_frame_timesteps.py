@@ -133,7 +133,7 @@ def test_given_frames_come_out_of_sampling_unchanged(key, randomize, monkeypatch
 def test_a_task_without_room_is_an_error():
   with pytest.raises(ValueError, match="extension gives 1 to 3"):
     given_frames_mask(4, "extend", 4)
-  with pytest.raises(ValueError, match="at least 3 latent frames"):
+  with pytest.raises(ValueError, match="at least 3 frames"):
     given_frames_mask(2, "keyframes")
 
 
