@@ -16,18 +16,37 @@ from eval import digit_classifier, frame_tasks
 
 
 @pytest.fixture(scope="module")
-def frames_run(tmp_path_factory):
-  """The tiny quick start with one frame per token (4 frames of 16x16), trained 6 steps with
-  independent per-frame noise levels for half its videos."""
+def teacher_run(tmp_path_factory):
+  """The tiny quick start with one frame per token (4 frames of 16x16): text-to-video."""
   import train  # noqa: PLC0415
   from configs.quickstart import get_config  # noqa: PLC0415
-  workdir = tmp_path_factory.mktemp("frames_run")
+  workdir = tmp_path_factory.mktemp("teacher_run")
   config = get_config("tiny,text=hashed_words,patch_t=1")
   config.unlock()
   config.train.sample_every = 0
-  config.flow.frame_timesteps = 0.5
   train.train(config, str(workdir))
   return workdir
+
+
+@pytest.fixture(scope="module")
+def frames_run(teacher_run, tmp_path_factory):
+  """teacher_run fine-tuned 2 steps for per-frame noise levels by configs/frame_timesteps.py."""
+  import train  # noqa: PLC0415
+  from configs.frame_timesteps import get_config  # noqa: PLC0415
+  workdir = tmp_path_factory.mktemp("frames_run")
+  config = get_config(f"teacher={teacher_run},steps=2")
+  config.train.update(batch_size=8, log_every=1)
+  train.train(config, str(workdir))
+  return workdir
+
+
+def test_a_text_to_video_run_fine_tunes_for_frame_timesteps(teacher_run, frames_run, tiny_run):
+  from configs.frame_timesteps import get_config  # noqa: PLC0415
+  saved = json.loads((frames_run / "config.json").read_text())
+  assert saved["flow"]["frame_timesteps"] == 0.5
+  assert (saved["train"]["init_from"], saved["train"]["init_step"]) == (str(teacher_run), 6)
+  with pytest.raises(ValueError, match="codes its videos in one latent frame"):
+    get_config(f"teacher={tiny_run}")  # tokens of both its frames
 
 
 def real_digits(count, seed=3, frames=4, size=16, speed=2):
@@ -152,6 +171,6 @@ def test_eval_scores_videos_sampled_around_held_out_frames(frames_run):
   for name in ("frame_digit_accuracy", "appearance_mse", "motion_direction_accuracy", "speed",
                "digit_accuracy"):
     assert np.isfinite(metrics[name]), name
-  assert results["path"].endswith("metrics_6_extend2.json")
+  assert results["path"].endswith("metrics_2_extend2.json")
   with open(results["path"]) as f:
     assert json.load(f)["metrics"] == metrics

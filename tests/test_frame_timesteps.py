@@ -1,5 +1,4 @@
 """Vectorized timesteps (Pusa): the DiT takes one noise level per latent frame."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -135,14 +134,3 @@ def test_a_task_without_room_is_an_error():
     given_frames_mask(4, "extend", 4)
   with pytest.raises(ValueError, match="at least 3 frames"):
     given_frames_mask(2, "keyframes")
-
-
-def test_a_text_to_video_run_fine_tunes_for_frame_timesteps(tiny_run, tmp_path):
-  import train  # noqa: PLC0415  (defines flags: only here)
-  from configs.frame_timesteps import get_config  # noqa: PLC0415
-  config = get_config(f"teacher={tiny_run},steps=2")
-  config.train.update(batch_size=8, log_every=1)
-  train.train(config, str(tmp_path / "frames"))
-  saved = json.loads((tmp_path / "frames" / "config.json").read_text())
-  assert saved["flow"]["frame_timesteps"] == 0.5
-  assert (saved["train"]["init_from"], saved["train"]["init_step"]) == (str(tiny_run), 6)

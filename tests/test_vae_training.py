@@ -19,7 +19,8 @@ from data.encode_latents import encode_dataset
 from data.latent_shards import LatentShards
 from data.sources import make_source
 from rundir.open_run import open_run
-from rundir.open_vae import STATISTICS_FILE, latent_encoder, open_vae, video_shape
+from rundir.open_vae import (STATISTICS_FILE, latent_decoder, latent_encoder, open_vae,
+                             video_shape)
 from rundir.config_file import load_config
 from rundir.metric_writers import read_metrics
 from saved_runs import assert_bitwise_equal, final_state
@@ -142,6 +143,16 @@ def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_
   (mean, _), _ = vae.encode(video)
   np.testing.assert_allclose(latents, (mean - vae.latents_mean[...]) / vae.latents_std[...],
                              rtol=1e-5, atol=1e-5)
+  # Image-to-video in latents: the given first frame is the first latent frame (the causal
+  # VAE codes it alone), encoded, held, and decoded as the VAE decodes it.
+  with open_run(str(tmp_path)) as run:
+    task = run.frame_task("image")
+    assert task.mask.tolist() == [True, False]
+    out = run.sampler(task=task).generate(run.params, jax.random.key(0),
+                                          given=np.asarray(video))
+  assert out.shape == (2, 5, 16, 16, 1) and np.isfinite(out).all()
+  np.testing.assert_allclose(out[:, 0], latent_decoder(vae)(latents)[:, 0], atol=1e-4)
+  assert np.abs(out[:, 1:] - np.asarray(latent_decoder(vae)(latents))[:, 1:]).max() > 1e-2
 
 
 def test_latent_data_of_the_wrong_size_is_rejected_before_training(vae_run, tmp_path):
