@@ -32,19 +32,8 @@ FLAGS = flags.FLAGS
 METRICS = ("digit_accuracy", "direction_accuracy", "digit_frechet_distance")
 
 
-def newest_eval(workdir: str, schedule: str = "") -> dict | None:
-  """The eval results of the run's newest step for a schedule ("": its own sampler)."""
-  suffix = f"_{schedule}" if schedule else ""
-  found = [p for p in glob.glob(os.path.join(workdir, "eval", f"metrics_*{suffix}.json"))
-           if os.path.basename(p)[len("metrics_"):-len(f"{suffix}.json")].isdigit()]
-  if not found:
-    return None
-  with open(max(found, key=lambda p: int(os.path.basename(p)[8:-len(f"{suffix}.json")]))) as f:
-    return json.load(f)
-
-
 def row(method: str, workdir: str, schedule: str) -> dict | None:
-  results = newest_eval(workdir, schedule)
+  results = records.newest_eval(workdir, schedule)
   if results is None:
     return None
   sampling = results.get("sampling") or {}

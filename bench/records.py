@@ -1,8 +1,10 @@
 """What every benchmark records beside its numbers: the machine and versions, and the
 <name>-<device>-<time>.json and .md files in bench/results/."""
 import datetime
+import glob
 import importlib.metadata
 import json
+import os
 import pathlib
 import platform
 
@@ -31,3 +33,15 @@ def write(name: str, title: str, meta: dict, results: dict, table: str,
   header = "\n".join(f"- {key}: {value}" for key, value in meta.items())
   base.with_suffix(".md").write_text(f"# {title}\n\n{header}\n\n{table}\n")
   return base
+
+
+def newest_eval(workdir: str, name: str = "") -> dict | None:
+  """python -m eval's results (metrics_<step>_<name>.json) of the run's newest step: name a
+  schedule, a task, ... ("": the run's own sampler, text-to-video); None when there are none."""
+  suffix = f"_{name}" if name else ""
+  found = [p for p in glob.glob(os.path.join(workdir, "eval", f"metrics_*{suffix}.json"))
+           if os.path.basename(p)[len("metrics_"):-len(f"{suffix}.json")].isdigit()]
+  if not found:
+    return None
+  with open(max(found, key=lambda p: int(os.path.basename(p)[8:-len(f"{suffix}.json")]))) as f:
+    return json.load(f)
