@@ -90,12 +90,5 @@ def randomize():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """A workdir of train.py's tiny quick start (6 steps, checkpoints 3 and 6), trained once."""
-  import train  # noqa: PLC0415  (imports jax and flags: only for the tests that use it)
-  from configs.quickstart import get_config  # noqa: PLC0415
-
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  config = get_config("tiny,text=hashed_words")
-  config.unlock()
-  config.train.sample_every = 0
-  train.train(config, str(workdir))
-  return workdir
+  from saved_runs import train_tiny_quickstart  # noqa: PLC0415  (imports jax: after XLA_FLAGS)
+  return train_tiny_quickstart(tmp_path_factory.mktemp("tiny_run"))

@@ -1,5 +1,6 @@
-"""Helpers for tests that run train.py in subprocesses: start it, wait for a state of its
-workdir, and compare the final states of two runs bit for bit."""
+"""Helpers for tests that run train.py: in subprocesses (start it, wait for a state of its
+workdir), in process (the tiny quick start), and compare the final states of two runs bit for
+bit."""
 import os
 import socket
 import subprocess
@@ -83,3 +84,15 @@ def assert_bitwise_equal(a, b) -> None:
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def train_tiny_quickstart(workdir, arg: str = "tiny,text=hashed_words"):
+  """workdir, where configs/quickstart.py:<arg> is trained (no samples while training)."""
+  import train  # noqa: PLC0415  (imports jax and flags: only for the tests that use it)
+  from configs.quickstart import get_config  # noqa: PLC0415
+
+  config = get_config(arg)
+  config.unlock()
+  config.train.sample_every = 0
+  train.train(config, str(workdir))
+  return workdir

@@ -13,19 +13,14 @@ from data import video_io
 from data.sources import make_source
 from diffusion.frame_sampling import fill_held, frame_task, token_frames
 from eval import digit_classifier, frame_tasks
+from saved_runs import train_tiny_quickstart
 
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
   """The tiny quick start with one frame per token (4 frames of 16x16): text-to-video."""
-  import train  # noqa: PLC0415
-  from configs.quickstart import get_config  # noqa: PLC0415
-  workdir = tmp_path_factory.mktemp("teacher_run")
-  config = get_config("tiny,text=hashed_words,patch_t=1")
-  config.unlock()
-  config.train.sample_every = 0
-  train.train(config, str(workdir))
-  return workdir
+  return train_tiny_quickstart(tmp_path_factory.mktemp("teacher_run"),
+                               "tiny,text=hashed_words,patch_t=1")
 
 
 @pytest.fixture(scope="module")
