@@ -79,13 +79,19 @@ def test_a_task_holds_whole_latent_frames():
 def test_the_sampler_holds_the_given_frames_of_each_task(frames_run):
   from rundir.open_run import open_run  # noqa: PLC0415
   given, captions = real_digits(2)
+  outs = {}
   with open_run(str(frames_run)) as run:
     for name, count in (("image", 1), ("extend", 2), ("keyframes", 1)):
       task = run.frame_task(name, count)
       sampler = run.sampler(prompts=captions, task=task)
-      out = sampler.generate(run.params, jax.random.key(0), given=given)
+      out = outs[name] = sampler.generate(run.params, jax.random.key(0), given=given)
       np.testing.assert_array_equal(out[:, task.given], given[:, task.given])
       assert np.abs(out[:, ~task.held] - given[:, ~task.held]).max() > 0.05  # sampled
+    # lightly noised given frames: the model sees them at that level; they come out as given
+    noised = run.sampler(prompts=captions, task=run.frame_task("image", level=0.3)).generate(
+        run.params, jax.random.key(0), given=given)
+    np.testing.assert_array_equal(noised[:, 0], given[:, 0])
+    assert np.abs(noised[:, 1:] - outs["image"][:, 1:]).max() > 1e-5  # 0 if ignored
     with pytest.raises(ValueError, match="given frames go with a task"):
       run.sampler(prompts=captions).generate(run.params, jax.random.key(0), given=given)
     with pytest.raises(ValueError, match="the given videos are"):
