@@ -132,20 +132,28 @@ def test_with_the_block_sparse_kernels_adaspa_gives_what_the_xla_references_give
   video, cond = inputs(key)
   t = jnp.array([0.3, 0.8])
   step = SparseStep(mode="fused_search", sparsity=0.5, block=16)
-  results = {}
-  for attention in ("xla", "block_sparse"):
-    model = small_model(randomize, key, attention=attention, depth=2, dual_stream_depth=1,
-                        num_heads=2)
-    v, found = model.with_attention(step, video, t, **cond)
-    sparse_v, _ = model.with_attention(step.replace(mode="cached_search", patterns=found),
-                                       video, t, **cond)
-    results[attention] = v, sparse_v, found
-  (v, sparse_v, found), (kernel_v, kernel_sparse_v, kernel_found) = results.values()
+  models = {attention: small_model(randomize, key, attention=attention, depth=2,
+                                   dual_stream_depth=1, num_heads=2)
+            for attention in ("xla", "block_sparse")}
+  v, found = models["xla"].with_attention(step, video, t, **cond)
+  kernel_v, kernel_found = models["block_sparse"].with_attention(step, video, t, **cond)
   scale = float(jnp.abs(v).max())
-  np.testing.assert_allclose(kernel_v, v, atol=1e-5 * scale)
-  np.testing.assert_allclose(kernel_sparse_v, sparse_v, atol=1e-5 * scale)
+  np.testing.assert_allclose(kernel_v, v, atol=1e-5 * scale)  # the fused search's dense pass
   np.testing.assert_array_equal(kernel_found["single"].tables.kv_indices,
                                 found["single"].tables.kv_indices)
+  # The lse-cached search: the kernel's scores, summed in another order, may break a near tie
+  # between two key blocks the other way, so its patterns are the reference's but for a few...
+  cached = step.replace(mode="cached_search", patterns=found)
+  _, searched = models["xla"].with_attention(cached, video, t, **cond)
+  kernel_sparse_v, kernel_searched = models["block_sparse"].with_attention(cached, video, t,
+                                                                           **cond)
+  indices = lambda p: np.asarray(p["single"].tables.kv_indices)
+  assert np.mean(indices(kernel_searched) == indices(searched)) > 0.9
+  # ...and its sparse pass is the reference's sparse attention on the kernel's patterns.
+  sparse_v, _ = models["xla"].with_attention(step.replace(mode="sparse",
+                                                          patterns=kernel_searched),
+                                             video, t, **cond)
+  np.testing.assert_allclose(kernel_sparse_v, sparse_v, atol=1e-5 * scale)
 
 
 def test_text_blocks_are_those_holding_a_text_token_and_bad_settings_fail_up_front():
