@@ -53,6 +53,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs.common import parse_arg
+from data.video_io import UnreadableVideo
 from diffusion.frame_sampling import TASKS
 from diffusion.sparse_sampling import SPARSE_ATTENTION
 from eval.shapes import parse_shape, shape_name, trained_shapes
@@ -104,8 +105,8 @@ flags.DEFINE_multi_string("given", None, "The given frames of a video, from file
                           "video; keyframes: first.png,last.png or a video's first and last "
                           "frames.")
 flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend gives.")
-flags.DEFINE_float("given_noise", 0.0, "The noise level the given frames keep, in [0, 1) (0: "
-                   "clean; a little lets the model retouch them).")
+flags.DEFINE_float("given_noise", 0.0, "The noise level at which the model sees the given "
+                   "frames, in [0, 1) (0: clean); they come out as given.")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -229,8 +230,8 @@ def main(argv):
         given = read_given(FLAGS.given, task, tuple(shape), channels)
         prompts, labels, given = pair_given(prompts, labels, given, config)
       sampler = run.sampler(prompts=prompts, labels=labels, task=task)
-    except (FileNotFoundError, ValueError) as e:  # a schedule or file that is not there, or
-      raise app.UsageError(str(e)) from None        # not valid
+    except (FileNotFoundError, ValueError, UnreadableVideo) as e:  # a schedule or a file that
+      raise app.UsageError(str(e)) from None                         # is not there, or not valid
     videos, report = sampler.generate_with_report(run.params, jax.random.key(FLAGS.seed),
                                                   given=given)
   if jax.process_index() > 0:

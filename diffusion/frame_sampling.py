@@ -12,8 +12,8 @@ frames (a bool mask [nT]) that holds:
   keyframes        the first and the last frames
 
 A latent frame is held whole: with tokens of several frames (patch_size[0] > 1) or a causal VAE
-(the first frame alone, then groups of 4) the given frames must fill the latent frames they are
-in, except keyframes' last frame, which is held still over the rest of its latent frame.
+(the first frame alone, then groups of 4) the given frames of image-to-video and extension must
+fill the latent frames they are in; a keyframe is held still over the rest of its latent frame.
 """
 import dataclasses
 from collections.abc import Callable
@@ -66,7 +66,7 @@ class FrameTask:
 
   given  bool [T] the video frames the user gives (the first for image-to-video, ...)
   held   bool [T] the frames of the held latent frames: `given`, plus, where a held latent frame
-         codes several frames, its other frames (keyframes' last frame is held still over them)
+         codes several frames, its other frames (a keyframe is held still over them)
   mask   bool [nT] the DiT's held latent frames
   level  the noise level the held frames keep (0: clean)
   """
@@ -84,6 +84,10 @@ def frame_task(name: str, count: int, frames: np.ndarray, level: float = 0.0) ->
   if not 0.0 <= level < 1.0:
     raise ValueError(f"the given frames' noise level must be in [0, 1), got {level}")
   given = given_frames_mask(len(frames), name, count)
+  if frames[-1] == 0:
+    raise ValueError(f"{name}: this model codes all {len(frames)} frames of a video in one "
+                     "latent frame, so none can be given while others are sampled; train one "
+                     "whose tokens hold fewer frames (e.g. configs/quickstart.py:patch_t=1)")
   mask = np.zeros(int(frames[-1]) + 1, bool)
   mask[frames[given]] = True
   held = mask[frames]
@@ -94,7 +98,8 @@ def frame_task(name: str, count: int, frames: np.ndarray, level: float = 0.0) ->
     raise ValueError(f"{what}, but this model codes frames in latent frames of "
                      f"{np.bincount(frames).tolist()} frames: a given latent frame must be whole "
                      f"(extend from {fits} frames; image-to-video needs a model whose first "
-                     "latent frame is one frame: patch_size[0]=1, or a causal VAE)")
+                     "latent frame is one frame: model.patch_size[0]=1, in pixels or in a "
+                     "causal VAE's latents)")
   if mask.all():
     raise ValueError(f"{name}: the given frames fill every latent frame; nothing is left to "
                      "sample")

@@ -63,8 +63,9 @@ class VideoSampler:
     self.search_steps = [] if self.schedule else search_steps(sample_cfg.num_steps, sparse)
     self.task = None if task is None or task.name == "text" else task
     self._encoder = encoder
+    self._given_shapes = set()  # checked already
     if self.task is not None:
-      self._check_task(self.task, num_tokens)
+      self._check_task(self.task)
     guidance = dict(guidance_scale=sample_cfg.guidance_scale,
                     guidance_interval=guidance_interval(sample_cfg))
     options = dict(num_steps=sample_cfg.num_steps, method=sample_cfg.sampler, shift=shift,
@@ -90,7 +91,7 @@ class VideoSampler:
     mesh = jax.sharding.get_abstract_mesh()
     self._generate = jax.jit(generate, out_shardings=None if mesh.empty else P())
 
-  def _check_task(self, task: FrameTask, num_tokens: int) -> None:
+  def _check_task(self, task: FrameTask) -> None:
     """What sampling with given frames cannot combine with, as errors that say what to drop."""
     frames = self.config.train.video_shape[0] // self.config.model.patch_size[0]
     if len(task.mask) != frames:
@@ -106,6 +107,24 @@ class VideoSampler:
       logging.warning("this run trained with one noise level for all frames "
                       "(flow.frame_timesteps=0): it was not taught the %s task; fine-tune it "
                       "with configs/frame_timesteps.py", task.name)
+
+  def _check_given(self, given: jax.Array) -> None:
+    """Given videos of the sampler's shape (a latent DiT's: videos its VAE encodes to it)."""
+    if given.shape in self._given_shapes:
+      return
+    ok = given.ndim == 5 and given.shape[:2] == (self.shape[0], len(self.task.given))
+    if ok and self._encoder is not None:
+      try:
+        ok = jax.eval_shape(self._encoder, given).shape == self.shape
+      except (ValueError, TypeError):  # the VAE cannot code frames of that size
+        ok = False
+    elif ok:
+      ok = given.shape == self.shape
+    if not ok:
+      raise ValueError(f"the given videos are {tuple(given.shape)}; this sampler makes "
+                       f"{self.shape[0]} videos of {len(self.task.given)} frames"
+                       + ("" if self._encoder else f", {tuple(self.shape)} in all"))
+    self._given_shapes.add(given.shape)
 
   def calls(self) -> int:
     """Model calls per video: the schedule's, or the configured sampler's (a guided call, both
@@ -141,7 +160,8 @@ class VideoSampler:
 
     cond (from condition()) samples other prompts than the sampler's own, as many of them,
     with the same compiled sampler. given: with a task, the videos [N, T, H, W, C] in [-1, 1]
-    whose task.held frames are kept (the others are ignored), as many as the prompts."""
+    whose task.held frames are kept, as many as the prompts; the other frames are ignored in
+    pixel space, and read by a causal VAE's encoder (frame_sampling.fill_held makes them)."""
     cond = self.cond if cond is None else cond
     count = len(next(iter(cond.values())))
     if count != self.shape[0]:
@@ -150,13 +170,8 @@ class VideoSampler:
     if (given is None) != (self.task is None):
       raise ValueError("given frames go with a task (image, extend, keyframes) and only then")
     if given is not None:
-      # In pixel space the sampler's shape; a latent DiT's encoder checks its videos' shape.
-      expected = (self.shape if self._encoder is None else
-                  (self.shape[0], len(self.task.given), *given.shape[2:]))
-      if given.ndim != 5 or tuple(given.shape) != tuple(expected):
-        raise ValueError(f"the given videos are {tuple(given.shape)}; this sampler makes "
-                         f"{tuple(expected)}")
       given = jnp.asarray(given, jnp.float32)
+      self._check_given(given)
     videos, searches = self._generate(params, key, cond, given)
     report = search_report(jax.device_get(searches), self.search_steps) if searches else {}
     return np.asarray(videos), report

@@ -61,7 +61,9 @@ flags.DEFINE_enum("task", "text", list(TASKS), "text: text-to-video; image, exte
                   "videos sampled around the first, the first --given_frames, or the first and "
                   "last frames of held-out real videos.")
 flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend gives.")
-flags.DEFINE_float("given_noise", 0.0, "The noise level the given frames keep, in [0, 1).")
+flags.DEFINE_float("given_noise", 0.0, "The noise level at which the model sees the given "
+                   "frames, in [0, 1); the results file is then metrics_<step>_<task>_noise<level>"
+                   ".json.")
 FLAGS = flags.FLAGS
 
 
@@ -102,6 +104,7 @@ def main(argv):
   named = "_" + os.path.basename(schedule).removesuffix(".json") if schedule else ""
   if FLAGS.task != "text":
     named += f"_{FLAGS.task}" + (f"{FLAGS.given_frames}" if FLAGS.task == "extend" else "")
+    named += f"_noise{FLAGS.given_noise:g}" if FLAGS.given_noise else ""
   for shape, target in targets.items():
     if several:
       print(f"shape {shape_name(shape)} (T x H x W):")

@@ -103,6 +103,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   from rundir.open_run import check_dit_run  # noqa: PLC0415
 
   from data.reflow_pairs import with_real_data  # noqa: PLC0415
+  from diffusion.frame_sampling import fill_held  # noqa: PLC0415
 
   start = time.perf_counter()
   log = log or (lambda message: None)
@@ -157,8 +158,11 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
         prompts, sampler = real_labels, opened.sampler(labels=real_labels[:batch],
                                                        task=frame_task)
       captions = real_captions
+      # Only the given frames reach the model, as from sample.py (a causal VAE's encoder
+      # would read the real frames between them).
+      given = fill_held(real, frame_task) if frame_task else None
       generated = videos.sampled_videos(sampler, opened.params, prompts, batch, settings.seed,
-                                        given=real if frame_task else None)
+                                        given=given)
       schedule = sampler.schedule
       sampling = dict(calls=sampler.calls(), guidance_scale=config.sample.guidance_scale,
                       block_calls=schedule.block_calls(model.depth) if schedule else

@@ -10,6 +10,8 @@ frames (those the task does not hold):
                               given frames' digit
   appearance_mse              each sampled frame against the nearest given frame moved to where
                               the sampled frame's digit is: the same handwriting, not a new digit
+                              (other_handwriting_appearance_mse: what real frames of the same
+                              digit in another hand score; a blank frame scores about 0.2)
   motion_direction_accuracy   image and extend: the way the digit moved from the last given frame
                               to the last frame (its intensity centroid), of the eight compass
                               directions, against the caption's (the given video's) direction
@@ -78,12 +80,7 @@ def task_numbers(task: FrameTask, videos: np.ndarray, given: np.ndarray, caption
   numbers["frame_digit_accuracy"] = float(np.mean(predicted["digit"].reshape(n, s)
                                                   == digits[:, None]))
   where = centroids(videos)  # [N, T, 2]
-  nearest = given_index[np.abs(sampled[:, None] - given_index[None, :]).argmin(axis=1)]
-  errors = []
-  for j, (frame, source) in enumerate(zip(sampled, nearest)):
-    expected = moved(given[:, source], where[:, frame] - where[:, source])
-    errors.append(np.mean((videos[:, frame] - expected) ** 2))
-  numbers["appearance_mse"] = float(np.mean(errors))
+  numbers["appearance_mse"] = appearance_mse(task, videos, given)
   if task.name in ("image", "extend"):
     last_given = given_index.max()
     span = videos.shape[1] - 1 - last_given
@@ -98,13 +95,46 @@ def task_numbers(task: FrameTask, videos: np.ndarray, given: np.ndarray, caption
   return numbers
 
 
+def appearance_mse(task: FrameTask, videos: np.ndarray, given: np.ndarray) -> float:
+  """Mean squared error of each sampled frame of videos [N, T, H, W, C] against the nearest
+  given frame of `given`, moved to where the sampled frame's digit is (centroids)."""
+  where = centroids(videos)
+  sampled, given_index = np.flatnonzero(~task.held), np.flatnonzero(task.given)
+  nearest = given_index[np.abs(sampled[:, None] - given_index[None, :]).argmin(axis=1)]
+  errors = [np.mean((videos[:, frame] - moved(given[:, source],
+                                              where[:, frame] - where[:, source])) ** 2)
+            for frame, source in zip(sampled, nearest)]
+  return float(np.mean(errors))
+
+
+def other_handwriting(task: FrameTask, real: np.ndarray, captions) -> float:
+  """appearance_mse of real videos whose sampled frames are those of the next real video of the
+  same digit: what the right digit in another hand scores (videos with no other of their digit
+  are left out)."""
+  digits, _ = digit_classifier.labels_of(captions)
+  pairs = []
+  for i, digit in enumerate(digits):
+    same = np.flatnonzero(digits == digit)
+    later = same[same > i]
+    other = later[0] if len(later) else same[0]
+    if other != i:
+      pairs.append((i, other))
+  if not pairs:
+    return float("nan")
+  mine, others = np.array(pairs).T
+  mixed = real[mine].copy()
+  mixed[:, ~task.held] = real[others][:, ~task.held]
+  return appearance_mse(task, mixed, real[mine])
+
+
 def task_metrics(task: FrameTask, generated: np.ndarray, real: np.ndarray, captions,
                  still_classifier) -> dict:
   """task_numbers of the videos sampled around the real videos' frames, and the real videos'
   own (real_*)."""
   own = task_numbers(task, real, real, captions, still_classifier)
   return (task_numbers(task, generated, real, captions, still_classifier)
-          | {f"real_{k}": v for k, v in own.items() if k != "given_frames_mse"})
+          | {f"real_{k}": v for k, v in own.items() if k != "given_frames_mse"}
+          | dict(other_handwriting_appearance_mse=other_handwriting(task, real, captions)))
 
 
 def still_classifier(workdir: str, data, channels: int, log=print, **train_options):

@@ -68,8 +68,16 @@ def test_a_task_holds_whole_latent_frames():
   assert np.flatnonzero(keys.held).tolist() == [0, 5, 6, 7, 8]
   videos = np.arange(9, dtype=np.float32)[None, :, None, None, None]
   assert fill_held(videos, keys)[0, :, 0, 0, 0].tolist() == [0, 0, 0, 0, 0, 8, 8, 8, 8]
+  # tokens of 2 frames: each keyframe held still over its token's other frame
+  keys = frame_task("keyframes", 1, token_frames(6, 2))
+  assert keys.mask.tolist() == [True, False, True]
+  assert np.flatnonzero(keys.held).tolist() == [0, 1, 4, 5]
+  videos = np.arange(6, dtype=np.float32)[None, :, None, None, None]
+  assert fill_held(videos, keys)[0, :, 0, 0, 0].tolist() == [0, 0, 0, 5, 5, 5]
   with pytest.raises(ValueError, match="image-to-video needs a model whose first latent frame"):
     frame_task("image", 1, token_frames(4, 2))
+  with pytest.raises(ValueError, match="codes all 4 frames of a video in one latent frame"):
+    frame_task("keyframes", 1, token_frames(4, 4))
   with pytest.raises(ValueError, match=r"extend from \[2\] frames"):
     frame_task("extend", 3, token_frames(4, 2))
   with pytest.raises(ValueError, match="noise level must be in"):
@@ -136,7 +144,7 @@ def test_sample_py_refuses_given_frames_it_cannot_use(frames_run, tiny_run, tmp_
   assert result.returncode != 0 and "has 1 frame(s); the task gives the first 2" in result.stderr
   # a model whose tokens hold both frames has no first frame of its own to be given
   result = sample(f"--workdir={tiny_run}", "--task=image", f"--given={still}")
-  assert result.returncode != 0 and "needs a model whose first latent frame" in result.stderr
+  assert result.returncode != 0 and "in one latent frame" in result.stderr
 
 
 def test_the_numbers_of_real_videos_are_a_perfect_models(seed):
@@ -152,6 +160,9 @@ def test_the_numbers_of_real_videos_are_a_perfect_models(seed):
     still = fill_held(videos, task)
     numbers = frame_tasks.task_numbers(task, still, videos, captions, classifier)
     assert numbers["motion_direction_accuracy"] == 0.0 and numbers["speed"] == 0.0
+  # another hand's frames of the same digit: further from the given frame than its own
+  other = frame_tasks.other_handwriting(task, videos, captions)
+  assert 0.0 < other < frame_tasks.appearance_mse(task, np.full_like(videos, -1.0), videos)
   keys = frame_task("keyframes", 1, token_frames(4, 1))
   assert frame_tasks.task_numbers(keys, videos, videos, captions, classifier)["path_error"] < 0.5
   jumps = videos[:, [0, 3, 0, 3]]  # the middle frames at the keyframes, not between them

@@ -148,8 +148,10 @@ def test_a_dit_trains_and_samples_in_the_latent_space_of_a_vae_run(vae_run, tmp_
   with open_run(str(tmp_path)) as run:
     task = run.frame_task("image")
     assert task.mask.tolist() == [True, False]
-    out = run.sampler(task=task).generate(run.params, jax.random.key(0),
-                                          given=np.asarray(video))
+    sampler = run.sampler(task=task)
+    out = sampler.generate(run.params, jax.random.key(0), given=np.asarray(video))
+    with pytest.raises(ValueError, match="the given videos are"):  # frames the VAE codes
+      sampler.generate(run.params, jax.random.key(0), given=np.asarray(video)[:, :, :8])
   assert out.shape == (2, 5, 16, 16, 1) and np.isfinite(out).all()
   np.testing.assert_allclose(out[:, 0], latent_decoder(vae)(latents)[:, 0], atol=1e-4)
   assert np.abs(out[:, 1:] - np.asarray(latent_decoder(vae)(latents))[:, 1:]).max() > 1e-2
