@@ -84,7 +84,7 @@ def frame_task(name: str, count: int, frames: np.ndarray, level: float = 0.0) ->
   if not 0.0 <= level < 1.0:
     raise ValueError(f"the given frames' noise level must be in [0, 1), got {level}")
   given = given_frames_mask(len(frames), name, count)
-  if frames[-1] == 0:
+  if name != "text" and frames[-1] == 0:
     raise ValueError(f"{name}: this model codes all {len(frames)} frames of a video in one "
                      "latent frame, so none can be given while others are sampled; train one "
                      "whose tokens hold fewer frames (e.g. configs/quickstart.py:patch_t=1)")

@@ -78,6 +78,7 @@ def test_a_task_holds_whole_latent_frames():
     frame_task("image", 1, token_frames(4, 2))
   with pytest.raises(ValueError, match="codes all 4 frames of a video in one latent frame"):
     frame_task("keyframes", 1, token_frames(4, 4))
+  assert not frame_task("text", 1, token_frames(4, 4)).mask.any()  # text-to-video: any model
   with pytest.raises(ValueError, match=r"extend from \[2\] frames"):
     frame_task("extend", 3, token_frames(4, 2))
   with pytest.raises(ValueError, match="noise level must be in"):
