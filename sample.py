@@ -58,7 +58,7 @@ from diffusion.frame_sampling import TASKS
 from diffusion.sparse_sampling import SPARSE_ATTENTION
 from eval.shapes import parse_shape, shape_name, trained_shapes
 from rundir.config_file import load_config
-from rundir.given_frames import read_given
+from rundir.given_frames import check_files, read_given
 from rundir.logs import quiet_library_logs
 from rundir.open_run import check_dit_run, open_run
 from rundir.open_vae import video_shape
@@ -212,10 +212,10 @@ def main(argv):
   if (FLAGS.task == "text") != (not FLAGS.given):
     raise app.UsageError(f"--given goes with --task=image, extend or keyframes, and they need "
                          f"it (--task={FLAGS.task}, {len(FLAGS.given or [])} --given)")
-  for entry in FLAGS.given or []:  # before the run is restored
-    for path in entry.split(","):
-      if not os.path.isfile(path):
-        raise app.UsageError(f"--given={entry}: {path} is not a file")
+  try:
+    check_files(FLAGS.given or [])  # before the run is restored
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
   mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
   try:
     run = open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config)

@@ -80,7 +80,7 @@ def task_numbers(task: FrameTask, videos: np.ndarray, given: np.ndarray, caption
   numbers["frame_digit_accuracy"] = float(np.mean(predicted["digit"].reshape(n, s)
                                                   == digits[:, None]))
   where = centroids(videos)  # [N, T, 2]
-  numbers["appearance_mse"] = appearance_mse(task, videos, given)
+  numbers["appearance_mse"] = appearance_mse(task, videos, given, where)
   if task.name in ("image", "extend"):
     last_given = given_index.max()
     span = videos.shape[1] - 1 - last_given
@@ -90,15 +90,18 @@ def task_numbers(task: FrameTask, videos: np.ndarray, given: np.ndarray, caption
   else:  # keyframes: the middle frames on the straight path between the two keyframes
     first, last = given_index.min(), given_index.max()
     share = (sampled - first) / (last - first)  # [S]
-    path = where[:, first, None] + share[None, :, None] * (where[:, last] - where[:, first])[:, None]
+    step = (where[:, last] - where[:, first])[:, None]  # [N, 1, 2]
+    path = where[:, first, None] + share[None, :, None] * step
     numbers["path_error"] = float(np.mean(np.linalg.norm(where[:, sampled] - path, axis=-1)))
   return numbers
 
 
-def appearance_mse(task: FrameTask, videos: np.ndarray, given: np.ndarray) -> float:
+def appearance_mse(task: FrameTask, videos: np.ndarray, given: np.ndarray,
+                   where: np.ndarray | None = None) -> float:
   """Mean squared error of each sampled frame of videos [N, T, H, W, C] against the nearest
-  given frame of `given`, moved to where the sampled frame's digit is (centroids)."""
-  where = centroids(videos)
+  given frame of `given`, moved to where the sampled frame's digit is (where: the videos'
+  centroids, computed when not given)."""
+  where = centroids(videos) if where is None else where
   sampled, given_index = np.flatnonzero(~task.held), np.flatnonzero(task.given)
   nearest = given_index[np.abs(sampled[:, None] - given_index[None, :]).argmin(axis=1)]
   errors = [np.mean((videos[:, frame] - moved(given[:, source],

@@ -40,11 +40,17 @@ def read_given(entries: list[str], task: FrameTask, shape: tuple[int, int, int],
   return fill_held(np.stack(videos), task)
 
 
+def check_files(entries: list[str]) -> None:
+  """FileNotFoundError naming the first --given entry with a path that is not a file."""
+  for entry in entries:
+    for path in entry.split(","):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"--given={entry}: {path} is not a file")
+
+
 def _entry_frames(entry: str, task: FrameTask) -> np.ndarray:
+  check_files([entry])
   paths = entry.split(",")
-  for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--given={entry}: {path} is not a file")
   count = int(task.given.sum())
   if task.name == "keyframes":
     if len(paths) == 2:
