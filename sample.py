@@ -42,6 +42,11 @@ given frames are held while the others are sampled around them (diffusion/frame_
 
 One --given per video (one for all prompts, or one prompt for all of them).
 
+Quantized (quantization/): int8 or int4 weights, or int8/fp8 weights and activations; the
+first call calibrates and quantizes the model and saves it under <workdir>/quantized/:
+
+  python sample.py --workdir=runs/quickstart --quantize=w8a8
+
 It runs on the mesh of the training run's config, or on --mesh=seq=4,data=-1 (the parameters are
 restored straight into that mesh's shards); multi-host as train.py.
 """
@@ -57,6 +62,7 @@ from data.video_io import UnreadableVideo
 from diffusion.frame_sampling import TASKS
 from diffusion.sparse_sampling import SPARSE_ATTENTION
 from eval.shapes import parse_shape, shape_name, trained_shapes
+from quantization.saved import quantized_run
 from rundir.config_file import load_config
 from rundir.given_frames import check_files, read_given
 from rundir.logs import quiet_library_logs
@@ -107,6 +113,10 @@ flags.DEFINE_multi_string("given", None, "The given frames of a video, from file
 flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend gives.")
 flags.DEFINE_float("given_noise", 0.0, "The noise level at which the model sees the given "
                    "frames, in [0, 1) (0: clean); they come out as given.")
+flags.DEFINE_string("quantize", None, "Sample from the model quantized: w8 or w4 (int8/int4 "
+                    "weights), w8a8 (int8 weights and activations), w8a8_fp8, or a saved plan's "
+                    "name; made once (calibrated on the run's own trajectories) and saved under "
+                    "<workdir>/quantized/<step>/<name>.")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -209,6 +219,8 @@ def main(argv):
   if config.sample.sparse.attention != "adaspa" and FLAGS.sparsity is not None:
     logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
                     FLAGS.sparsity)
+  if FLAGS.quantize and config.sample.sparse.attention != "none":
+    raise app.UsageError("--quantize samples with dense attention: drop --sparse_attention")
   if (FLAGS.task == "text") != (not FLAGS.given):
     raise app.UsageError(f"--given goes with --task=image, extend or keyframes, and they need "
                          f"it (--task={FLAGS.task}, {len(FLAGS.given or [])} --given)")
@@ -222,6 +234,11 @@ def main(argv):
   except FileNotFoundError as e:  # no checkpoints, or no such step: say so, no traceback
     raise app.UsageError(str(e)) from None
   with run:
+    if FLAGS.quantize:
+      try:
+        run = quantized_run(run, FLAGS.quantize)
+      except ValueError as e:
+        raise app.UsageError(str(e)) from None
     try:
       task = run.frame_task(FLAGS.task, FLAGS.given_frames, FLAGS.given_noise)
       prompts, labels, given = FLAGS.prompt, FLAGS.label, None
@@ -236,7 +253,8 @@ def main(argv):
                                                   given=given)
   if jax.process_index() > 0:
     return
-  out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{run.step}")
+  named = f"_{FLAGS.quantize}" if FLAGS.quantize else ""
+  out = FLAGS.out or os.path.join(workdir, "samples", f"sample_{run.step}{named}")
   paths = write_videos(videos, sampler.prompts, out, fps=FLAGS.fps,
                        upscale=config.sample.upscale)
   report_path = os.path.join(out, "sparse_attention.json")

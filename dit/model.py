@@ -51,9 +51,15 @@ def run_stacked(layers: nnx.Module, carry, apply: Callable, *, scan: bool, remat
                       scan=scan, remat=remat)[0]
 
 
-def scan_stacked(layers: nnx.Module, carry, xs, apply: Callable, *, scan: bool, remat: str):
+def scan_stacked(layers: nnx.Module | nnx.List, carry, xs, apply: Callable, *, scan: bool,
+                 remat: str):
   """run_stacked with per-layer inputs and outputs, as lax.scan: (carry, y) = apply(layer,
-  carry, x) for x in xs (a pytree with a leading layer axis, or None); returns (carry, ys)."""
+  carry, x) for x in xs (a pytree with a leading layer axis, or None); returns (carry, ys).
+
+  layers may also be an nnx.List of separate modules (DiT.unstacked): they are unrolled.
+  """
+  if isinstance(layers, nnx.List):
+    return _unrolled(layers, carry, xs, apply, remat)
   graphdef, state = nnx.split(layers)
   count = jax.tree.leaves(state)[0].shape[0]
 
@@ -72,6 +78,43 @@ def scan_stacked(layers: nnx.Module, carry, xs, apply: Callable, *, scan: bool, 
     carry, y = body(carry, jax.tree.map(lambda a, i=i: a[i], (state, xs)))
     ys.append(y)
   return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
+
+def _unrolled(layers: nnx.List, carry, xs, apply: Callable, remat: str):
+  """scan_stacked over separate layer modules, one after another."""
+  policy = remat_policy(remat)
+
+  def body(layer, carry, x):
+    carry = jax.tree.map(lambda a: checkpoint_name(a, BLOCK_INPUT), carry)
+    return apply(layer, carry, x)
+
+  if policy is not None:
+    body = nnx.remat(body, policy=policy)
+  ys = []
+  for i, layer in enumerate(layers):
+    carry, y = body(layer, carry, jax.tree.map(lambda a, i=i: a[i], xs))
+    ys.append(y)
+  return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
+
+def unstack(layers: nnx.Module, make: Callable[[nnx.Rngs], nnx.Module]) -> nnx.List:
+  """The layers of a stacked module as an nnx.List of separate modules made by `make` (the
+  function that made one layer), each holding its slice of the stacked parameters."""
+  values = nnx.to_pure_dict(nnx.state(layers))
+  count = jax.tree.leaves(values)[0].shape[0]
+  separate = []
+  for i in range(count):
+    layer = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    nnx.update(layer, jax.tree.map(lambda a, i=i: a[i], values))
+    separate.append(layer)
+  return nnx.List(separate)
+
+
+def restack(layers: nnx.List) -> dict:
+  """The parameters of separate layers stacked on a leading axis, as a pure dict: what
+  nnx.update takes for the stacked module they came from (unstack's inverse)."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *(nnx.to_pure_dict(nnx.state(layer))
+                                                 for layer in layers))
 
 
 # Below this noise level a data prediction's velocity (x_t - x0) / t divides by this instead,
@@ -136,6 +179,21 @@ class DiT(nnx.Module):
     self.single_blocks = (stacked(lambda r: blocks_lib.SingleStreamBlock(config, rngs=r),
                                   num_single, rngs) if num_single else None)
     self.final = FinalLayer(config, self.patch_dim, rngs=rngs)
+
+  def unstacked(self) -> "DiT":
+    """A copy whose blocks are separate modules (an nnx.List per kind), unrolled when run: the
+    layout in which per-layer tools see one module per block (qwix's quantization and LoRA
+    name layers by module path, e.g. "single_blocks/0/stream/qkv"). Same outputs; the stacked
+    parameters of `self` are restack(copy.single_blocks) etc."""
+    config = self.config
+    copy = nnx.clone(self)
+    if self.dual_blocks is not None:
+      copy.dual_blocks = unstack(self.dual_blocks,
+                                 lambda r: blocks_lib.DualStreamBlock(config, rngs=r))
+    if self.single_blocks is not None:
+      copy.single_blocks = unstack(self.single_blocks,
+                                   lambda r: blocks_lib.SingleStreamBlock(config, rngs=r))
+    return copy
 
   def __call__(self, video: jax.Array, t: jax.Array, *, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, labels: jax.Array | None = None,

@@ -64,6 +64,9 @@ flags.DEFINE_integer("given_frames", 2, "How many first frames --task=extend giv
 flags.DEFINE_float("given_noise", 0.0, "The noise level at which the model sees the given "
                    "frames, in [0, 1); the results file is then metrics_<step>_<task>_noise<level>"
                    ".json.")
+flags.DEFINE_string("quantize", None, "Sample from the run's model quantized: a scheme (w8, "
+                    "w4, w8a8, w8a8_fp8) or a saved plan's name (quantization/saved.py); the "
+                    "results file ends in _<name>.")
 FLAGS = flags.FLAGS
 
 
@@ -105,6 +108,7 @@ def main(argv):
   if FLAGS.task != "text":
     named += f"_{FLAGS.task}" + (f"{FLAGS.given_frames}" if FLAGS.task == "extend" else "")
     named += f"_noise{FLAGS.given_noise:g}" if FLAGS.given_noise else ""
+  named += f"_{FLAGS.quantize}" if FLAGS.quantize else ""
   for shape, target in targets.items():
     if several:
       print(f"shape {shape_name(shape)} (T x H x W):")
@@ -112,7 +116,8 @@ def main(argv):
                            videos_dir=FLAGS.videos, reference_dir=FLAGS.reference_videos,
                            out=FLAGS.out,
                            suffix=(f"_{shape_name(shape)}" if several else "") + named,
-                           task=(FLAGS.task, FLAGS.given_frames, FLAGS.given_noise))
+                           task=(FLAGS.task, FLAGS.given_frames, FLAGS.given_noise),
+                           quantize=FLAGS.quantize)
     print(evaluate.table(results))
     print(f"{results['num_videos']} videos in {results['seconds']['total']:.0f} s; "
           f"wrote {results['path']}")

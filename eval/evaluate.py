@@ -89,11 +89,14 @@ def compute_metrics(ready: dict, settings, workdir: str, config, generated: np.n
 
 
 def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None, out=None,
-        log=print, suffix: str = "", task: tuple[str, int, float] | None = None) -> dict:
+        log=print, suffix: str = "", task: tuple[str, int, float] | None = None,
+        quantize: str | None = None) -> dict:
   """Evaluates and writes the results JSON; returns the results. config: the run's (or another)
   experiment config, checked here first; log (None: quiet) gets progress messages; suffix ends
   the default results file's name (metrics_<step><suffix>.json); task: (name, given frames,
-  their noise level) samples around the frames of held-out real videos (eval/frame_tasks.py)."""
+  their noise level) samples around the frames of held-out real videos (eval/frame_tasks.py);
+  quantize: sample from the run's model quantized by this scheme or saved plan
+  (quantization/saved.py: loaded from the run's folder, or made and saved there)."""
   from configs.checks import validate_config  # noqa: PLC0415  (heavy imports: only when run)
   from eval import videos  # noqa: PLC0415
   from rundir.open_run import restore_run  # noqa: PLC0415
@@ -117,6 +120,11 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
     raise ValueError("--reference_videos pairs with --videos; pass both")
   if task is not None and task[0] == "text":
     task = None
+  if quantize and videos_dir:
+    raise ValueError("--quantize samples the run's quantized model; it cannot read --videos")
+  if quantize and config.sample.sparse.attention != "none":
+    raise ValueError("--quantize samples with dense attention: set sample.sparse.attention "
+                     "to none")
   if task is not None and videos_dir:
     raise ValueError(f"--task={task[0]} samples around the frames of real videos it draws; it "
                      "cannot read --videos")
@@ -148,6 +156,9 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
     opened = restore_run(workdir, config, model, step=step)
     step = opened.step
     with opened:
+      if quantize:
+        from quantization.saved import quantized_run  # noqa: PLC0415
+        opened = quantized_run(opened, quantize)
       batch = min(settings.batch_size, num)
       # The real videos' captions, or their labels for a label-conditioned model.
       frame_task = opened.frame_task(*task) if task else None
@@ -195,7 +206,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
       video_shape=list(generated.shape[1:]), fvd_frames=settings.fvd_frames, sampling=sampling,
       task=None if task is None else dict(name=task[0], given_frames=np.flatnonzero(
           frame_task.given).tolist(), given_noise=frame_task.level),
-      metrics=metrics, skipped=skipped,
+      quantized=quantize or None, metrics=metrics, skipped=skipped,
       seconds={k: round(v, 1) for k, v in timings.items()},
       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
   out = out or os.path.join(workdir, "eval", f"metrics_{step if step is not None else 'videos'}"
