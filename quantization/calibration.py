@@ -30,6 +30,7 @@ class RangeObserver(qwix_calibration.CalibrationProvider):
   def __init__(self, module_path: str = BLOCK_LINEARS):
     super().__init__([qwix.QuantizationRule(module_path=module_path, op_names=("dot_general",))])
     self.seen: dict[str, jax.Array] = {}
+    self.rows: dict[str, int] = {}  # input vectors per call (static)
 
   def get_rule_type(self):
     return qwix.QuantizationRule
@@ -40,14 +41,20 @@ class RangeObserver(qwix_calibration.CalibrationProvider):
   def _collect_stats(self, lhs, weight_name, *, module_path, **_):
     # lhs [in_features, everything else] (the provider moved the contracting axis first)
     self.seen["/".join(module_path)] = jnp.max(jnp.abs(lhs.astype(jnp.float32)), axis=1)
+    self.rows["/".join(module_path)] = lhs.shape[1]
 
 
 @dataclasses.dataclass
 class Ranges:
   """What calibrate() measured: sigmas float [S] (each step's noise level) and, per layer,
-  channel_max float32 [S, in_features] (each step's per-channel absolute maximum)."""
+  channel_max float32 [S, in_features] (each step's per-channel absolute maximum) and rows
+  (how many input vectors the layer takes per call: tokens, or one per video for the
+  modulations); states float32 [S, B, ...]: the trajectories' x at each step (None when not
+  kept)."""
   sigmas: np.ndarray
   channel_max: dict[str, np.ndarray]
+  rows: dict[str, int] = dataclasses.field(default_factory=dict)
+  states: np.ndarray | None = None
 
   def tensor_max(self) -> dict[str, np.ndarray]:
     """Per layer float32 [S]: each step's absolute maximum over the whole input."""
@@ -103,14 +110,18 @@ def calibrate(model: nnx.Module, key: jax.Array, shape: tuple[int, ...], cond: d
     v, _ = guided(apply, cond, guidance_scale, guidance_interval)(x, sigma)
     return x + (sigma_next - sigma) * v, seen[0]
 
-  x, per_step = noise, []
+  x, per_step, states = noise, [], []
   for i in range(num_steps):
+    states.append(np.asarray(x))
     x, seen = step(state, x, sigmas[i], sigmas[i + 1])
     per_step.append(jax.device_get(seen))
   if not per_step[0]:
     raise ValueError(f"no layer of the model matches {module_path!r}: is it a DiT.unstacked()?")
   channel_max = {path: np.stack([s[path] for s in per_step]) for path in per_step[0]}
-  return Ranges(np.asarray(sigmas[:-1]), channel_max)
+  # A guided call doubles the batch: rows per video.
+  batch = 2 * b if guidance_scale != 1.0 else b
+  rows = {path: r // batch for path, r in observer.rows.items()}
+  return Ranges(np.asarray(sigmas[:-1]), channel_max, rows, np.stack(states))
 
 
 def merge(ranges: list[Ranges]) -> Ranges:
@@ -118,4 +129,6 @@ def merge(ranges: list[Ranges]) -> Ranges:
   per-step maxima."""
   first = ranges[0]
   return Ranges(first.sigmas, {path: np.max([r.channel_max[path] for r in ranges], axis=0)
-                               for path in first.channel_max})
+                               for path in first.channel_max}, first.rows,
+                None if first.states is None else
+                np.concatenate([r.states for r in ranges], axis=1))

@@ -12,7 +12,6 @@ plan under the same name is an error that says how to keep both.
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 
 import jax
@@ -75,14 +74,23 @@ def example_call(shape, cond) -> tuple:
   return (jnp.zeros(shape, jnp.float32), jnp.ones(shape[:1])), dict(cond)
 
 
-def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS):
-  """(quantized model, manifest dict): the run's model calibrated on its own trajectories
-  (if the plan quantizes activations) and quantized by `plan`."""
+def calibrate_run(run, repeats: int = CALIBRATION_REPEATS) -> calibration.Ranges:
+  """The ranges of the run's model on its own trajectories (calibration_inputs)."""
   model = nnx.merge(run.graphdef, run.params, run.model_state)
   key, shape, cond, options = calibration_inputs(run, repeats)
+  return calibration.calibrate(model.unstacked(), key, shape, cond, **options)
+
+
+def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS,
+                 ranges: calibration.Ranges | None = None, **extra):
+  """(quantized model, manifest dict): the run's model calibrated on its own trajectories
+  (if the plan quantizes activations and no ranges are given) and quantized by `plan`;
+  extra: more for the manifest."""
+  model = nnx.merge(run.graphdef, run.params, run.model_state)
+  _, shape, cond, options = calibration_inputs(run, repeats)
   needs_ranges = any(plan.scheme(p).act_qtype is not None for p in plan.layers)
-  ranges = (calibration.calibrate(model.unstacked(), key, shape, cond, **options)
-            if needs_ranges else None)
+  if needs_ranges and ranges is None:
+    ranges = calibrate_run(run, repeats)
   quantized = quantize_dit(model, plan, ranges, example_call(shape, cond))
   manifest = dict(
       plan=json.loads(plan.to_json()), step=int(run.step),
@@ -91,7 +99,7 @@ def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS):
                                              if k != "guidance_interval"}),
       range_spread={} if ranges is None else {k: round(v, 3)
                                                 for k, v in ranges.spread().items()},
-      bytes=dict(quantized=model_bytes(quantized), full_precision=model_bytes(model)))
+      bytes=dict(quantized=model_bytes(quantized), full_precision=model_bytes(model)), **extra)
   return quantized, manifest
 
 

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import qwix
 from flax import nnx
 
 from configs.common import model_config
@@ -182,3 +181,53 @@ def test_sample_py_and_eval_take_a_quantized_model(run_copy):
   bad = subprocess.run([sys.executable, "sample.py", f"--workdir={run_copy}", "--quantize=w3"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "no quantized model 'w3'" in bad.stderr
+
+
+def random_layers(rng, count):
+  from quantization.mixed import Layer  # noqa: PLC0415
+  schemes = ("w4", "w8", "w8a8")
+  return [Layer(f"layer{i}", int(rng.integers(100, 1000)), int(rng.integers(1000, 10000)),
+                dict(zip(schemes, sorted(rng.uniform(0, 1, 3))[::-1])))
+          for i in range(count)]
+
+
+@pytest.mark.parametrize("bits,activations", [(6.0, 0.0), (8.0, 0.5), (12.0, 0.3), (20.0, 0.0)])
+def test_the_mixed_choice_is_the_best_one_within_its_budget(seed, bits, activations):
+  import itertools  # noqa: PLC0415
+  from quantization.mixed import FULL, budget, choose  # noqa: PLC0415
+
+  layers = random_layers(np.random.default_rng(seed), 4)
+  choice = choose(layers, bits=bits, activations=activations)
+  spent = budget(layers, choice)
+  assert spent["bits"] <= bits + 1e-9 and spent["activations"] >= activations - 1e-9
+  best = min(
+      (budget(layers, dict(zip([l.path for l in layers], combo)))["error"]
+       for combo in itertools.product(("w4", "w8", "w8a8", FULL), repeat=len(layers))
+       if (lambda b: b["bits"] <= bits + 1e-9 and b["activations"] >= activations - 1e-9)(
+           budget(layers, dict(zip([l.path for l in layers], combo))))))
+  assert spent["error"] == pytest.approx(best, abs=1e-9)  # brute force agrees
+
+
+def test_a_budget_no_choice_meets_is_a_clear_error(seed):
+  from quantization.mixed import choose  # noqa: PLC0415
+
+  with pytest.raises(ValueError, match="no choice of schemes meets the budget"):
+    choose(random_layers(np.random.default_rng(seed), 3), bits=3.0)
+  with pytest.raises(ValueError, match="no choice of schemes meets the budget"):
+    choose(random_layers(np.random.default_rng(seed), 3), bits=6.0, activations=0.9)
+
+
+def test_sensitivity_is_measured_per_layer_and_scheme(key, randomize):
+  from quantization.mixed import measure  # noqa: PLC0415
+
+  model = tiny_model(key, randomize)
+  ranges = ranges_of(model, jax.random.fold_in(key, 1))
+  _, _, cond = text_inputs(key)
+  paths = ["single_blocks/1/stream/mlp/down", "dual_blocks/0/video/qkv"]
+  layers = measure(model, ranges, cond, ["w4", "w8"], paths, smooth_alpha=None, steps=2)
+  assert [layer.path for layer in layers] == paths
+  for layer in layers:
+    assert 0 < layer.errors["w8"] < layer.errors["w4"]  # fewer bits, more error
+  down = layers[0]
+  assert down.params == model.config.mlp_hidden_size * model.config.hidden_size
+  assert down.macs == down.params * (4 * 8 * 8 // (1 * 2 * 2) + 6)  # rows: video + text tokens
