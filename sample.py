@@ -42,6 +42,11 @@ given frames are held while the others are sampled around them (diffusion/frame_
 
 One --given per video (one for all prompts, or one prompt for all of them).
 
+A LoRA run (configs/lora.py) samples with its adapters attached to its base run's weights, or
+merged into them:
+
+  python sample.py --workdir=runs/quickstart_lora --merge_lora
+
 Quantized (quantization/): int8 or int4 weights, or int8/fp8 weights and activations; the
 first call calibrates and quantizes the model and saves it under <workdir>/quantized/:
 
@@ -57,7 +62,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from configs.common import parse_arg
+from configs.common import parse_arg, uses_lora
 from data.video_io import UnreadableVideo
 from diffusion.frame_sampling import TASKS
 from diffusion.sparse_sampling import SPARSE_ATTENTION
@@ -117,6 +122,9 @@ flags.DEFINE_string("quantize", None, "Sample from the model quantized: w8 or w4
                     "weights), w8a8 (int8 weights and activations), w8a8_fp8, or a saved plan's "
                     "name; made once (calibrated on the run's own trajectories) and saved under "
                     "<workdir>/quantized/<step>/<name>.")
+flags.DEFINE_bool("merge_lora", False, "A LoRA run (configs/lora.py): sample with its adapters "
+                  "merged into the base weights (the default runs them attached; both compute "
+                  "the same).")
 flags.DEFINE_string("mesh", None, "Mesh sizes as axis=size pairs, e.g. seq=4,data=-1 (default: "
                     "the training config's mesh).")
 distributed.define_flags()
@@ -175,6 +183,8 @@ def main(argv):
     config = load_config(workdir)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from None
+  if FLAGS.merge_lora and not uses_lora(config):
+    raise app.UsageError(f"--merge_lora: {workdir} is not a LoRA run (configs/lora.py)")
   try:
     check_dit_run(workdir, config)
   except ValueError as e:
@@ -230,7 +240,10 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
   try:
-    run = open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config)
+    # Quantization takes the plain DiT a LoRA run's merged adapters make.
+    merge = FLAGS.merge_lora or bool(FLAGS.quantize and uses_lora(config))
+    run = open_run(workdir, step=step, ema=FLAGS.ema, mesh=mesh, config=config,
+                   merge_lora=merge)
   except FileNotFoundError as e:  # no checkpoints, or no such step: say so, no traceback
     raise app.UsageError(str(e)) from None
   with run:

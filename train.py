@@ -74,9 +74,10 @@ from training import checkpoints
 from training.layout import (adaptive_plan, batch_degree, check_fits_mesh, global_batch,
                              init_sharded_train_state, jit_train_step, train_state_layout)
 from training.adaptive_step import HARDWARE_FILE, AdaptiveStep, cost_model_for
-from rundir.init_from import initial_state, pin_init_run
+from rundir.init_from import initial_state, lora_base, pin_init_run
 from training.optimizer import learning_rate_schedule
 from training.train_state import optimizer_for
+from training.lora import saved_part, uses_lora
 from training.train_step import make_train_step
 from training.vae_step import make_vae_train_step, reconstruct
 
@@ -406,8 +407,11 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   text_encoder = text_encoder_for(config) if trains(config) == "dit" else None
   vae = open_latent_vae(config)  # None in pixel space
   stages = resolve_stages(config)
+  lora = config.lora if uses_lora(config) else None  # adapters on a frozen base
   graphdef, abstract, shardings = train_state_layout(model, config.optim, mesh,
-                                                     config.sharding.rules)
+                                                     config.sharding.rules, lora)
+  # What checkpoints hold: a LoRA run's leave out its base (found again from train.init_from).
+  saved = saved_part if lora is not None else (lambda state: state)
   sp_hardware_path = os.path.join(workdir, HARDWARE_FILE)
   make_run = lambda stage: StageRun(stage, model, graphdef, shardings, mesh, text_encoder,
                                     vae, sp_hardware, workdir)
@@ -419,10 +423,12 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints,
                                      cleanup_interrupted=True)
   if manager.latest_step() is not None:  # restored straight into this mesh's shards
-    state, rng, run = restore_run(manager, abstract, stages, make_run)
+    state, rng, run = restore_run(manager, saved(abstract), stages, make_run)
+    if lora is not None:
+      state = state.replace(model_state=lora_base(config, abstract.model_state))
     print(f"resumed from {manager.directory} at step {int(state.step)}", flush=True)
   else:
-    state = init_sharded_train_state(model, config.optim, config.seed, shardings)
+    state = init_sharded_train_state(model, config.optim, config.seed, shardings, lora)
     if config.train.get("init_from"):
       state = initial_state(config, state, abstract)
       print(f"started from the EMA weights of {config.train.init_from} (step "
@@ -491,7 +497,7 @@ def _train(config: ml_collections.ConfigDict, model: DiTConfig, workdir: str,
         if save_now and done != last_saved:
           if not all_finite(state.params):
             raise NonFiniteLossError(_non_finite_message("parameters", done, manager))
-          checkpoints.save(manager, state, rng, run.data_iterator, force=True)
+          checkpoints.save(manager, saved(state), rng, run.data_iterator, force=True)
           last_saved = done
         sample_every = run.config.train.sample_every
         if sample_every and (done % sample_every == 0 or done == stage.end):

@@ -5,6 +5,8 @@ Each error says which field is wrong and what to set; code past this boundary tr
     model = validate_config(config)   # every section; returns the network's config: a
                                       # DiTConfig, or a VAEConfig when config.trains == "vae"
 """
+import re
+
 import jax
 import ml_collections
 
@@ -396,6 +398,7 @@ def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
   validate_text_config(config.text)
   validate_eval_config(config.eval)
   validate_latents_config(config)
+  validate_lora_config(config)
   stages = resolve_stages(config)
   for stage in stages:
     try:
@@ -405,6 +408,27 @@ def validate_config(config: ml_collections.ConfigDict) -> DiTConfig | VAEConfig:
         raise
       raise ValueError(f"stage {stage.index} ({stage.name!r}): {e}") from None
   return model
+
+
+def validate_lora_config(config: ml_collections.ConfigDict) -> None:
+  """config.lora, where there is one of rank > 0, with what LoRA training cannot combine."""
+  if not common.uses_lora(config):
+    return
+  lora, errors = config.lora, []
+  if not config.train.get("init_from"):
+    errors.append("lora.rank > 0 fine-tunes a trained run: set train.init_from to its workdir")
+  if not lora.alpha > 0:
+    errors.append(f"lora.alpha={lora.alpha} must be positive")
+  try:
+    re.compile(lora.layers)
+  except re.error as e:
+    errors.append(f"lora.layers={lora.layers!r} is not a regular expression: {e}")
+  if config.data.get("batching", "fixed") == "packing":
+    errors.append("LoRA runs the model's __call__; data.batching='packing' runs DiT.packed: use "
+                  "fixed or buckets")
+  if config.get("stages"):
+    errors.append("a LoRA run has no stages: drop config.stages")
+  raise_if_any("lora", errors)
 
 
 def validate_stage(config: ml_collections.ConfigDict, model: DiTConfig) -> None:

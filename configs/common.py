@@ -213,6 +213,25 @@ def text_config(**overrides) -> ml_collections.ConfigDict:
   return _section(overrides, encoder="minilm", max_length=16, vocab_size=4096)
 
 
+# LoRA's default layers: every linear layer of the blocks (dit.model.BLOCK_LINEARS).
+LORA_LAYERS = (r"(dual|single)_blocks/\d+/(video|text|stream)/"
+               r"(qkv|out|modulation|mlp/gate_up|mlp/down)")
+
+
+def lora_config(rank: int = 0, alpha: float | None = None, layers: str = LORA_LAYERS
+                ) -> ml_collections.ConfigDict:
+  """config.lora (training/lora.py): rank > 0 trains LoRA adapters of that rank on the layers
+  whose module paths match `layers` (a regex), the base run (train.init_from) frozen; alpha
+  scales them by alpha / rank (default: rank). Absent or rank 0: the whole model trains."""
+  return ml_collections.ConfigDict(dict(rank=rank, alpha=float(alpha or rank or 1),
+                                        layers=layers))
+
+
+def uses_lora(config: ml_collections.ConfigDict) -> bool:
+  """Whether a config trains LoRA adapters on a frozen base."""
+  return "lora" in config and config.lora.rank > 0
+
+
 def train_config(**overrides) -> ml_collections.ConfigDict:
   """config.train: the loop of train.py."""
   return _section(overrides,

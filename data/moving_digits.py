@@ -91,12 +91,14 @@ class MovingDigits:
   motion ("the digit 3").
   styles_per_digit limits each digit to its first few handwritten images (None: all ~140 per
   digit in the train split), a narrower distribution that a small model learns sooner.
+  inverted draws dark digits on a white canvas (the values negated): a new look to fine-tune a
+  trained model to (configs/lora.py).
   """
 
   def __init__(self, num_examples: int = 100_000, num_frames: int = 8,
                size: int | tuple[int, int] = 32, digit_scale: int = 2, speed: int = 2,
                max_digits: int = 1, split: str = "train",
-               styles_per_digit: int | None = None, seed: int = 0):
+               styles_per_digit: int | None = None, seed: int = 0, inverted: bool = False):
     digit_size = 8 * digit_scale
     travel = speed * (num_frames - 1)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
@@ -129,6 +131,7 @@ class MovingDigits:
     self.split = split
     self.styles_per_digit = styles_per_digit
     self.seed = seed
+    self.inverted = bool(inverted)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -157,7 +160,7 @@ class MovingDigits:
       digits.append(int(labels[which]))
       directions.append(direction if self.num_frames > 1 else STILL)
     return {
-        "video": video[..., None] * 2.0 - 1.0,  # [T, H, W, 1]
+        "video": (1.0 - 2.0 * video if self.inverted else video * 2.0 - 1.0)[..., None],
         "caption": caption(digits, directions),
         "label": np.int32(digits[0]),
     }

@@ -30,6 +30,12 @@ from dit.rope import rope_angles, rope_axes_dims
 from sharding.logical import constrain
 
 
+# The module paths of the linear layers in the blocks of DiT.unstacked(), as per-layer tools
+# (qwix's quantization and LoRA rules) match them: "single_blocks/0/stream/qkv", ...
+BLOCK_LINEARS = (r"(dual|single)_blocks/\d+/(video|text|stream)/"
+                 r"(qkv|out|modulation|mlp/gate_up|mlp/down)")
+
+
 def stacked(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) -> nnx.Module:
   """`count` independently initialised modules, their parameters stacked on a leading axis."""
 
@@ -110,10 +116,11 @@ def unstack(layers: nnx.Module, make: Callable[[nnx.Rngs], nnx.Module]) -> nnx.L
   return nnx.List(separate)
 
 
-def restack(layers: nnx.List) -> dict:
-  """The parameters of separate layers stacked on a leading axis, as a pure dict: what
-  nnx.update takes for the stacked module they came from (unstack's inverse)."""
-  return jax.tree.map(lambda *a: jnp.stack(a), *(nnx.to_pure_dict(nnx.state(layer))
+def restack(layers: nnx.List, *filters) -> dict:
+  """The variables (of `filters`, default all) of separate layers stacked on a leading axis,
+  as a pure dict: what nnx.update takes for the stacked module they came from (unstack's
+  inverse)."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *(nnx.to_pure_dict(nnx.state(layer, *filters))
                                                  for layer in layers))
 
 

@@ -105,6 +105,7 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
 
   from rundir.open_run import check_dit_run  # noqa: PLC0415
 
+  from configs.common import uses_lora  # noqa: PLC0415
   from data.reflow_pairs import with_real_data  # noqa: PLC0415
   from diffusion.frame_sampling import fill_held  # noqa: PLC0415
 
@@ -153,7 +154,9 @@ def run(config, workdir: str, *, step=None, videos_dir=None, reference_dir=None,
   timings, sampling = {}, None
   if videos_dir is None:
     t = time.perf_counter()
-    opened = restore_run(workdir, config, model, step=step)
+    # Quantization takes the plain DiT a LoRA run's merged adapters make.
+    opened = restore_run(workdir, config, model, step=step,
+                         merge_lora=bool(quantize) and uses_lora(config))
     step = opened.step
     with opened:
       if quantize:

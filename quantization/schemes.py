@@ -16,8 +16,7 @@ import re
 import jax.numpy as jnp
 import qwix
 
-# The module paths (qwix's names, on DiT.unstacked()) of the linear layers in the blocks.
-BLOCK_LINEARS = r"(dual|single)_blocks/\d+/(video|text|stream)/(qkv|out|modulation|mlp/gate_up|mlp/down)"
+from dit.model import BLOCK_LINEARS  # the block linears' module paths
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ from jax.experimental import multihost_utils
 
 from rundir.config_file import identity_changes, load_config
 from training import checkpoints
-from training.train_state import TrainState
+from training.lora import base_state, uses_lora
+from training.train_state import TrainState, abstract_train_state
 
 
 def pin_init_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -65,11 +66,30 @@ def pin_init_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def initial_state(config: ml_collections.ConfigDict, state: TrainState,
                   abstract: TrainState) -> TrainState:
   """`state` (a new run's, at step 0) with the pinned source run's EMA weights and model
-  state; unchanged without train.init_from."""
+  state; unchanged without train.init_from. A LoRA run (training/lora.py) keeps its fresh
+  adapters and takes the source's weights as its frozen base (lora_base)."""
   source = config.train.get("init_from", "")
   if not source:
     return state
+  if uses_lora(config):
+    return state.replace(model_state=lora_base(config, abstract.model_state))
   params, model_state, _ = checkpoints.restore_params(source, abstract, use_ema=True,
                                                       step=int(config.train.init_step))
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
                        model_state=model_state)
+
+
+def lora_base(config: ml_collections.ConfigDict, target):
+  """A LoRA run's frozen base: the EMA weights of its pinned train.init_from run at
+  train.init_step, unstacked as the LoRA network holds them, and laid out as `target` (the
+  abstract model_state, carrying shardings where it has them)."""
+  from configs.checks import validate_config  # noqa: PLC0415
+
+  model = validate_config(config)
+  _, stacked = abstract_train_state(model, config.optim)
+  params, _, _ = checkpoints.restore_params(config.train.init_from, stacked, use_ema=True,
+                                            step=int(config.train.init_step))
+  base = base_state(params, model)
+  if all(getattr(a, "sharding", None) is not None for a in jax.tree.leaves(target)):
+    return jax.device_put(base, jax.tree.map(lambda a: a.sharding, target))
+  return base

@@ -25,8 +25,10 @@ from rundir.open_vae import latent_decoder, latent_encoder, open_latent_vae, vid
 from sharding.logical import use_mesh
 from sharding.mesh import make_mesh
 from text_encoders.encoders import text_encoder_for
+from rundir.init_from import lora_base
 from training import checkpoints
 from training.layout import train_state_layout
+from training.lora import merged_params, saved_part, uses_lora
 
 
 @dataclasses.dataclass
@@ -74,16 +76,19 @@ class Run:
 
 def open_run(workdir: str, step: int | None = None, ema: bool = True,
              mesh: jax.sharding.Mesh | dict | None = None,
-             config: ml_collections.ConfigDict | None = None) -> Run:
+             config: ml_collections.ConfigDict | None = None, merge_lora: bool = False) -> Run:
   """Opens the run in `workdir` at checkpoint `step` (default: the latest).
 
   ema: the EMA parameters (else the raw ones). mesh: a Mesh, or axis sizes such as
   {"data": -1} (default: the run's config.mesh). config: the run's config with the caller's
   overrides (default: its config.json); it is checked here, before anything is restored.
+  A LoRA run (training/lora.py) opens with its adapters attached to its base run's weights,
+  or with merge_lora merged into them (a plain DiT; attached and merged compute the same).
   """
   config = load_config(workdir) if config is None else config
   check_dit_run(workdir, config)
-  return restore_run(workdir, config, validate_config(config), step=step, ema=ema, mesh=mesh)
+  return restore_run(workdir, config, validate_config(config), step=step, ema=ema, mesh=mesh,
+                     merge_lora=merge_lora)
 
 
 def check_dit_run(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -98,7 +103,7 @@ def check_dit_run(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfig, *,
                 step: int | None = None, ema: bool = True,
-                mesh: jax.sharding.Mesh | dict | None = None) -> Run:
+                mesh: jax.sharding.Mesh | dict | None = None, merge_lora: bool = False) -> Run:
   """open_run for a config its caller has checked already (model: what
   configs.checks.validate_config returned for it), e.g. after checks of its own."""
   check_dit_run(workdir, config)
@@ -106,10 +111,21 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first")
   if not isinstance(mesh, jax.sharding.Mesh):
     mesh = make_mesh(dict(config.mesh) if mesh is None else mesh)
+  lora = config.lora if uses_lora(config) else None
+  if merge_lora and lora is None:
+    raise ValueError(f"{workdir} is not a LoRA run (config.lora.rank is 0): there are no "
+                     "adapters to merge")
   with use_mesh(mesh, config.sharding.rules):
-    graphdef, abstract, _ = train_state_layout(model, config.optim, mesh, config.sharding.rules)
-    params, model_state, step = checkpoints.restore_params(workdir, abstract, use_ema=ema,
+    graphdef, abstract, _ = train_state_layout(model, config.optim, mesh, config.sharding.rules,
+                                               lora)
+    saved = saved_part(abstract) if lora is not None else abstract
+    params, model_state, step = checkpoints.restore_params(workdir, saved, use_ema=ema,
                                                           step=step)
+    if lora is not None:  # the adapters' base: the run they fine-tuned
+      model_state = lora_base(config, abstract.model_state)
+      if merge_lora:
+        graphdef, params, model_state = merged_params(graphdef, params, model_state, model,
+                                                      lora)
   vae = open_latent_vae(config)  # None in pixel space
   return Run(workdir=workdir, config=config, model=model, mesh=mesh, graphdef=graphdef,
              params=params, model_state=model_state, step=step,

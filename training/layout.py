@@ -95,22 +95,25 @@ def with_shardings(abstract_tree, shardings):
 
 
 def train_state_layout(model: NetworkConfig, optim: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh,
-                       rules: Rules) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+                       mesh: jax.sharding.Mesh, rules: Rules,
+                       lora: ml_collections.ConfigDict | None = None
+                       ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract state carrying its shardings, shardings) of the DiT of `model` with
   config.optim's optimizer on `mesh`, allocating nothing: what init builds into and what a
   checkpoint restores onto. Params, EMA and the optimizer's moments follow the params' logical
-  axes (`rules`); the step is replicated."""
-  graphdef, abstract = abstract_train_state(model, optim)
+  axes (`rules`); the step is replicated. lora: a LoRA run's config.lora (training/lora.py)."""
+  graphdef, abstract = abstract_train_state(model, optim, lora)
   shardings = tree_shardings(abstract, mesh, rules)
   return graphdef, with_shardings(abstract, shardings), shardings
 
 
 def init_sharded_train_state(model: NetworkConfig, optim: ml_collections.ConfigDict, seed: int,
-                             shardings: TrainState) -> TrainState:
+                             shardings: TrainState,
+                             lora: ml_collections.ConfigDict | None = None) -> TrainState:
   """The initial state built directly in its shards (jit with out_shardings), so no device
   ever holds the whole model; the values equal an unsharded init's with the same seed."""
-  return jax.jit(lambda: initial_train_state(model, optim, seed)[1], out_shardings=shardings)()
+  return jax.jit(lambda: initial_train_state(model, optim, seed, lora)[1],
+                 out_shardings=shardings)()
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
