@@ -230,7 +230,7 @@ def main(argv):
     logging.warning("--sparsity=%s does nothing without --sparse_attention=adaspa",
                     FLAGS.sparsity)
   if FLAGS.quantize and config.sample.sparse.attention != "none":
-    raise app.UsageError("--quantize samples with dense attention: drop --sparse_attention")
+    raise app.UsageError("--quantize samples with dense attention: pass --sparse_attention=none")
   if (FLAGS.task == "text") != (not FLAGS.given):
     raise app.UsageError(f"--given goes with --task=image, extend or keyframes, and they need "
                          f"it (--task={FLAGS.task}, {len(FLAGS.given or [])} --given)")

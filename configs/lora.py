@@ -12,10 +12,11 @@ The default new behaviour is the quick start's moving digits drawn dark on a whi
 
 Variants, as `--config=configs/lora.py:base=runs/x,rank=8,steps=800`:
   base      the run to fine-tune (default runs/quickstart)
-  rank      the adapters' rank (default 4); alpha = rank
-  layers    which linears get adapters: all (the blocks' qkv, out, MLP and modulation; default)
-            or attention (qkv and out)
-  steps     training steps (default 600)
+  rank      the adapters' rank (default 8: 3.6% of the quick start's parameters); alpha = rank
+  layers    which linears get adapters: all (the blocks' qkv, out and MLP, the patch
+            embedding and the final layer; default), blocks (every linear of the blocks, the
+            adaLN modulations too) or attention (the blocks' qkv and out)
+  steps     training steps (default 2000)
   lr        learning rate, constant after a short warm-up (default 2e-3)
   inverted  fine-tune on inverted digits (default True; False: the base run's own data)
 """
@@ -26,12 +27,18 @@ import ml_collections
 from configs.common import LORA_LAYERS, lora_config, parse_arg
 from configs.saved_run import load_config
 
-LAYERS = dict(all=LORA_LAYERS,
-              attention=r"(dual|single)_blocks/\d+/(video|text|stream)/(qkv|out)")
+# The blocks' attention and MLP, and the patch embedding and final layer that read and write
+# pixels (a new look needs them); the blocks' adaLN modulations (a third of the block weights)
+# only with layers=blocks.
+LAYERS = dict(
+    all=(r"(dual|single)_blocks/\d+/(video|text|stream)/(qkv|out|mlp/gate_up|mlp/down)"
+         r"|patch_embed|final/(modulation|proj)"),
+    blocks=LORA_LAYERS,
+    attention=r"(dual|single)_blocks/\d+/(video|text|stream)/(qkv|out)")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, base="runs/quickstart", rank=4, layers="all", steps=600, lr=2e-3,
+  arg = parse_arg(arg, base="runs/quickstart", rank=8, layers="all", steps=2000, lr=2e-3,
                   inverted=True)
   if not os.path.exists(os.path.join(arg.base, "config.json")):
     raise FileNotFoundError(f"configs/lora.py: base={arg.base} is not a train.py run (no "
@@ -41,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = load_config(arg.base)
   if config.get("lora") and config.lora.rank:
     raise ValueError(f"configs/lora.py: base={arg.base} is itself a LoRA run; fine-tune its "
-                     "base, or merge it first")
+                     "base instead")
   config.lora = lora_config(rank=arg.rank, layers=LAYERS[arg.layers])
   config.train.update(init_from=arg.base, init_step=0, num_steps=arg.steps,
                       checkpoint_every=min(200, arg.steps), sample_every=0)

@@ -11,6 +11,7 @@ patterns, diffusion/sparse_attention.py) and returns (velocity, per-layer output
 `DiT.packed(patches, t, segment_ids, positions, ...)` runs rows that pack several examples of
 any shapes (data/packing.py): each attends within itself, with its own timestep and condition.
 """
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -87,18 +88,26 @@ def scan_stacked(layers: nnx.Module | nnx.List, carry, xs, apply: Callable, *, s
 
 
 def _unrolled(layers: nnx.List, carry, xs, apply: Callable, remat: str):
-  """scan_stacked over separate layer modules, one after another."""
+  """scan_stacked over separate layer modules, one after another. With a remat policy each
+  layer is rematerialised as the stacked path does it: jax.checkpoint over its split state,
+  merged inside (the layer's variables are read, never written, in there)."""
   policy = remat_policy(remat)
 
   def body(layer, carry, x):
     carry = jax.tree.map(lambda a: checkpoint_name(a, BLOCK_INPUT), carry)
     return apply(layer, carry, x)
 
-  if policy is not None:
-    body = nnx.remat(body, policy=policy)
   ys = []
   for i, layer in enumerate(layers):
-    carry, y = body(layer, carry, jax.tree.map(lambda a, i=i: a[i], xs))
+    x = jax.tree.map(lambda a, i=i: a[i], xs)
+    if policy is None:
+      carry, y = body(layer, carry, x)
+    else:
+      graphdef, state = nnx.split(layer)
+      checkpointed = jax.checkpoint(
+          lambda state, carry, x, graphdef=graphdef: body(nnx.merge(graphdef, state), carry, x),
+          policy=policy)
+      carry, y = checkpointed(state, carry, x)
     ys.append(y)
   return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 
@@ -187,13 +196,19 @@ class DiT(nnx.Module):
                                   num_single, rngs) if num_single else None)
     self.final = FinalLayer(config, self.patch_dim, rngs=rngs)
 
-  def unstacked(self) -> "DiT":
+  def unstacked(self, remat: str | None = None) -> "DiT":
     """A copy whose blocks are separate modules (an nnx.List per kind), unrolled when run: the
     layout in which per-layer tools see one module per block (qwix's quantization and LoRA
     name layers by module path, e.g. "single_blocks/0/stream/qkv"). Same outputs; the stacked
-    parameters of `self` are restack(copy.single_blocks) etc."""
+    parameters of `self` are restack(copy.single_blocks) etc. A model unstacked already gives
+    a copy of itself. remat: another model.remat for the copy (e.g. "none" for inference)."""
     config = self.config
+    if remat is not None:
+      config = dataclasses.replace(config, remat=remat)
     copy = nnx.clone(self)
+    copy.config = config
+    if isinstance(self.single_blocks, nnx.List) or isinstance(self.dual_blocks, nnx.List):
+      return copy
     if self.dual_blocks is not None:
       copy.dual_blocks = unstack(self.dual_blocks,
                                  lambda r: blocks_lib.DualStreamBlock(config, rngs=r))

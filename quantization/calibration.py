@@ -89,7 +89,10 @@ def calibrate(model: nnx.Module, key: jax.Array, shape: tuple[int, ...], cond: d
               guidance_interval=(0.0, 1.0), module_path: str = BLOCK_LINEARS) -> Ranges:
   """The input ranges of model's layers along its guided Euler trajectories from noise `key`
   [B, ...] = shape under conditioning cond (B prompts) over the sampler's num_steps noise
-  levels (sigma_schedule(num_steps, shift)). model: an unstacked DiT."""
+  levels (sigma_schedule(num_steps, shift)). model: a DiT (stacked or unstacked; it runs
+  unstacked without remat, which only a backward pass would use)."""
+  check_no_adapters(model)
+  model = model.unstacked(remat="none")
   noise = jax.random.normal(key, shape, jnp.float32)
   sigmas = sigma_schedule(num_steps, shift)
   b = shape[0]
@@ -116,12 +119,19 @@ def calibrate(model: nnx.Module, key: jax.Array, shape: tuple[int, ...], cond: d
     x, seen = step(state, x, sigmas[i], sigmas[i + 1])
     per_step.append(jax.device_get(seen))
   if not per_step[0]:
-    raise ValueError(f"no layer of the model matches {module_path!r}: is it a DiT.unstacked()?")
+    raise ValueError(f"no layer of the model matches {module_path!r}")
   channel_max = {path: np.stack([s[path] for s in per_step]) for path in per_step[0]}
   # A guided call doubles the batch: rows per video.
   batch = 2 * b if guidance_scale != 1.0 else b
   rows = {path: r // batch for path, r in observer.rows.items()}
   return Ranges(np.asarray(sigmas[:-1]), channel_max, rows, np.stack(states))
+
+
+def check_no_adapters(model: nnx.Module) -> None:
+  """Quantization takes a plain DiT: a LoRA network's adapters would be dropped silently."""
+  if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+    raise ValueError("the model carries LoRA adapters: merge them into its weights first "
+                     "(open_run(..., merge_lora=True); sample.py and python -m eval do it)")
 
 
 def merge(ranges: list[Ranges]) -> Ranges:

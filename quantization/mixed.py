@@ -15,7 +15,7 @@ where a layer may also stay in full precision ("fp": error 0, 16 or 32 bits), bi
 scheme's weight bits, act[s] is 1 where it quantizes activations (the matmuls that run in 8
 bits) and macs[l] = in * out * rows, the layer's multiply-adds per video.
 
-    python -m quantization.mixed --workdir=runs/quickstart --bits=6 --activations=0.9
+    python -m quantization.mixed --workdir=runs/quickstart --bits=8 --activations=0.9
     python sample.py --workdir=runs/quickstart --quantize=mixed
 """
 import dataclasses
@@ -67,7 +67,8 @@ def measure(model: nnx.Module, ranges: Ranges, cond: dict, schemes: list[str],
     return [call(state, x, t) for x, t in inputs]
 
   reference = velocities(model)
-  kernels = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(model.unstacked())}
+  kernels = {"/".join(map(str, p)): m
+             for p, m in nnx.iter_modules(model.unstacked(remat="none"))}
   layers = []
   for path in paths:
     errors = {}
@@ -143,7 +144,11 @@ def main(argv):
   schemes = list(FLAGS.schemes)
   for scheme in schemes:
     get_scheme(scheme)  # an unknown name is an error before the run is opened
-  with open_run(FLAGS.workdir) as run:
+  from configs.common import uses_lora  # noqa: PLC0415
+  from rundir.config_file import load_config  # noqa: PLC0415
+
+  # A LoRA run is quantized with its adapters merged into its weights.
+  with open_run(FLAGS.workdir, merge_lora=uses_lora(load_config(FLAGS.workdir))) as run:
     directory = saved.quantized_dir(run.workdir, run.step, FLAGS.name)
     if os.path.exists(directory):
       raise app.UsageError(f"{directory} exists (it is never overwritten): pass another --name")
@@ -186,12 +191,14 @@ def measured(model, ranges, cond, schemes, paths, groups, folder) -> list[Layer]
   path = os.path.join(folder, "sensitivity.json")
   settings = dict(smooth_alpha=saved.SMOOTH_ALPHA, timestep_groups=groups,
                   calibration_steps=len(ranges.sigmas))
-  known = {}
+  from rundir.keep import keep_earlier  # noqa: PLC0415
+
+  known, stored_matches = {}, False
   if os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
     if stored["settings"] == settings:
-      known = {layer["path"]: layer for layer in stored["layers"]}
+      known, stored_matches = {layer["path"]: layer for layer in stored["layers"]}, True
   missing = [s for s in schemes if not all(s in known.get(p, {}).get("errors", {})
                                            for p in paths)]
   if missing:
@@ -201,8 +208,11 @@ def measured(model, ranges, cond, schemes, paths, groups, folder) -> list[Layer]
       entry = known.setdefault(layer.path, dataclasses.asdict(layer) | dict(errors={}))
       entry["errors"].update(layer.errors)
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
+    if os.path.exists(path) and not stored_matches:  # other settings' measurements: kept
+      keep_earlier(path)
+    with open(path + ".partial", "w") as f:
       json.dump(dict(settings=settings, layers=list(known.values())), f, indent=1)
+    os.replace(path + ".partial", path)
   return [Layer(p, known[p]["params"], known[p]["macs"],
                 {s: known[p]["errors"][s] for s in schemes}) for p in paths]
 

@@ -2,7 +2,7 @@
 per-tensor scales from calibrated ranges, SmoothQuant where activations are quantized, and one
 activation scale per timestep group where one range does not fit every noise level.
 
-    ranges = calibration.calibrate(model.unstacked(), key, shape, cond, ...)
+    ranges = calibration.calibrate(model, key, shape, cond, ...)
     quantized = quantize_dit(model, Plan.uniform("w8a8", layer_paths(model)), ranges, example)
     quantized(video, t, text=...)       # what DiT.__call__ takes; the samplers take it as is
 
@@ -21,7 +21,7 @@ from flax import nnx
 from qwix.contrib.smooth_quant import WithSqScale
 
 from quantization import schemes as schemes_lib
-from quantization.calibration import Ranges
+from quantization.calibration import Ranges, check_no_adapters
 from quantization.smoothing import smoothed, smoothed_max, smoothing_factors
 
 ACT_STAT = "dot_general0_lhs"  # qwix's name of a linear layer's input: its only matmul's lhs
@@ -91,7 +91,9 @@ class QuantizedLinears(qwix.PtqProvider):
 class TimestepGroups(nnx.Module):
   """A quantized DiT whose static activation scales are chosen by noise level: scales
   {path: [G, ...]} (group 0 the noisiest), edges the G - 1 noise levels between groups. A call
-  at t [B] (or per frame [B, nT]) uses the group of max(t), the level being denoised."""
+  at t [B] (or per frame [B, nT]) uses the group of max(t): the level being denoised (given
+  frames, diffusion/frame_sampling.py, are held at a level at most that, unless their
+  given_noise is above it late in sampling)."""
 
   def __init__(self, model: nnx.Module, scales: dict, edges: list[float]):
     self.model = model
@@ -162,7 +164,9 @@ def quantize_dit(model: nnx.Module, plan: Plan, ranges: Ranges | None, example: 
 
 
 def _unstacked(model: nnx.Module) -> nnx.Module:
-  return model if isinstance(model.single_blocks, nnx.List) else model.unstacked()
+  """The plain DiT unstacked for quantization, without remat (inference only)."""
+  check_no_adapters(model)
+  return model.unstacked(remat="none")
 
 
 def smoothing(params: dict, plan: Plan, ranges: Ranges) -> dict:

@@ -12,7 +12,8 @@ plan under the same name is an error that says how to keep both.
 import dataclasses
 import json
 import os
-import tempfile
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from diffusion.samplers import guidance_interval, sampling_shift
 from dit.patchify import num_video_tokens
@@ -78,7 +80,7 @@ def calibrate_run(run, repeats: int = CALIBRATION_REPEATS) -> calibration.Ranges
   """The ranges of the run's model on its own trajectories (calibration_inputs)."""
   model = nnx.merge(run.graphdef, run.params, run.model_state)
   key, shape, cond, options = calibration_inputs(run, repeats)
-  return calibration.calibrate(model.unstacked(), key, shape, cond, **options)
+  return calibration.calibrate(model, key, shape, cond, **options)
 
 
 def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS,
@@ -104,16 +106,30 @@ def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS,
 
 
 def save(directory: str, quantized: nnx.Module, manifest: dict) -> None:
-  """Writes the quantized model to `directory` (a new folder), all or nothing."""
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  partial = tempfile.mkdtemp(prefix=".partial_", dir=parent)
+  """Writes the quantized model to `directory` (a new folder), all or nothing: every process
+  writes its shards into one temporary folder (a killed save's is replaced), process 0 adds
+  the manifest and renames it."""
+  parent, name = os.path.split(directory)
+  partial = os.path.join(parent, f".partial_{name}")
+  lead = jax.process_index() == 0
+  if lead:
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(partial):  # an unfinished save: never a saved model
+      shutil.rmtree(partial)
+  _sync("quantized model: folder ready")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(partial, "state"), nnx.to_pure_dict(nnx.state(quantized)))
   checkpointer.wait_until_finished()
-  with open(os.path.join(partial, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.rename(partial, directory)
+  if lead:
+    with open(os.path.join(partial, MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1)
+    os.rename(partial, directory)
+  _sync("quantized model: saved")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def load(directory: str, run) -> nnx.Module:
@@ -140,7 +156,7 @@ def _stand_in_ranges(model, manifest) -> calibration.Ranges | None:
   """Ranges of the right shapes and noise levels (the values are restored, not used)."""
   if not manifest["sigmas"]:
     return None
-  unstacked = model.unstacked()
+  unstacked = model.unstacked(remat="none")
   sigmas = np.asarray(manifest["sigmas"], np.float32)
   inputs = {}
   for path, module in nnx.iter_modules(unstacked):
@@ -152,27 +168,45 @@ def _stand_in_ranges(model, manifest) -> calibration.Ranges | None:
 
 def quantized_run(run, name: str, plan: Plan | None = None):
   """The run with its model quantized (a copy: graphdef, params and model_state replaced), as
-  saved under <workdir>/quantized/<step>/<name>, or made now and saved there: `plan`, or for a
-  scheme name (schemes.SCHEMES) every block linear with that scheme."""
-  directory = quantized_dir(run.workdir, run.step, name)
+  saved under <workdir>/quantized/<step>/<name> (<name>_raw for a run opened with ema=False),
+  or made now and saved there: `plan`, or for a scheme name (schemes.SCHEMES) every block
+  linear with that scheme. A LoRA run must be opened with its adapters merged."""
+  if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    raise ValueError(f"quantized model name {name!r}: use letters, digits, '_', '-' and '.'")
+  directory = quantized_dir(run.workdir, run.step, name if run.ema else f"{name}_raw")
+  if os.path.isdir(directory):
+    with open(os.path.join(directory, MANIFEST)) as f:
+      saved = json.load(f)
+    if plan is not None and Plan(**saved["plan"]) != plan:
+      raise ValueError(f"{directory} holds another plan under the name {name!r}; give this one "
+                       "another name (it is never overwritten)")
+    _warn_if_calibrated_otherwise(run, saved)
+    return _with_model(run, load(directory, run))
   if plan is None:
     if name not in SCHEMES:
-      if os.path.isdir(directory):
-        return _with_model(run, load(directory, run))
       raise ValueError(f"no quantized model {name!r} at {directory}; quantize with a scheme "
                        f"of {sorted(SCHEMES)} or make the plan (python -m quantization.mixed)")
     plan = default_plan(run, name)
-  if os.path.isdir(directory):
-    with open(os.path.join(directory, MANIFEST)) as f:
-      saved = Plan(**json.load(f)["plan"])
-    if saved != plan:
-      raise ValueError(f"{directory} holds another plan under the name {name!r}; give this one "
-                       "another name (it is never overwritten)")
-    return _with_model(run, load(directory, run))
   logging.info("quantizing %s at step %d: %s", run.workdir, run.step, name)
   quantized, manifest = quantize_run(run, plan)
   save(directory, quantized, manifest)
   return _with_model(run, quantized)
+
+
+def _warn_if_calibrated_otherwise(run, saved: dict) -> None:
+  """A saved model's activation scales were calibrated with the sampler settings it records;
+  sampling with others uses them still: said, not refused."""
+  if not saved["sigmas"]:
+    return
+  _, _, _, options = calibration_inputs(run, 1)
+  recorded = saved["calibration"]
+  changed = [f"{k} {recorded[k]} -> {options[k]}" for k in ("num_steps", "shift",
+                                                             "guidance_scale")
+             if k in recorded and recorded[k] != options[k]]
+  if changed:
+    logging.warning("the quantized model's activation scales were calibrated with other "
+                    "sampler settings (%s); quantize under another name to calibrate for these",
+                    ", ".join(changed))
 
 
 def _with_model(run, quantized: nnx.Module):

@@ -1,5 +1,5 @@
-"""Quantization schemes by name (sample.py --quantize, python -m quantization --scheme) and the
-qwix rules that apply one to the DiT's transformer blocks.
+"""Quantization schemes by name (sample.py and python -m eval --quantize) and the qwix rules
+that apply one to the DiT's transformer blocks.
 
 What is quantized: every linear layer inside a block (qkv, attention output, the MLP's
 gate_up and down, the adaLN modulation), which hold nearly all of a DiT's parameters and

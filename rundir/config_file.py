@@ -67,4 +67,8 @@ def identity_changes(saved: ml_collections.ConfigDict,
       new_value = tuple(new.get("latents", {}).get(name) or ())
       if saved_value and new_value:
         pairs.append((f"latents.{name}", saved_value, new_value))
+  if "lora" in old:  # a LoRA run's adapters: their rank, scale and layers (not in its base's)
+    for name in ("rank", "alpha", "layers"):
+      pairs.append((f"lora.{name}", old["lora"].get(name),
+                    new.get("lora", {}).get(name, 0 if name == "rank" else None)))
   return [f"{name}: {before!r} -> {after!r}" for name, before, after in pairs if before != after]

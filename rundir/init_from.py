@@ -5,7 +5,9 @@ pin_init_run resolves the source run once, before anything is written: its path 
 its checkpoint step pinned (config.train.init_step: its newest when 0), and its architecture
 and video shape checked against the new run's. The new run's config.json then records what it
 started from. A resumed run keeps what it recorded and never reads the source again (which may
-have trained on and dropped that checkpoint); naming another source or step is an error. initial_state puts the source's EMA weights in
+have trained on and dropped that checkpoint); naming another source or step is an error. A LoRA
+run (config.lora) is the exception: its checkpoints hold only adapters, so it reads its base
+at init_step whenever it starts, resumes or is opened (lora_base). initial_state puts the source's EMA weights in
 a new train state (as both the weights and their EMA; the optimizer starts afresh).
 """
 import os
@@ -87,8 +89,15 @@ def lora_base(config: ml_collections.ConfigDict, target):
 
   model = validate_config(config)
   _, stacked = abstract_train_state(model, config.optim)
-  params, _, _ = checkpoints.restore_params(config.train.init_from, stacked, use_ema=True,
-                                            step=int(config.train.init_step))
+  source, step = config.train.init_from, int(config.train.init_step)
+  try:
+    params, _, _ = checkpoints.restore_params(source, stacked, use_ema=True, step=step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"this LoRA run's base, {source} at step {step} (train.init_from, init_step), cannot "
+        f"be read ({e}); its adapters hold only the change to those weights: bring that "
+        "checkpoint back (e.g. from checkpoints_damaged/ or a copy), or keep base runs' "
+        "checkpoints that LoRA runs name (train.keep_checkpoints)") from None
   base = base_state(params, model)
   if all(getattr(a, "sharding", None) is not None for a in jax.tree.leaves(target)):
     return jax.device_put(base, jax.tree.map(lambda a: a.sharding, target))

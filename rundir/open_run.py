@@ -46,6 +46,7 @@ class Run:
   decoder: object = None             # latents -> videos, for a DiT in a VAE's latent space
   encoder: object = None             # videos -> latents, for a DiT in a VAE's latent space
   temporal_factor: int = 0           # its VAE's frames per latent frame (0: pixel space)
+  ema: bool = True                   # params are the EMA weights (else the raw ones)
   _context: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
   def __enter__(self) -> "Run":
@@ -83,7 +84,8 @@ def open_run(workdir: str, step: int | None = None, ema: bool = True,
   {"data": -1} (default: the run's config.mesh). config: the run's config with the caller's
   overrides (default: its config.json); it is checked here, before anything is restored.
   A LoRA run (training/lora.py) opens with its adapters attached to its base run's weights,
-  or with merge_lora merged into them (a plain DiT; attached and merged compute the same).
+  or with merge_lora merged into them (a plain DiT; attached and merged compute the same;
+  sparse attention, config.sample.sparse, always takes them merged).
   """
   config = load_config(workdir) if config is None else config
   check_dit_run(workdir, config)
@@ -112,6 +114,8 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
   if not isinstance(mesh, jax.sharding.Mesh):
     mesh = make_mesh(dict(config.mesh) if mesh is None else mesh)
   lora = config.lora if uses_lora(config) else None
+  # Sparse attention runs DiT.with_attention, which qwix's adapters (on __call__) do not see.
+  merge_lora = merge_lora or (lora is not None and config.sample.sparse.attention != "none")
   if merge_lora and lora is None:
     raise ValueError(f"{workdir} is not a LoRA run (config.lora.rank is 0): there are no "
                      "adapters to merge")
@@ -132,4 +136,4 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, model: DiTConfi
              text_encoder=text_encoder_for(config),
              decoder=latent_decoder(vae) if vae is not None else None,
              encoder=latent_encoder(vae) if vae is not None else None,
-             temporal_factor=vae.config.temporal_factor if vae is not None else 0)
+             temporal_factor=vae.config.temporal_factor if vae is not None else 0, ema=ema)

@@ -68,6 +68,25 @@ def test_merged_adapters_compute_what_attached_ones_do(key, randomize):
   np.testing.assert_allclose(merged(video, t, **cond), attached, rtol=1e-4, atol=1e-4)
 
 
+def test_adapters_train_under_remat_as_without_it(key, randomize):
+  grads = {}
+  _, base = tiny_base(key, randomize)  # random weights: no block is adaLN-Zero's identity
+  for remat in ("none", "full"):
+    config = DiTConfig.from_dict(model_config("tiny", in_channels=3, dtype="float32",
+                                              remat=remat))
+    graphdef, adapters, rest = adapted(config, base, lora_config(rank=2))
+    adapters = jax.tree.map(lambda a: a + 0.01, adapters)  # B away from zero: A gets a gradient
+    video, t, cond = inputs(key)
+
+    def loss(adapters):
+      return jnp.mean(nnx.merge(graphdef, adapters, rest)(video, t, **cond) ** 2)
+
+    grads[remat] = jax.jit(jax.grad(loss))(adapters)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grads["full"], grads["none"])
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["full"]))
+
+
 def test_layers_that_match_nothing_are_an_error(key, randomize):
   config, _ = tiny_base(key, randomize)
   with pytest.raises(ValueError, match="matches no layer"):
@@ -95,18 +114,32 @@ def test_a_lora_run_trains_only_its_adapters_and_saves_only_them(tiny_run, tmp_p
   assert saved and all("lora" in path for path in saved if path.startswith(("params", "ema")))
   assert not any(path.startswith("model_state") for path in saved)  # no base weights saved
   assert not any(path.endswith("kernel") or "/kernel/" in path for path in saved)
-  # Resumed: the base is found again from train.init_from; the adapters carry on.
+  # Resumed: the base is found again from train.init_from; the adapters carry on, bit for bit
+  # as in a run that did not stop.
   config = lora_run_config(f"base={tiny_run},rank=2,steps=4")
   resumed = train.train(config, workdir)
   assert int(resumed.step) == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.model_state),
                jax.device_get(base))
+  straight = train.train(lora_run_config(f"base={tiny_run},rank=2,steps=4"),
+                         str(tmp_path / "straight"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
+               jax.device_get(straight.params))
   key = jax.random.key(3)
   with open_run(workdir) as run:
     attached = run.sampler().generate(run.params, key)
   with open_run(workdir, merge_lora=True) as run:
     merged = run.sampler().generate(run.params, key)
   np.testing.assert_allclose(merged, attached, atol=1e-4)
+  from rundir.config_file import load_config  # noqa: PLC0415
+  sparse = load_config(workdir)  # the base's step pinned in it
+  sparse.sample.sparse.attention = "window"
+  with open_run(workdir, config=sparse) as run:  # with_attention: only merged adapters count
+    assert not isinstance(nnx.merge(run.graphdef, run.params, run.model_state).single_blocks,
+                          nnx.List)
+  from quantization.saved import quantized_run  # noqa: PLC0415
+  with open_run(workdir) as run, pytest.raises(ValueError, match="merge them"):
+    quantized_run(run, "w8")
   result = subprocess.run([sys.executable, "sample.py", f"--workdir={workdir}", "--merge_lora",
                            "--num_steps=2"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

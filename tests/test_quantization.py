@@ -39,7 +39,7 @@ def text_inputs(key, batch=2, shape=(4, 8, 8, 3), length=6):
 
 def ranges_of(model, key, num_steps=4):
   video, _, cond = text_inputs(key)
-  return calibration.calibrate(model.unstacked(), key, video.shape, cond, num_steps=num_steps,
+  return calibration.calibrate(model, key, video.shape, cond, num_steps=num_steps,
                                shift=3.0, guidance_scale=2.0)
 
 
@@ -126,6 +126,16 @@ def test_a_timestep_group_uses_the_scales_calibrated_on_its_noise_levels(key, ra
     t = jnp.full((2,), ranges.sigmas[steps[0]])
     np.testing.assert_allclose(grouped(video, t, **cond), single(video, t, **cond), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_a_model_with_remat_calibrates_as_without_it(key, randomize):
+  model = tiny_model(key, randomize)
+  remat = DiT(DiTConfig.from_dict(model_config("tiny", in_channels=3, dtype="float32",
+                                               remat="full")), rngs=nnx.Rngs(0))
+  nnx.update(remat, nnx.state(model, nnx.Param))
+  expected, found = ranges_of(model, key), ranges_of(remat, key)
+  for path, channel_max in expected.channel_max.items():
+    np.testing.assert_allclose(found.channel_max[path], channel_max, rtol=1e-5)
 
 
 def test_activation_schemes_need_calibrated_ranges(key, randomize):

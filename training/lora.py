@@ -38,7 +38,9 @@ def example_inputs(model: DiTConfig) -> tuple[tuple, dict]:
 def lora_network(model: DiTConfig, lora: ml_collections.ConfigDict, seed: int) -> nnx.Module:
   """The DiT of `model` (initialised from `seed`; the base weights replace these) unstacked,
   with qwix LoRA adapters on the layers matching lora.layers."""
-  base = DiT(model, rngs=nnx.Rngs(seed)).unstacked()
+  # qwix makes the adapters in a first call, which must not run under remat (it would make
+  # them inside a rematerialised trace); the network then runs as model.remat says.
+  base = DiT(model, rngs=nnx.Rngs(seed)).unstacked(remat="none")
   rule = qwix.LoraRule(module_path=lora.layers, op_names=("dot_general",), rank=lora.rank,
                        alpha=lora.alpha)
   args, kwargs = example_inputs(model)
@@ -47,6 +49,7 @@ def lora_network(model: DiTConfig, lora: ml_collections.ConfigDict, seed: int) -
   if not jax.tree.leaves(nnx.state(adapted, nnx.LoRAParam)):
     raise ValueError(f"lora.layers={lora.layers!r} matches no layer of the model (paths such as "
                      "'single_blocks/0/stream/qkv')")
+  adapted.config = model
   return adapted
 
 
@@ -69,7 +72,7 @@ def merged_params(graphdef: nnx.GraphDef, adapters: nnx.State, base: nnx.State,
   """(graphdef, params, model_state) of a plain (stacked) DiT whose weights are the base's
   with the adapters merged in: W + (alpha / rank) A B for every adapted kernel. It computes
   what the adapted model computes, without the adapters' extra matmuls."""
-  adapted = nnx.merge(graphdef, adapters, base)
+  adapted = nnx.merge(graphdef, adapters, base, copy=True)  # the caller's base stays as is
   scale = lora.alpha / lora.rank
   for _, module in nnx.iter_modules(adapted):
     if hasattr(module, "kernel_lora_a"):
