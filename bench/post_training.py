@@ -12,6 +12,8 @@ from the eval files the runs hold (this collects; it samples nothing).
     python -m eval --workdir=runs/quickstart_lora --metrics=digits --num_videos=1024
     python -m eval --workdir=runs/quickstart --config=configs/lora.py:rank=0 --metrics=digits \\
         --num_videos=1024 --out=runs/quickstart_lora/eval/base_model.json
+    python train.py --config=configs/lora.py:rank=0 --workdir=runs/quickstart_finetune
+    python -m eval --workdir=runs/quickstart_finetune --metrics=digits --num_videos=1024
     python -m bench.post_training      # results in bench/results/post_training-*
 
 The LoRA run's eval draws inverted digits (its data), and so does the base model's with the
@@ -28,6 +30,8 @@ from bench import records
 flags.DEFINE_string("run", "runs/quickstart", "The quantized run.")
 flags.DEFINE_list("schemes", ["w8", "w4", "w8a8", "w8a8_fp8", "mixed"], "Its quantized models.")
 flags.DEFINE_string("lora", "runs/quickstart_lora", "The LoRA run.")
+flags.DEFINE_string("finetune", "runs/quickstart_finetune", "The same fine-tune of all the "
+                    "parameters (configs/lora.py:rank=0), for reference.")
 flags.DEFINE_string("lora_base_eval", None, "The base model's eval on the LoRA run's data "
                     "(default: <lora>/eval/base_model.json).")
 flags.DEFINE_string("out", str(records.RESULTS), "Results folder.")
@@ -71,7 +75,7 @@ def quantization_rows(run: str, schemes: list[str]) -> tuple[list[dict], list[st
   return rows, missing
 
 
-def lora_rows(lora: str, base_eval: str) -> tuple[list[dict], list[str], dict]:
+def lora_rows(lora: str, base_eval: str, finetune: str) -> tuple[list[dict], list[str], dict]:
   rows, missing, sizes = [], [], {}
   if os.path.exists(base_eval):
     with open(base_eval) as f:
@@ -84,6 +88,11 @@ def lora_rows(lora: str, base_eval: str) -> tuple[list[dict], list[str], dict]:
   else:
     rows.append(metrics_row("LoRA fine-tune", results))
     sizes = adapter_sizes(lora)
+  results = records.newest_eval(finetune, "")
+  if results is None:
+    missing.append(f"{finetune} eval")
+  else:
+    rows.append(metrics_row("full fine-tune", results))
   return rows, missing, sizes
 
 
@@ -116,7 +125,7 @@ def main(argv):
   del argv
   quantized, missing = quantization_rows(FLAGS.run, FLAGS.schemes)
   base_eval = FLAGS.lora_base_eval or os.path.join(FLAGS.lora, "eval", "base_model.json")
-  lora, missing_lora, sizes = lora_rows(FLAGS.lora, base_eval)
+  lora, missing_lora, sizes = lora_rows(FLAGS.lora, base_eval, FLAGS.finetune)
   missing += missing_lora
   text = f"Quantized sampling ({FLAGS.run}):\n\n" + table(quantized, "model")
   for r in quantized:

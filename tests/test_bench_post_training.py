@@ -32,13 +32,14 @@ def test_the_table_has_each_scheme_with_its_bytes_and_lists_what_is_missing(tmp_
       choice={"a": "w8a8", "b": "w8"}))
   result = subprocess.run(
       [sys.executable, "-m", "bench.post_training", f"--run={run}", "--schemes=w8,w4,mixed",
-       f"--lora={tmp_path / 'no_lora'}", f"--out={tmp_path / 'out'}"],
+       f"--lora={tmp_path / 'no_lora'}", f"--finetune={tmp_path / 'no_finetune'}",
+       f"--out={tmp_path / 'out'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   saved = json.loads(next((tmp_path / "out").glob("post_training-*.json")).read_text())
   rows = {r["name"]: r for r in saved["quantized"]}
   assert rows["full precision"]["model_bytes"] == 2000 and rows["w8"]["model_bytes"] == 700
   assert rows["mixed"]["mixed"]["schemes"] == {"w8": 1, "w8a8": 1}
-  assert len(saved["missing"]) == 3  # w4, the LoRA base model's eval and the LoRA run's
+  assert len(saved["missing"]) == 4  # w4; the LoRA base model's, LoRA run's and fine-tune's
   table = next((tmp_path / "out").glob("post_training-*.md")).read_text()
   assert "| w8 | 0.840 | - | - | - | 700 |" in table
