@@ -10,7 +10,6 @@ The quantized model is an unstacked DiT (DiT.unstacked) whose layers qwix interc
 parameters hold qwix QArrays (int8/int4/fp8 values and their scales).
 """
 import dataclasses
-import json
 import re
 
 import jax
@@ -50,13 +49,6 @@ class Plan:
 
   def rules(self) -> list[qwix.QuantizationRule]:
     return schemes_lib.rules({path: self.scheme(path) for path in self.layers})
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-  @classmethod
-  def from_json(cls, text: str) -> "Plan":
-    return cls(**json.loads(text))
 
 
 def layer_paths(model) -> list[str]:

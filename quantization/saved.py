@@ -95,7 +95,7 @@ def quantize_run(run, plan: Plan, *, repeats: int = CALIBRATION_REPEATS,
     ranges = calibrate_run(run, repeats)
   quantized = quantize_dit(model, plan, ranges, example_call(shape, cond))
   manifest = dict(
-      plan=json.loads(plan.to_json()), step=int(run.step),
+      plan=dataclasses.asdict(plan), step=int(run.step),
       sigmas=[] if ranges is None else [float(s) for s in ranges.sigmas],
       calibration=dict(prompts=shape[0], **{k: v for k, v in options.items()
                                              if k != "guidance_interval"}),
